@@ -1,0 +1,28 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api import health
+from api.errors import register_error_handlers
+from api.extensions import EXTENSION_KEY, Services
+from orchestrator.settings import Settings, load_settings
+
+# Requests larger than this are refused before any parsing (413).
+MAX_CONTENT_LENGTH = 64 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """Build the API app: settings, shared resources, blueprints, error handlers."""
+    settings = settings or load_settings()
+    app = Flask("ccq")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_CONTENT_LENGTH
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION_KEY] = services or Services.from_settings(settings)
+    register_error_handlers(app)
+    app.register_blueprint(health.bp)
+    logging.basicConfig(level=settings.log_level)
+    return app

@@ -1,0 +1,87 @@
+"""One error shape for every response: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client can act on; rendered with its status and code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, details: Any = None, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if status is not None:
+            self.status = status
+
+
+class InvalidInput(ApiError):
+    status, code = 400, "invalid_input"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class TooLarge(ApiError):
+    status, code = 413, "too_large"
+
+
+class DependencyDown(ApiError):
+    status, code = 503, "dependency_unavailable"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as ``[{"field": "a.b", "reason": "..."}]`` without echoing input."""
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "reason": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> tuple[Response, int]:
+        return jsonify(error_body(exc.code, exc.message, exc.details)), exc.status
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(exc: ValidationError) -> tuple[Response, int]:
+        details = validation_details(exc)
+        first = details[0] if details else {"field": "(body)", "reason": "invalid"}
+        message = f"{first['field']}: {first['reason']}"
+        return jsonify(error_body("invalid_input", message, details)), 400
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error_body(code, exc.description or exc.name)), status
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        # Logged with its traceback for operators; the client learns nothing internal.
+        log.exception("unhandled error")
+        return jsonify(error_body("internal_error", "internal server error")), 500

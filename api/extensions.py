@@ -1,0 +1,45 @@
+"""The per-process resources the views use, bound to the app by the factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import db
+from orchestrator.settings import Settings
+
+EXTENSION_KEY = "ccq"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    redis: redis.Redis
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        engine = db.make_engine(settings)
+        return cls(
+            settings=settings,
+            engine=engine,
+            session_factory=db.make_session_factory(engine),
+            # Short timeouts: a Redis outage must turn into a 503, not a hung request.
+            redis=redis.Redis.from_url(
+                settings.redis_url, socket_timeout=3, socket_connect_timeout=3
+            ),
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.redis.close()
+
+
+def get_services() -> Services:
+    services: Services = current_app.extensions[EXTENSION_KEY]
+    return services

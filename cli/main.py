@@ -1,0 +1,159 @@
+"""The ``ccq`` command: process entry points for operators and the dev helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from orchestrator.settings import ConfigError, Settings, load_settings
+
+
+class Context:
+    """Settings are read lazily so `ccq --help` works even with a broken environment."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group()
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """ccq: run Claude Code sessions at scale."""
+    ctx.obj = Context()
+
+
+@cli.command()
+@click.option("--sub", "subject", required=True, help="The owner the token speaks for.")
+@click.option("--ttl", default=24 * 3600, show_default=True, type=click.IntRange(60, 366 * 86400))
+@pass_context
+def token(ctx: Context, subject: str, ttl: int) -> None:
+    """Print a JWT the running stack accepts (HS256 with CCQ_JWT_SECRET)."""
+    from orchestrator.auth import AuthError, mint_token
+
+    try:
+        click.echo(mint_token(ctx.settings, subject, ttl))
+    except AuthError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@cli.command("model-server")
+@click.option("--host", default=None, help="Bind address [CCQ_MODEL_SERVER_HOST].")
+@click.option("--port", default=None, type=click.IntRange(0, 65535), help="[CCQ_MODEL_SERVER_PORT]")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append every request received to this JSON-lines file.")
+@pass_context
+def model_server(ctx: Context, host: str | None, port: int | None, record: Path | None) -> None:
+    """Serve the scripted Anthropic Messages API (tests, demo, benchmarks)."""
+    from model_server.server import serve
+
+    settings = ctx.settings
+    serve(host or settings.model_server_host, settings.model_server_port if port is None else port,
+          record)
+
+
+@cli.command()
+@pass_context
+def image(ctx: Context) -> None:
+    """Build the worker image if its inputs changed (a no-op otherwise)."""
+    from orchestrator.image import ImageBuildError, ensure_from_settings
+
+    try:
+        result = ensure_from_settings(ctx.settings, log=click.echo)
+    except ImageBuildError as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "built" if result.built else "up to date"
+    click.echo(f"{result.tag}: {verb} ({result.image_id[:19]}, inputs {result.inputs_hash[:12]})")
+
+
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_context
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Migrate the schema up to REVISION (default: the newest)."""
+    from orchestrator import migrate
+
+    migrate.upgrade(ctx.settings.database_url, revision)
+    click.echo(f"schema at {migrate.current_revision(ctx.settings.database_url)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_context
+def db_downgrade(ctx: Context, revision: str) -> None:
+    """Migrate the schema down to REVISION (`base` removes everything)."""
+    from orchestrator import migrate
+
+    migrate.downgrade(ctx.settings.database_url, revision)
+    click.echo(f"schema at {migrate.current_revision(ctx.settings.database_url)}")
+
+
+@cli.command()
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--threads", default=64, show_default=True, type=click.IntRange(1, 4096))
+@pass_context
+def api(ctx: Context, workers: int, threads: int) -> None:
+    """Serve the HTTP and WebSocket API with gunicorn."""
+    from api.gunicorn_app import run
+
+    run(ctx.settings, workers=workers, threads=threads)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def worker(ctx: Context, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker (extra arguments go to `celery worker`)."""
+    from tasks.celery_app import make_celery
+
+    make_celery(ctx.settings).worker_main(["worker", *celery_args])
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def beat(ctx: Context, celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat, the periodic scheduler (idle reaper and housekeeping)."""
+    from tasks.celery_app import make_celery
+
+    make_celery(ctx.settings).start(["celery", "beat", *celery_args])
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def flower(ctx: Context, flower_args: tuple[str, ...]) -> None:
+    """Run Flower, the Celery monitoring UI."""
+    from tasks.celery_app import make_celery
+
+    settings = ctx.settings
+    make_celery(settings).start(
+        ["celery", "flower", f"--port={settings.flower_port}", *flower_args]
+    )
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as exc:
+        click.echo(f"ccq: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

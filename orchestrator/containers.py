@@ -1,0 +1,250 @@
+"""The Docker engine behind a small interface: one labelled container per session.
+
+Containers are found again by their ``ccq.session`` label after any restart of the worker,
+so nothing here keeps state in memory. The CLI runs through ``docker exec`` with its
+prompt on stdin; output is read from the hijacked exec socket in short polls, so callers
+can enforce silence and time limits between reads.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+LABEL_MANAGED = "ccq.managed"
+LABEL_SESSION = "ccq.session"
+LABEL_OWNER = "ccq.owner"
+LABEL_PARENT = "ccq.parent"
+
+CONTAINER_WORKSPACE = "/workspace"
+CONTAINER_CLAUDE_HOME = "/home/claude/.claude"
+CONTAINER_UID = 1000
+
+
+class RuntimeError_(Exception):
+    """Root of every error raised by the container runtime."""
+
+
+class ContainerMissing(RuntimeError_):
+    pass
+
+
+@dataclass(frozen=True)
+class SessionDirs:
+    """Host directories that outlive the container: the workspace and the Claude home."""
+
+    workspace: Path
+    claude_home: Path
+
+    @classmethod
+    def for_session(cls, data_dir: Path, session_id: str) -> SessionDirs:
+        base = data_dir / "sessions" / session_id
+        return cls(workspace=base / "workspace", claude_home=base / "claude-home")
+
+    def create(self) -> None:
+        for path in (self.workspace, self.claude_home):
+            path.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                # The CLI runs as uid 1000 in the container and must own its files.
+                os.chown(path, CONTAINER_UID, CONTAINER_UID)
+
+
+@dataclass(frozen=True)
+class ContainerLimits:
+    memory_bytes: int = 2 * 1024**3
+    nano_cpus: int = 2 * 10**9
+    pids: int = 512
+
+
+@dataclass(frozen=True)
+class SessionContainerSpec:
+    session_id: str
+    owner: str
+    image: str
+    dirs: SessionDirs
+    parent_id: str | None = None
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"ccq-session-{self.session_id}"
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: "1",
+            LABEL_SESSION: self.session_id,
+            LABEL_OWNER: self.owner,
+            LABEL_PARENT: self.parent_id or "",
+            **self.extra_labels,
+        }
+
+
+class FrameDecoder:
+    """Decodes Docker's multiplexed stream (8-byte header: stream, 0, 0, 0, size u32 BE)."""
+
+    STDOUT, STDERR = 1, 2
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self._buffer += data
+        frames: list[tuple[int, bytes]] = []
+        while len(self._buffer) >= 8:
+            stream, size = struct.unpack(">BxxxL", self._buffer[:8])
+            if len(self._buffer) < 8 + size:
+                break
+            frames.append((stream, bytes(self._buffer[8 : 8 + size])))
+            del self._buffer[: 8 + size]
+        return frames
+
+
+@dataclass(frozen=True)
+class Output:
+    stream: int  # FrameDecoder.STDOUT or STDERR
+    data: bytes
+
+
+class ExecProcess:
+    """A running ``docker exec``: write stdin once, then poll its output."""
+
+    def __init__(self, api: docker.APIClient, exec_id: str, sock: Any) -> None:
+        self._api = api
+        self.exec_id = exec_id
+        self._sock: socket.socket = getattr(sock, "_sock", sock)
+        self._decoder = FrameDecoder()
+        self.eof = False
+
+    def write_stdin_and_close(self, data: bytes) -> None:
+        self._sock.sendall(data)
+        # Half-close: the engine closes the process's stdin, and output keeps flowing.
+        self._sock.shutdown(socket.SHUT_WR)
+
+    def poll(self, timeout: float) -> list[Output]:
+        """Output that arrived within ``timeout`` seconds ([] on silence); sets ``eof``."""
+        if self.eof:
+            return []
+        self._sock.settimeout(timeout)
+        try:
+            data = self._sock.recv(65536)
+        except TimeoutError:
+            return []
+        if not data:
+            self.eof = True
+            return []
+        return [Output(s, d) for s, d in self._decoder.feed(data)]
+
+    def exit_code(self) -> int | None:
+        info = self._api.exec_inspect(self.exec_id)
+        code = info.get("ExitCode")
+        return None if info.get("Running") else code
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+class ContainerRuntime:
+    """Session containers on one Docker engine."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    def find(self, session_id: str) -> Container | None:
+        found = self.client.containers.list(
+            all=True, filters={"label": f"{LABEL_SESSION}={session_id}"}
+        )
+        return found[0] if found else None
+
+    def ensure_running(self, spec: SessionContainerSpec) -> Container:
+        """The session's container, started; created over the same directories if gone."""
+        container = self.find(spec.session_id)
+        if container is None:
+            spec.dirs.create()
+            container = self._create(spec)
+        if container.status != "running":
+            container.start()
+            container.reload()
+        return container
+
+    def _create(self, spec: SessionContainerSpec) -> Container:
+        try:
+            return self.client.containers.create(
+                spec.image,
+                name=spec.name,
+                labels=spec.labels(),
+                user=f"{CONTAINER_UID}:{CONTAINER_UID}",
+                working_dir=CONTAINER_WORKSPACE,
+                volumes={
+                    str(spec.dirs.workspace): {"bind": CONTAINER_WORKSPACE, "mode": "rw"},
+                    str(spec.dirs.claude_home): {"bind": CONTAINER_CLAUDE_HOME, "mode": "rw"},
+                },
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                mem_limit=spec.limits.memory_bytes,
+                nano_cpus=spec.limits.nano_cpus,
+                pids_limit=spec.limits.pids,
+                extra_hosts={"host.docker.internal": "host-gateway"},
+                detach=True,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise RuntimeError_(f"worker image {spec.image} not found; run `make image`") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # created concurrently under the same name
+                existing = self.find(spec.session_id)
+                if existing is not None:
+                    return existing
+            raise RuntimeError_(f"cannot create container: {exc.explanation}") from exc
+
+    def exec(
+        self,
+        container: Container,
+        argv: list[str],
+        *,
+        env: Mapping[str, str],
+        workdir: str = CONTAINER_WORKSPACE,
+    ) -> ExecProcess:
+        """Start ``argv`` in the container with stdin attached; nothing passes a shell."""
+        api = self.client.api
+        exec_id = api.exec_create(
+            container.id,
+            argv,
+            stdin=True,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            environment=dict(env),
+            workdir=workdir,
+            user=f"{CONTAINER_UID}:{CONTAINER_UID}",
+        )["Id"]
+        sock = api.exec_start(exec_id, socket=True, demux=False)
+        return ExecProcess(api, exec_id, sock)
+
+    def stop(self, session_id: str, timeout: int = 5) -> bool:
+        container = self.find(session_id)
+        if container is None or container.status != "running":
+            return False
+        container.stop(timeout=timeout)
+        return True
+
+    def remove(self, session_id: str) -> bool:
+        container = self.find(session_id)
+        if container is None:
+            return False
+        container.remove(force=True)
+        return True
+
+    def managed(self) -> Iterator[Container]:
+        yield from self.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"})

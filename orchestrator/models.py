@@ -1,0 +1,225 @@
+"""The relational model: sessions, runs, events and batches (SQLAlchemy 2, typed).
+
+The schema is created only by Alembic migrations (``migrations/``); these classes describe
+it for queries. States are plain strings checked by the database, so a new state is a
+migration, not an enum type dance.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names make migrations and their downgrades predictable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Cost = Numeric(14, 6)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONB, uuid.UUID: UUID(as_uuid=True)}
+
+
+class SessionStatus(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class BatchStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Batch(Base):
+    """Many independent prompts submitted together; each item is a session."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint(_in("status", BatchStatus), name="status"),
+        UniqueConstraint("owner", "idempotency_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=BatchStatus.RUNNING)
+    defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    total_items: Mapped[int] = mapped_column(Integer)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    notify_url: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    total_cost_usd: Mapped[Decimal] = mapped_column(Cost, default=Decimal(0))
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Session(Base):
+    """One Claude Code conversation, living in its own container and workspace."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        CheckConstraint(_in("status", SessionStatus), name="status"),
+        CheckConstraint("depth >= 0", name="depth_non_negative"),
+        UniqueConstraint("owner", "idempotency_key"),
+        Index("ix_sessions_owner_created", "owner", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(200))
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    # The root of the tree (itself for a root session): tree limits and tree cost.
+    root_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    depth: Mapped[int] = mapped_column(Integer, default=0)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
+    batch_index: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=SessionStatus.STARTING)
+    model: Mapped[str | None] = mapped_column(String(200))
+    # CLI options: append_system_prompt, max_turns, max_budget_usd, allowed_tools, ...
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    notify_url: Mapped[str | None] = mapped_column(Text)
+    # True once the CLI has created the conversation: later runs pass --resume.
+    cli_started: Mapped[bool] = mapped_column(Boolean, default=False)
+    container_id: Mapped[str | None] = mapped_column(String(100))
+    # The worker host holding the workspace; its runs are routed to that host's queue.
+    worker_host: Mapped[str | None] = mapped_column(String(200))
+    runs_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_cost_usd: Mapped[Decimal] = mapped_column(Cost, default=Decimal(0))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    last_active_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="session", order_by="Run.seq", passive_deletes=True
+    )
+
+
+class Run(Base):
+    """One prompt to a session; a Celery task carries only its ID."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RunStatus), name="status"),
+        UniqueConstraint("session_id", "seq"),
+        UniqueConstraint("session_id", "idempotency_key"),
+        Index("ix_runs_owner_status", "owner", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    # Denormalised from the session: per-owner concurrency without a join.
+    owner: Mapped[str] = mapped_column(String(200))
+    # Accepted order within the session; runs execute strictly in this order.
+    seq: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    celery_task_id: Mapped[str | None] = mapped_column(String(100))
+    # Deliveries that started this run; bounds requeue loops after worker deaths.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Filled from the CLI's final `result` message.
+    result_text: Mapped[str | None] = mapped_column(Text)
+    result_subtype: Mapped[str | None] = mapped_column(String(100))
+    is_error: Mapped[bool | None] = mapped_column(Boolean)
+    total_cost_usd: Mapped[Decimal | None] = mapped_column(Cost)
+    usage: Mapped[dict[str, Any] | None] = mapped_column()
+    num_turns: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    duration_api_ms: Mapped[int | None] = mapped_column(Integer)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    session: Mapped[Session] = relationship(back_populates="runs")
+
+
+class Event(Base):
+    """One line of CLI output or one ccq lifecycle event, persisted from the Redis stream."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("session_id", "stream_id"),
+        Index("ix_events_run_seq", "run_id", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE")
+    )
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    # The Redis stream entry ID ("<ms>-<n>"): the cursor clients resume from.
+    stream_id: Mapped[str] = mapped_column(String(40))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(100))
+    data: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = _now()

@@ -1,0 +1,37 @@
+"""What `/readyz` checks: every dependency a run needs, each named when it fails."""
+
+from __future__ import annotations
+
+import redis
+import sqlalchemy.exc
+from sqlalchemy import Engine
+
+from orchestrator import db, heartbeat
+
+
+def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:
+    """Return ``{component: problem}`` for everything not ready; empty when all is well.
+
+    Components: ``postgres``, ``redis``, ``docker`` and ``worker_image`` (the last two as
+    reported by worker heartbeats, since the API never talks to Docker itself).
+    """
+    problems: dict[str, str] = {}
+    try:
+        db.ping(engine)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        problems["postgres"] = f"unreachable: {type(exc.orig or exc).__name__}"
+    try:
+        redis_client.ping()
+        hosts = heartbeat.live_hosts(redis_client)
+    except redis.RedisError as exc:
+        problems["redis"] = f"unreachable: {exc}"
+        return problems
+    if not hosts:
+        problems["docker"] = "no worker has reported its Docker engine (is a worker running?)"
+    elif not any(h.healthy for h in hosts):
+        first = hosts[0]
+        if first.docker_error:
+            problems["docker"] = f"{first.hostname}: {first.docker_error}"
+        if first.image_error:
+            problems["worker_image"] = f"{first.hostname}: {first.image_error}"
+    return problems

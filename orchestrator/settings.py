@@ -1,0 +1,156 @@
+"""ccq's configuration: environment variables with the prefix ``CCQ_``, read once.
+
+Every process (API, worker, beat, CLI) calls :func:`load_settings` at start-up and passes
+the result down; nothing below reads ``os.environ`` itself. A bad value stops start-up
+with a :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CCQ_"
+# A local `make up` writes its generated dev secret here; real deployments use the env.
+DEFAULT_ENV_FILE = Path(".ccq/ccq.env")
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """A ``CCQ_*`` variable is missing or malformed; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Typed settings for every ccq process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- infrastructure ---------------------------------------------------------------
+    database_url: str = "postgresql+psycopg://ccq:ccq@127.0.0.1:5432/ccq"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path.home() / ".local/share/ccq"
+
+    # --- the worker image and the CLI inside it ---------------------------------------
+    worker_image: str = "ccq-worker:latest"
+    base_image: str = "debian:bookworm-slim"
+    claude_code_version: str = Field(default="2.1.329", pattern=r"^\d+\.\d+\.\d+$")
+    # Extra CA certificates handed to the image build (TLS-inspecting proxies).
+    extra_ca_file: Path | None = None
+
+    # --- Claude credentials and endpoint (credentials come without the prefix) --------
+    anthropic_base_url: str | None = None
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CCQ_ANTHROPIC_API_KEY")
+    )
+    claude_code_oauth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CLAUDE_CODE_OAUTH_TOKEN", "CCQ_CLAUDE_CODE_OAUTH_TOKEN"),
+    )
+    default_model: str | None = None
+
+    # --- JWT (validated, never issued except by the dev helper) ------------------------
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_audience: str = "ccq"
+    jwt_issuer: str = "ccq"
+
+    # --- processes ----------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- the scripted model server (tests, demo, benchmarks) ---------------------------
+    model_server_host: str = "0.0.0.0"  # noqa: S104 - session containers must reach it
+    model_server_port: int = Field(default=8099, ge=1, le=65535)
+
+    # --- run limits -----------------------------------------------------------------------
+    idle_timeout: PositiveSeconds = 600.0
+    run_silence_timeout: PositiveSeconds = 300.0
+    run_time_limit: PositiveSeconds = 3600.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_with_psycopg(cls, value: str) -> str:
+        if not value.startswith(("postgresql+psycopg://", "postgresql://")):
+            raise ValueError("must be a postgresql+psycopg:// URL")
+        # psycopg 3 is the only driver ccq ships; make the plain scheme use it.
+        return value.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("anthropic_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Container bind mounts need absolute host paths.
+        return value.expanduser().resolve()
+
+    @field_validator("extra_ca_file")
+    @classmethod
+    def _existing_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @cached_property
+    def has_claude_credentials(self) -> bool:
+        return self.anthropic_api_key is not None or self.claude_code_oauth_token is not None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    alias = Settings.model_fields.get(field)
+    if alias is not None and isinstance(alias.validation_alias, AliasChoices):
+        return str(alias.validation_alias.choices[0])
+    return (field if field.isupper() else ENV_PREFIX + field).upper()
+
+
+def load_settings(env_file: Path | None = DEFAULT_ENV_FILE, **overrides: object) -> Settings:
+    """Read the settings once, turning validation errors into a :class:`ConfigError`.
+
+    Args:
+        env_file: an optional dotenv file read under the real environment (which wins).
+        overrides: explicit values, for tests and commands with flags.
+
+    Raises:
+        ConfigError: a value is malformed; the message names each bad variable.
+    """
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = [f"{_variable_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def environ_snapshot() -> dict[str, str]:
+    """The ``CCQ_*`` variables of this process, for handing to child processes."""
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}

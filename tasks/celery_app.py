@@ -1,0 +1,87 @@
+"""The one place the Celery app is built, from settings passed in (never at import time).
+
+Reliability choices (see DESIGN.md, "Reliability notes"):
+- ``acks_late`` + ``reject_on_worker_lost``: a task whose worker died is requeued, and
+  run bodies are idempotent (their state lives in PostgreSQL) so a second delivery is
+  harmless.
+- ``worker_prefetch_multiplier = 1``: a worker holds one long run at a time per slot.
+- soft time limit < hard time limit < visibility timeout, so Redis never redelivers a run
+  that is still inside its limits.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from orchestrator import heartbeat
+from orchestrator.settings import Settings
+
+# Headroom between the run's own limit and Celery's: the run kills its container first.
+TIME_LIMIT_MARGIN_SECONDS = 120
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("ccq", broker=settings.redis_url, backend=settings.redis_url)
+    hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,  # chord members turn results back on explicitly
+        task_track_started=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS / 2,
+        task_time_limit=hard_limit,
+        result_expires=7 * 24 * 3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": int(hard_limit * 2),
+            # Bring back a dead worker's unacknowledged tasks in seconds, not ~100 s.
+            "unacked_restore_interval": 5,
+        },
+        worker_send_task_events=True,  # Flower
+        task_send_sent_event=True,
+        timezone="UTC",
+    )
+    app.conf.ccq_settings = settings
+    return app
+
+
+def settings_of(app: Celery) -> Settings:
+    settings: Settings = app.conf.ccq_settings
+    return settings
+
+
+def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    hostname = socket.gethostname()
+    while not stop.is_set():
+        try:
+            heartbeat.publish(client, heartbeat.probe_host(hostname, settings.worker_image))
+        except redis.RedisError:
+            pass  # Redis is down: the heartbeat expires and /readyz says so.
+        stop.wait(heartbeat.INTERVAL_SECONDS)
+
+
+_heartbeat_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    settings = settings_of(sender.app)
+    threading.Thread(
+        target=_heartbeat_loop, args=(settings, _heartbeat_stop), name="ccq-heartbeat", daemon=True
+    ).start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _heartbeat_stop.set()

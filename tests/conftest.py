@@ -1,0 +1,130 @@
+"""Shared fixtures: real PostgreSQL, Redis, Docker and the scripted model server.
+
+`make test` has already bootstrapped the services and built the worker image; these
+fixtures point ccq at a scratch database and Redis database of its own, and remove every
+container they create (label ``ccq.test``) even when a test fails.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from model_server.server import ModelServer
+from orchestrator import migrate
+from orchestrator.settings import Settings, load_settings
+
+TEST_DATABASE = "ccq_test"
+TEST_REDIS_DB = 15
+TEST_JWT_SECRET = "test-secret-" + "x" * 32
+
+
+def _admin_url(database_url: str) -> str:
+    return make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+
+
+def recreate_database(database_url: str, name: str) -> str:
+    """Drop and create ``name`` next to ``database_url``'s database; return its URL."""
+    engine = create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return make_url(database_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(database_url: str, name: str) -> None:
+    engine = create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    """The environment's settings (as `make up` would read them), without the env file."""
+    return load_settings(env_file=None)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ccq-data")
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings, data_dir: Path) -> Iterator[Settings]:
+    """Settings for a migrated scratch database and a private Redis database."""
+    database_url = recreate_database(base_settings.database_url, TEST_DATABASE)
+    migrate.upgrade(database_url)
+    redis_url = base_settings.redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
+    yield load_settings(
+        env_file=None,
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=data_dir,
+        jwt_secret=TEST_JWT_SECRET,
+    )
+    drop_database(base_settings.database_url, TEST_DATABASE)
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env(timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def test_label() -> str:
+    """A label value unique to this test run: everything created with it is removed."""
+    return uuid.uuid4().hex
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _remove_test_containers(docker_client: docker.DockerClient, test_label: str) -> Iterator[None]:
+    yield
+    for container in docker_client.containers.list(
+        all=True, filters={"label": f"ccq.test={test_label}"}
+    ):
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    """The scripted model server, bound where session containers can reach it."""
+    record = tmp_path_factory.mktemp("model-server") / "requests.jsonl"
+    server = ModelServer(host="0.0.0.0", port=0, record_path=record).start()  # noqa: S104
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def model(model_server: ModelServer) -> ModelServer:
+    """The model server with an empty request record for this test."""
+    model_server.clear()
+    return model_server
+
+
+def container_base_url(server: ModelServer) -> str:
+    """The model server's URL as a session container sees it."""
+    return f"http://host.docker.internal:{server.port}"

@@ -1,0 +1,114 @@
+"""The real Claude Code CLI in the worker image, against the scripted model server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import docker
+import pytest
+
+from model_server.server import ModelServer
+from orchestrator.claude_cli import CliEvent, CliOptions, build_command
+from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
+from orchestrator.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
+from orchestrator.settings import Settings
+from tests.conftest import container_base_url
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
+    return ContainerRuntime(docker_client)
+
+
+@pytest.fixture
+def spec(settings: Settings, test_label: str) -> SessionContainerSpec:
+    session_id = str(uuid.uuid4())
+    return SessionContainerSpec(
+        session_id=session_id,
+        owner="tester",
+        image=settings.worker_image,
+        dirs=SessionDirs.for_session(settings.data_dir, session_id),
+        extra_labels={"ccq.test": test_label},
+    )
+
+
+def _run(
+    runtime: ContainerRuntime,
+    spec: SessionContainerSpec,
+    model: ModelServer,
+    prompt: str,
+    *,
+    resume: bool,
+    events: list[CliEvent],
+    silence_timeout: float = 120,
+) -> CliRunResult:
+    container = runtime.ensure_running(spec)
+    return run_cli(
+        runtime,
+        container,
+        run_id=str(uuid.uuid4()),
+        argv=build_command(spec.session_id, resume=resume, options=CliOptions()),
+        prompt=prompt,
+        env={"ANTHROPIC_BASE_URL": container_base_url(model), "ANTHROPIC_API_KEY": "test-key"},
+        on_event=events.append,
+        silence_timeout=silence_timeout,
+        time_limit=300,
+    )
+
+
+def _main_calls(model: ModelServer) -> list[dict[str, object]]:
+    """Requests of the conversation itself (the CLI may also make side calls)."""
+    return [r for r in model.requests() if r.get("path") == "/v1/messages" and r.get("has_tools")]
+
+
+def test_cli_answers_through_model_server_and_reports_its_version(
+    runtime: ContainerRuntime, spec: SessionContainerSpec, model: ModelServer, settings: Settings
+) -> None:
+    events: list[CliEvent] = []
+    result = _run(runtime, spec, model, "hello from ccq [[echo]]", resume=False, events=events)
+
+    assert result.stop_reason is StopReason.EXITED, result.stderr_tail
+    assert result.exit_code == 0, result.stderr_tail
+    init = next(e for e in events if e.type == "system" and e.data.get("subtype") == "init")
+    assert init.data["claude_code_version"] == settings.claude_code_version
+    assert init.data["session_id"] == spec.session_id
+    assert init.data["cwd"] == "/workspace"
+    assert result.outcome.subtype == "success"
+    assert result.outcome.is_error is False
+    assert result.outcome.result_text == "echo (messages=1): hello from ccq"
+    assert events[-1].type == "result"
+
+
+def test_resume_in_a_new_container_reaches_the_model_with_the_earlier_messages(
+    runtime: ContainerRuntime, spec: SessionContainerSpec, model: ModelServer
+) -> None:
+    events: list[CliEvent] = []
+    first = _run(runtime, spec, model, "remember the word tangerine", resume=False, events=events)
+    assert first.outcome.subtype == "success", first.stderr_tail
+
+    # The container goes away; the workspace and Claude home stay on the host.
+    assert runtime.remove(spec.session_id)
+    model.clear()
+    second = _run(runtime, spec, model, "what was the word?", resume=True, events=events)
+
+    assert second.outcome.subtype == "success", second.stderr_tail
+    assert second.outcome.result_text == "echo (messages=3): what was the word?"
+    history = json.dumps(_main_calls(model)[-1]["body"])
+    assert "remember the word tangerine" in history
+    assert "echo (messages=1): remember the word tangerine" in history
+
+
+def test_a_hanging_model_is_stopped_by_the_silence_watchdog(
+    runtime: ContainerRuntime, spec: SessionContainerSpec, model: ModelServer
+) -> None:
+    events: list[CliEvent] = []
+    result = _run(runtime, spec, model, "[[hang]]", resume=False, events=events, silence_timeout=3)
+
+    assert result.stop_reason is StopReason.SILENCE
+    assert not result.outcome.has_result
+    container = runtime.ensure_running(spec)
+    leftover = container.exec_run(["pgrep", "-f", "claude"], user="1000")
+    assert leftover.exit_code == 1, leftover.output  # pgrep: no process matched

@@ -1,0 +1,145 @@
+"""/healthz and /readyz against real services, and a Redis that goes away."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api import create_app
+from api.extensions import EXTENSION_KEY
+from orchestrator import heartbeat
+from orchestrator.settings import Settings, load_settings
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A private redis-server this test may stop without disturbing anyone else."""
+    port = _free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    try:
+        wait_for(client.ping, timeout=10, what="redis-server to answer")
+        yield process, port
+    finally:
+        client.close()
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def client_for(settings: Settings) -> Iterator[Callable[..., FlaskClient]]:
+    """Build API test clients against a given Redis port (and database URL)."""
+    apps: list[Flask] = []
+
+    def build(redis_port: int, database_url: str = settings.database_url) -> FlaskClient:
+        app = create_app(
+            load_settings(
+                env_file=None,
+                database_url=database_url,
+                redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                jwt_secret="x" * 32,
+            )
+        )
+        apps.append(app)
+        return app.test_client()
+
+    yield build
+    for app in apps:
+        app.extensions[EXTENSION_KEY].close()
+
+
+def _report_this_host(redis_port: int, settings: Settings) -> None:
+    """What a worker's heartbeat thread does: probe the real Docker engine and image."""
+    client = redis.Redis(port=redis_port)
+    heartbeat.publish(client, heartbeat.probe_host("test-host", settings.worker_image))
+    client.close()
+
+
+def test_healthz_needs_nothing(
+    client_for: Callable[..., FlaskClient], own_redis: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    process, port = own_redis
+    process.kill()
+    process.wait(timeout=10)
+    response = client_for(port).get("/healthz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_ready_when_every_dependency_answers(
+    settings: Settings,
+    client_for: Callable[..., FlaskClient],
+    own_redis: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = own_redis
+    _report_this_host(port, settings)
+    response = client_for(port).get("/readyz")
+    assert response.status_code == 200, response.json
+    assert response.json == {"status": "ready"}
+
+
+def test_not_ready_without_a_worker_heartbeat(
+    settings: Settings,
+    client_for: Callable[..., FlaskClient],
+    own_redis: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = own_redis
+    response = client_for(port).get("/readyz")
+    assert response.status_code == 503
+    assert response.json is not None
+    assert "docker" in response.json["error"]["details"]
+
+
+def test_503_names_redis_when_redis_is_stopped(
+    settings: Settings,
+    client_for: Callable[..., FlaskClient],
+    own_redis: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    process, port = own_redis
+    _report_this_host(port, settings)
+    client = client_for(port)
+    assert client.get("/readyz").status_code == 200
+
+    process.terminate()
+    process.wait(timeout=10)
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    body = response.json
+    assert body is not None
+    assert body["error"]["code"] == "dependency_unavailable"
+    assert "redis" in body["error"]["message"]
+    assert set(body["error"]["details"]) == {"redis"}
+
+
+def test_503_names_postgres_when_it_cannot_be_reached(
+    settings: Settings,
+    client_for: Callable[..., FlaskClient],
+    own_redis: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = own_redis
+    _report_this_host(port, settings)
+    unreachable = f"postgresql+psycopg://ccq:ccq@127.0.0.1:{_free_port()}/ccq"
+    response = client_for(port, unreachable).get("/readyz")
+    assert response.status_code == 503
+    assert response.json is not None
+    assert set(response.json["error"]["details"]) == {"postgres"}

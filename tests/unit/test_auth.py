@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from orchestrator.auth import AuthError, mint_token, verify_token
+from orchestrator.settings import Settings, load_settings
+
+SECRET = "unit-test-secret-" + "y" * 32
+
+
+@pytest.fixture
+def hs256() -> Settings:
+    return load_settings(env_file=None, jwt_secret=SECRET)
+
+
+def _claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": "alice",
+        "aud": "ccq",
+        "iss": "ccq",
+        "iat": now,
+        "exp": now + 60,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def test_a_minted_token_verifies_to_its_subject(hs256: Settings) -> None:
+    assert verify_token(hs256, mint_token(hs256, "alice")).owner == "alice"
+
+
+@pytest.mark.parametrize(
+    ("claims", "secret", "message"),
+    [
+        (_claims(exp=int(time.time()) - 10), SECRET, "expired"),
+        (_claims(aud="someone-else"), SECRET, "audience"),
+        (_claims(iss="evil"), SECRET, "issuer"),
+        (_claims(sub=None), SECRET, "'sub'"),
+        (_claims(exp=None), SECRET, "'exp'"),
+        (_claims(), "forged-secret-" + "z" * 32, "signature"),
+        (_claims(sub=""), SECRET, "subject"),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_reason(
+    hs256: Settings, claims: dict[str, object], secret: str, message: str
+) -> None:
+    token = jwt.encode(claims, secret, algorithm="HS256")
+    with pytest.raises(AuthError, match=message):
+        verify_token(hs256, token)
+
+
+def test_the_algorithm_is_pinned_not_taken_from_the_token(hs256: Settings) -> None:
+    unsigned = jwt.encode(_claims(), key="", algorithm="none")
+    with pytest.raises(AuthError):
+        verify_token(hs256, unsigned)
+    with pytest.raises(AuthError):
+        verify_token(hs256, "not.a.token")
+
+
+def test_without_a_secret_nothing_verifies() -> None:
+    bare = load_settings(env_file=None, jwt_secret=None)
+    with pytest.raises(AuthError, match="CCQ_JWT_SECRET"):
+        verify_token(bare, "anything")

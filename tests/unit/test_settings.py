@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.settings import ConfigError, load_settings
+
+
+def test_defaults_work_for_a_local_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CCQ_DATABASE_URL", "CCQ_REDIS_URL", "CCQ_DATA_DIR", "CCQ_API_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(env_file=None)
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert settings.redis_url.startswith("redis://")
+    assert settings.data_dir.is_absolute()
+    assert settings.api_url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CCQ_REDIS_URL", "http://localhost:6379"),
+        ("CCQ_DATABASE_URL", "mysql://db"),
+        ("CCQ_API_PORT", "eighty"),
+        ("CCQ_API_PORT", "70000"),
+        ("CCQ_IDLE_TIMEOUT", "-5"),
+        ("CCQ_JWT_ALGORITHM", "none"),
+        ("CCQ_ANTHROPIC_BASE_URL", "ftp://models"),
+        ("CCQ_CLAUDE_CODE_VERSION", "latest; rm -rf /"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(env_file=None)
+
+
+def test_the_plain_postgres_scheme_uses_psycopg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CCQ_DATABASE_URL", "postgresql://u:p@db:5432/ccq")
+    assert load_settings(env_file=None).database_url == "postgresql+psycopg://u:p@db:5432/ccq"
+
+
+def test_claude_credentials_come_unprefixed_and_stay_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-very-secret")
+    settings = load_settings(env_file=None)
+    assert settings.has_claude_credentials
+    assert settings.anthropic_api_key is not None
+    assert settings.anthropic_api_key.get_secret_value() == "sk-ant-very-secret"
+    assert "sk-ant-very-secret" not in repr(settings)
+    assert "sk-ant-very-secret" not in str(settings.model_dump())
+
+
+def test_the_env_file_is_read_under_the_real_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env_file = tmp_path / "ccq.env"
+    env_file.write_text("CCQ_JWT_SECRET=from-file\nCCQ_API_PORT=9000\n")
+    monkeypatch.setenv("CCQ_API_PORT", "9001")
+    settings = load_settings(env_file=env_file)
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "from-file"
+    assert settings.api_port == 9001

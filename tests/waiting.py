@@ -1,0 +1,29 @@
+"""Waiting for a condition with a deadline: how tests wait, instead of sleeping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_never = threading.Event()
+
+
+def wait_for(
+    check: Callable[[], T | None], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except Exception:  # a check may raise while the thing is still coming up
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        _never.wait(interval)
