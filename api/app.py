@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import health
+from api import health, sessions
 from api.errors import register_error_handlers
 from api.extensions import EXTENSION_KEY, Services
 from orchestrator.settings import Settings, load_settings
@@ -24,5 +24,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions[EXTENSION_KEY] = services or Services.from_settings(settings)
     register_error_handlers(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(sessions.bp)
     logging.basicConfig(level=settings.log_level)
     return app

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from celery import Celery
 from flask import current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import db
 from orchestrator.settings import Settings
+from tasks.celery_app import make_celery
 
 EXTENSION_KEY = "ccq"
 
@@ -21,6 +23,7 @@ class Services:
     engine: Engine
     session_factory: sessionmaker[Session]
     redis: redis.Redis
+    celery: Celery
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -33,11 +36,13 @@ class Services:
             redis=redis.Redis.from_url(
                 settings.redis_url, socket_timeout=3, socket_connect_timeout=3
             ),
+            celery=make_celery(settings),
         )
 
     def close(self) -> None:
         self.engine.dispose()
         self.redis.close()
+        self.celery.close()
 
 
 def get_services() -> Services:

@@ -277,6 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("request-id", getattr(self, "request_id", "") or new_id("req"))
         if self.close_connection:
             self.send_header("connection", "close")
+        if status >= 400:
+            self.send_header("x-should-retry", "false")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

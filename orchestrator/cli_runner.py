@@ -46,7 +46,7 @@ def kill_tree_command(run_id: str) -> list[str]:
     ``run_id`` is ccq's own UUID, checked by the caller, so the script has no user input.
     """
     script = (
-        'for p in /proc/[0-9]*; do '
+        "for p in /proc/[0-9]*; do "
         'if tr "\\0" "\\n" < "$p/environ" 2>/dev/null | grep -qx "CCQ_RUN_ID=$1"; then '
         'kill -KILL "${p#/proc/}" 2>/dev/null; fi; done; true'
     )

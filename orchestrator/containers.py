@@ -8,6 +8,7 @@ can enforce silence and time limits between reads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -121,6 +122,9 @@ class ExecProcess:
     def __init__(self, api: docker.APIClient, exec_id: str, sock: Any) -> None:
         self._api = api
         self.exec_id = exec_id
+        # exec_start hands back a SocketIO wrapper holding an io reference on the socket:
+        # both must be closed for the file descriptor to be released.
+        self._wrapper = sock
         self._sock: socket.socket = getattr(sock, "_sock", sock)
         self._decoder = FrameDecoder()
         self.eof = False
@@ -150,10 +154,9 @@ class ExecProcess:
         return None if info.get("Running") else code
 
     def close(self) -> None:
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        for closable in (self._wrapper, self._sock):
+            with contextlib.suppress(OSError):
+                closable.close()
 
 
 class ContainerRuntime:

@@ -62,6 +62,8 @@ IGNORED_FILE_SUFFIXES = (".pyc", ".pyo", ".swp", "~")
 _BOOKWORM_IMAGE = re.compile(
     r"^(?:(?:docker\.io/)?library/)?debian:(?:bookworm|12(?:\.\d+)*)(?:-\d{8})?(?:-slim)?$"
 )
+# The classic builder colours a step's stderr with ANSI escapes; logs want plain text.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # How much of a failing build step's output goes into the exception message.
 _ERROR_TAIL_LINES = 80
 
@@ -282,7 +284,8 @@ class _BuildLog:
             self._pending = ""
 
     def _line(self, line: str) -> None:
-        line = line.rstrip("\r").rsplit("\r", 1)[-1]  # keep the last frame of a progress bar
+        # Keep the last frame of a progress bar, without colour codes.
+        line = _ANSI_ESCAPE.sub("", line.rstrip("\r").rsplit("\r", 1)[-1])
         if line.startswith("Step ") and " : " in line:
             self.step, self.step_output = line, []
         elif line:

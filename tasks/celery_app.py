@@ -27,7 +27,9 @@ TIME_LIMIT_MARGIN_SECONDS = 120
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("ccq", broker=settings.redis_url, backend=settings.redis_url)
+    app = Celery(
+        "ccq", broker=settings.redis_url, backend=settings.redis_url, include=["tasks.runs"]
+    )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
     app.conf.update(
         task_serializer="json",

@@ -1,0 +1,83 @@
+"""Request bodies (pydantic, unknown fields refused) and response shapes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from orchestrator.models import Run, Session
+
+MAX_PROMPT_BYTES = 256 * 1024
+
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_BYTES)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ToolName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^,\s]+( ?\S+)*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class CliOptionsBody(Strict):
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    append_system_prompt: Annotated[str, StringConstraints(max_length=64 * 1024)] | None = None
+    max_turns: Annotated[int, Field(ge=1, le=1000)] | None = None
+    max_budget_usd: Annotated[float, Field(gt=0, le=10_000)] | None = None
+    allowed_tools: Annotated[list[ToolName], Field(max_length=200)] = []
+    disallowed_tools: Annotated[list[ToolName], Field(max_length=200)] = []
+
+    def cli_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, exclude_defaults=True, exclude={"model"})
+
+
+class CreateSession(CliOptionsBody):
+    prompt: Prompt | None = None
+    metadata: Annotated[dict[str, Any], Field(max_length=100)] = {}
+    idempotency_key: Key | None = None
+
+
+class CreateRun(Strict):
+    prompt: Prompt
+    idempotency_key: Key | None = None
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "id": str(run.id),
+        "session_id": str(run.session_id),
+        "seq": run.seq,
+        "status": run.status,
+        "prompt_chars": len(run.prompt),
+        "result": run.result_text,
+        "subtype": run.result_subtype,
+        "is_error": run.is_error,
+        "error": run.error,
+        "total_cost_usd": float(run.total_cost_usd) if run.total_cost_usd is not None else None,
+        "usage": run.usage,
+        "num_turns": run.num_turns,
+        "duration_ms": run.duration_ms,
+        "duration_api_ms": run.duration_api_ms,
+        "attempts": run.attempts,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def session_json(session: Session, last_run: Run | None = None) -> dict[str, Any]:
+    return {
+        "id": str(session.id),
+        "status": session.status,
+        "parent_id": str(session.parent_id) if session.parent_id else None,
+        "root_id": str(session.root_id) if session.root_id else None,
+        "batch_id": str(session.batch_id) if session.batch_id else None,
+        "model": session.model,
+        "options": session.options,
+        "metadata": session.meta,
+        "runs_count": session.runs_count,
+        "total_cost_usd": float(session.total_cost_usd),
+        "last_run": run_json(last_run) if last_run else None,
+        "created_at": session.created_at.isoformat() if session.created_at else None,
+        "last_active_at": session.last_active_at.isoformat() if session.last_active_at else None,
+    }

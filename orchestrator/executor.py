@@ -1,0 +1,288 @@
+"""Execute one run: claim it, run the CLI in the session's container, record the outcome.
+
+Idempotent by construction: the run's state in PostgreSQL decides whether anything
+happens, so a redelivered task never starts the CLI a second time. Runs of one session
+go strictly in ``seq`` order; a run whose turn has not come raises :class:`NotYourTurn`
+and its task retries later without holding a worker slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
+
+from orchestrator.claude_cli import CliEvent, CliOptions, build_command
+from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
+from orchestrator.containers import (
+    ContainerRuntime,
+    SessionContainerSpec,
+    SessionDirs,
+)
+from orchestrator.db import session_scope
+from orchestrator.events import RunEventSink, WireEvent, persist_events
+from orchestrator.locks import SessionLock, is_locked
+from orchestrator.models import Event, Run, RunStatus, Session, SessionStatus
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A run whose worker died this many times is failed instead of started again.
+MAX_ATTEMPTS = 3
+
+
+class NotYourTurn(Exception):
+    """An earlier run of the same session is still queued or running."""
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    run_id: uuid.UUID
+    session_id: uuid.UUID
+    owner: str
+    parent_id: uuid.UUID | None
+    prompt: str
+    options: CliOptions
+    first_event_seq: int
+
+
+def _cli_options(session: Session, run: Run) -> CliOptions:
+    opts: dict[str, Any] = {**session.options, **run.options}
+    return CliOptions(
+        model=opts.get("model") or session.model,
+        append_system_prompt=opts.get("append_system_prompt"),
+        max_turns=opts.get("max_turns"),
+        max_budget_usd=opts.get("max_budget_usd"),
+        allowed_tools=tuple(opts.get("allowed_tools") or ()),
+        disallowed_tools=tuple(opts.get("disallowed_tools") or ()),
+    )
+
+
+def transcript_path(dirs: SessionDirs, session_id: uuid.UUID) -> Path:
+    """Where the CLI keeps the conversation (cwd /workspace → project dir ``-workspace``)."""
+    return dirs.claude_home / "projects" / "-workspace" / f"{session_id}.jsonl"
+
+
+class RunExecutor:
+    """Runs prompts on this worker host. One instance per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[DbSession],
+        redis_client: redis.Redis,
+        runtime: ContainerRuntime,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.redis = redis_client
+        self.runtime = runtime
+
+    # --- claim ---------------------------------------------------------------------------
+
+    def _claim(
+        self, run_id: uuid.UUID, lock: Callable[[uuid.UUID], SessionLock]
+    ) -> tuple[ClaimedRun | None, SessionLock | None, str]:
+        with session_scope(self.session_factory) as db:
+            run = db.get(Run, run_id)
+            if run is None:
+                return None, None, "missing"
+            # Lock order everywhere: session row, then run row.
+            session = db.get(Session, run.session_id, with_for_update=True)
+            db.refresh(run, with_for_update=True)
+            assert session is not None
+            if RunStatus(run.status).is_final:
+                return None, None, run.status
+            if run.status == RunStatus.RUNNING:
+                if is_locked(self.redis, session.id):
+                    return None, None, "running elsewhere"
+                if run.attempts >= MAX_ATTEMPTS:
+                    self._finish_without_cli(
+                        db, run, session, RunStatus.FAILED, f"worker lost {run.attempts} times"
+                    )
+                    return None, None, RunStatus.FAILED
+                log.warning("run %s was orphaned by a dead worker; taking it over", run_id)
+            elif run.cancel_requested:
+                self._finish_without_cli(db, run, session, RunStatus.CANCELLED, None)
+                return None, None, RunStatus.CANCELLED
+            earlier = db.scalar(
+                select(Run.id)
+                .where(
+                    Run.session_id == session.id,
+                    Run.seq < run.seq,
+                    Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+                )
+                .limit(1)
+            )
+            if earlier is not None:
+                raise NotYourTurn(f"run {earlier} of session {session.id} goes first")
+            session_lock = lock(session.id)
+            if not session_lock.acquire():
+                raise NotYourTurn(f"session {session.id} is busy")
+            run.status = RunStatus.RUNNING
+            run.attempts += 1
+            run.started_at = datetime.now(UTC)
+            session.status = SessionStatus.RUNNING
+            session.last_active_at = run.started_at
+            # A taken-over run continues its event numbering after what was persisted.
+            last_seq = db.scalar(select(func.max(Event.seq)).where(Event.run_id == run.id))
+            claimed = ClaimedRun(
+                run_id=run.id,
+                session_id=session.id,
+                owner=session.owner,
+                parent_id=session.parent_id,
+                prompt=run.prompt,
+                options=_cli_options(session, run),
+                first_event_seq=0 if last_seq is None else last_seq + 1,
+            )
+            return claimed, session_lock, RunStatus.RUNNING
+
+    # --- execute -------------------------------------------------------------------------
+
+    def execute(self, run_id: uuid.UUID) -> dict[str, Any]:
+        """Run the prompt if it is this run's turn and nobody ran it yet.
+
+        Returns:
+            ``{"run_id", "status"}``: the same shape on every delivery.
+
+        Raises:
+            NotYourTurn: an earlier run of the session has not finished.
+        """
+        holder = f"{run_id}:{uuid.uuid4().hex}"
+        claimed, session_lock, status = self._claim(
+            run_id, lambda sid: SessionLock(self.redis, sid, holder)
+        )
+        if claimed is None or session_lock is None:
+            return {"run_id": str(run_id), "status": status}
+        try:
+            final = self._execute_claimed(claimed)
+        finally:
+            session_lock.release()
+        return {"run_id": str(run_id), "status": final}
+
+    def _persist(self, events: list[WireEvent]) -> None:
+        with session_scope(self.session_factory) as db:
+            persist_events(db, events)
+
+    def _execute_claimed(self, claimed: ClaimedRun) -> str:
+        sink = RunEventSink(
+            self.redis, self._persist, claimed.session_id, claimed.run_id, claimed.first_event_seq
+        )
+        sink.emit("ccq.run.started", {"run_id": str(claimed.run_id)})
+        dirs = SessionDirs.for_session(self.settings.data_dir, str(claimed.session_id))
+        result: CliRunResult | None = None
+        error: str | None = None
+        try:
+            container = self.runtime.ensure_running(
+                SessionContainerSpec(
+                    session_id=str(claimed.session_id),
+                    owner=claimed.owner,
+                    parent_id=str(claimed.parent_id) if claimed.parent_id else None,
+                    image=self.settings.worker_image,
+                    dirs=dirs,
+                )
+            )
+            resume = transcript_path(dirs, claimed.session_id).exists()
+            result = run_cli(
+                self.runtime,
+                container,
+                run_id=str(claimed.run_id),
+                argv=build_command(str(claimed.session_id), resume=resume, options=claimed.options),
+                prompt=claimed.prompt,
+                env=self._cli_environment(),
+                on_event=lambda e: self._forward(sink, e),
+                silence_timeout=self.settings.run_silence_timeout,
+                time_limit=self.settings.run_time_limit,
+                should_cancel=lambda: self._cancel_requested(claimed.run_id),
+            )
+        except Exception as exc:  # the run must end recorded, whatever broke
+            log.exception("run %s failed outside the CLI", claimed.run_id)
+            error = f"{type(exc).__name__}: {exc}"
+        status = self._record(claimed, result, error)
+        sink.emit("ccq.run.finished", {"status": status})
+        sink.flush()
+        return status
+
+    @staticmethod
+    def _forward(sink: RunEventSink, event: CliEvent) -> None:
+        sink.emit(event.type, event.data)
+
+    def _cli_environment(self) -> dict[str, str]:
+        s = self.settings
+        env: dict[str, str] = {}
+        if s.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = s.anthropic_base_url
+        if s.anthropic_api_key is not None:
+            env["ANTHROPIC_API_KEY"] = s.anthropic_api_key.get_secret_value()
+        if s.claude_code_oauth_token is not None:
+            env["CLAUDE_CODE_OAUTH_TOKEN"] = s.claude_code_oauth_token.get_secret_value()
+        return env
+
+    def _cancel_requested(self, run_id: uuid.UUID) -> bool:
+        with self.session_factory() as db:
+            return bool(db.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+    # --- record --------------------------------------------------------------------------
+
+    def _record(self, claimed: ClaimedRun, result: CliRunResult | None, error: str | None) -> str:
+        with session_scope(self.session_factory) as db:
+            session = db.get(Session, claimed.session_id, with_for_update=True)
+            run = db.get(Run, claimed.run_id, with_for_update=True)
+            assert session is not None and run is not None
+            status = _final_status(result, error)
+            if result is not None:
+                o = result.outcome
+                run.result_text = o.result_text
+                run.result_subtype = o.subtype
+                run.is_error = o.is_error
+                run.total_cost_usd = o.total_cost_usd
+                run.usage = o.usage
+                run.num_turns = o.num_turns
+                run.duration_ms = o.duration_ms
+                run.duration_api_ms = o.duration_api_ms
+                run.exit_code = result.exit_code
+                if status == RunStatus.FAILED and not o.has_result:
+                    error = f"the CLI exited ({result.exit_code}) without a result: {result.stderr_tail[-2000:]}"
+                if o.cli_version:
+                    session.cli_started = True
+            run.error = error
+            run.status = status
+            run.finished_at = datetime.now(UTC)
+            session.total_cost_usd = (session.total_cost_usd or Decimal(0)) + (
+                run.total_cost_usd or Decimal(0)
+            )
+            session.status = SessionStatus.IDLE
+            session.last_active_at = run.finished_at
+            return status
+
+    @staticmethod
+    def _finish_without_cli(
+        db: DbSession, run: Run, session: Session, status: RunStatus, error: str | None
+    ) -> None:
+        run.status = status
+        run.error = error
+        run.finished_at = datetime.now(UTC)
+        session.status = SessionStatus.IDLE
+
+
+def _final_status(result: CliRunResult | None, error: str | None) -> RunStatus:
+    if result is None or error is not None:
+        return RunStatus.FAILED
+    if result.stop_reason is StopReason.CANCELLED:
+        return RunStatus.CANCELLED
+    if result.stop_reason in (StopReason.SILENCE, StopReason.TIME_LIMIT):
+        return RunStatus.TIMED_OUT
+    o = result.outcome
+    if o.has_result and not o.is_error:
+        return RunStatus.SUCCEEDED
+    return RunStatus.FAILED

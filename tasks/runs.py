@@ -1,0 +1,23 @@
+"""Run tasks: thin wrappers that hand IDs to the orchestrator's executor."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Task, shared_task
+
+from orchestrator.executor import NotYourTurn
+from tasks.context import worker_context
+
+# How often a run whose turn has not come looks again; it holds no worker slot meanwhile.
+TURN_RETRY_SECONDS = 1.0
+
+
+@shared_task(bind=True, name="ccq.run_prompt", max_retries=None, acks_late=True)
+def run_prompt(self: Task, run_id: str) -> dict[str, Any]:
+    """Execute one run of a session (idempotent: a redelivery never runs the CLI twice)."""
+    try:
+        return worker_context().executor.execute(uuid.UUID(run_id))
+    except NotYourTurn as exc:
+        raise self.retry(countdown=TURN_RETRY_SECONDS, exc=exc) from None
