@@ -80,7 +80,9 @@ class Plan:
 
     ``chunks`` are the text deltas of the (optional) text block, sent ``chunk_delay``
     seconds apart; ``tools`` become ``tool_use`` blocks after it. ``sleep`` is waited
-    before anything is sent, whatever the kind.
+    before anything is sent, whatever the kind. ``error_times`` > 0 means the error is
+    retryable and only the first that many attempts of the same request fail; the server
+    counts attempts and then asks :func:`plan_reply` again with ``skip_errors``.
     """
 
     kind: Kind
@@ -90,6 +92,7 @@ class Plan:
     sleep: float = 0.0
     error_status: int = 0
     error_message: str = ""
+    error_times: int = 0
 
     @property
     def text(self) -> str:
@@ -228,12 +231,13 @@ def latest_turn(messages: Any) -> dict[str, Any]:
     raise DirectiveError("messages: no user or assistant message")
 
 
-def plan_reply(messages: Any) -> Plan:
+def plan_reply(messages: Any, *, skip_errors: bool = False) -> Plan:
     """Decide the answer to a request from the directives in its latest turn.
 
     Precedence: ``error``, then ``hang``, then tool results being returned (the CLI sending
     tool output back), then ``tool`` (after an optional echo/stream text block), ``stream``,
     and ``echo`` (also the default). ``sleep`` adds up and applies to all of them.
+    ``skip_errors`` ignores ``error`` directives (once their ``times=K`` is used up).
 
     Raises:
         DirectiveError: ``messages`` is unusable or a directive is malformed.
@@ -250,8 +254,15 @@ def plan_reply(messages: Any) -> Plan:
         args = directive.args
         match directive.name:
             case "error":
-                status, message = _error_args(args)
-                return Plan("error", sleep=sleep, error_status=status, error_message=message)
+                status, message, times = _error_args(args)
+                if not skip_errors:
+                    return Plan(
+                        "error",
+                        sleep=sleep,
+                        error_status=status,
+                        error_message=message,
+                        error_times=times,
+                    )
             case "hang":
                 _no_args(directive)
                 return Plan("hang", sleep=sleep)
@@ -307,9 +318,19 @@ def _stream_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
     return tuple(f"chunk {i}/{count} " for i in range(1, count + 1)), delay
 
 
-def _error_args(args: tuple[str, ...]) -> tuple[int, str]:
+def _error_args(args: tuple[str, ...]) -> tuple[int, str, int]:
+    """``STATUS [times=K] [MESSAGE…]`` → status, message, times (0: every attempt fails)."""
     if not args:
         raise DirectiveError("[[error STATUS]]: missing the HTTP status")
+    times = 0
+    if len(args) > 1 and args[1].startswith("times="):
+        try:
+            times = int(args[1].removeprefix("times="))
+        except ValueError:
+            times = -1
+        if not 1 <= times <= 1000:
+            raise DirectiveError("[[error STATUS times=K]]: K must be an integer from 1 to 1000")
+        args = (args[0], *args[2:])
     try:
         status = int(args[0])
     except ValueError:
@@ -317,4 +338,4 @@ def _error_args(args: tuple[str, ...]) -> tuple[int, str]:
     if not 400 <= status <= 599:
         raise DirectiveError("[[error STATUS]]: STATUS must be between 400 and 599")
     message = " ".join(args[1:]) or f"scripted error {status} ({error_type_for(status)})"
-    return status, message
+    return status, message, times

@@ -16,6 +16,7 @@ hanging handler and shuts every open connection, so stopping never waits on a cl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import select
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-from model_server.directives import DirectiveError, Plan, plan_reply
+from model_server.directives import DirectiveError, Plan, latest_turn, plan_reply
 from model_server.recording import RequestLog, describe_body, redact_headers
 from model_server.sse import Event, Reply, error_body, estimate_tokens, new_id, sse_frame
 
@@ -52,20 +53,28 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], log: RequestLog) -> None:
         self.request_log = log
         self.stopping = threading.Event()
+        self._attempts: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
+        self._lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def track(self, conn: socket.socket, *, open_: bool) -> None:
-        with self._connections_lock:
+        with self._lock:
             if open_:
                 self._connections.add(conn)
             else:
                 self._connections.discard(conn)
 
+    def count_attempt(self, key: str) -> int:
+        """How many times this request was seen before (for ``[[error S times=K]]``)."""
+        with self._lock:
+            seen = self._attempts.get(key, 0)
+            self._attempts[key] = seen + 1
+            return seen
+
     def shutdown_connections(self) -> None:
         """Shut every client socket so handler threads blocked on reads return at once."""
-        with self._connections_lock:
+        with self._lock:
             conns = list(self._connections)
         for conn in conns:
             with contextlib.suppress(OSError):  # already closed by the client or handler
@@ -195,6 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body, "invalid_request", 400, error=str(exc))
             self._send_error(400, str(exc))
             return
+        if plan.error_times:
+            earlier = self.server.count_attempt(_attempt_key(self, body))
+            if earlier >= plan.error_times:  # enough failures: answer as if no error
+                plan = plan_reply(body["messages"], skip_errors=True)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             model = DEFAULT_MODEL
@@ -206,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if plan.kind == "error":
-            self._send_error(plan.error_status, plan.error_message)
+            self._send_error(plan.error_status, plan.error_message, retry=plan.error_times > 0)
         elif plan.kind == "hang":
             if stream:
                 self._start_sse()
@@ -269,23 +282,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
+    def _send_json(
+        self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.send_header("request-id", getattr(self, "request_id", "") or new_id("req"))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("connection", "close")
-        if status >= 400:
-            self.send_header("x-should-retry", "false")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
         self.wfile.flush()
 
-    def _send_error(self, status: int, message: str) -> None:
-        self._send_json(status, error_body(status, message))
+    def _send_error(self, status: int, message: str, *, retry: bool = False) -> None:
+        """An Anthropic error; ``x-should-retry`` tells the client whether to try again.
+
+        Without ``x-should-retry: false`` the Claude Code CLI retries 401, 429, 5xx and 529
+        ten times with exponential backoff (minutes); scripted errors should fail fast
+        unless the prompt asked for retries with ``times=K``.
+        """
+        headers = {"x-should-retry": "true" if retry else "false"}
+        self._send_json(status, error_body(status, message), headers)
 
     def _record(self, body: Any, directive: str, status: int, *, error: str | None = None) -> None:
         entry: dict[str, Any] = {
@@ -320,6 +342,17 @@ class _BadRequest(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _attempt_key(handler: _Handler, body: dict[str, Any]) -> str:
+    """Identifies "the same request again": same session, conversation length and turn."""
+    messages = body["messages"]
+    turn = [
+        handler.headers.get("x-claude-code-session-id", ""),
+        len(messages),
+        latest_turn(messages).get("content"),
+    ]
+    return hashlib.sha256(json.dumps(turn, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -356,7 +356,7 @@ def _remove_superseded(client: docker.DockerClient, old_id: str, log: LogFn) -> 
     try:
         client.images.remove(old_id, noprune=False)
     except docker.errors.DockerException as exc:
-        log(f"kept the previous image {old_id[:19]} ({exc.__class__.__name__}: still in use)")
+        log(f"kept the previous image {old_id[:19]}: {exc}")
     else:
         log(f"removed the previous image {old_id[:19]}")
 

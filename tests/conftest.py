@@ -7,6 +7,9 @@ container they create (label ``ccq.test``) even when a test fails.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from sqlalchemy.engine import make_url
 from model_server.server import ModelServer
 from orchestrator import migrate
 from orchestrator.settings import Settings, load_settings
+from tests.waiting import wait_for
 
 TEST_DATABASE = "ccq_test"
 TEST_REDIS_DB = 15
@@ -128,3 +132,76 @@ def model(model_server: ModelServer) -> ModelServer:
 def container_base_url(server: ModelServer) -> str:
     """The model server's URL as a session container sees it."""
     return f"http://host.docker.internal:{server.port}"
+
+
+def stack_environment(settings: Settings, model_server: ModelServer) -> dict[str, str]:
+    """The environment a ccq process needs to join this test stack."""
+    secret = settings.jwt_secret
+    assert secret is not None
+    return {
+        **os.environ,
+        "CCQ_DATABASE_URL": settings.database_url,
+        "CCQ_REDIS_URL": settings.redis_url,
+        "CCQ_DATA_DIR": str(settings.data_dir),
+        "CCQ_JWT_SECRET": secret.get_secret_value(),
+        "CCQ_ANTHROPIC_BASE_URL": container_base_url(model_server),
+        "CCQ_RUN_SILENCE_TIMEOUT": "20",
+        "ANTHROPIC_API_KEY": "test-key",
+    }
+
+
+class WorkerProcess:
+    """A real `ccq worker` subprocess (Celery, prefork pool) on the test stack."""
+
+    def __init__(
+        self, env: dict[str, str], name: str, log_path: Path, concurrency: int = 4
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("ccq")),
+                "worker",
+                f"--hostname={name}@%h",
+                f"--concurrency={concurrency}",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            return b"ready." in self.log_path.read_bytes()
+
+        wait_for(ready, timeout=timeout, what=f"worker {self.name} to be ready")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def worker(
+    settings: Settings, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One real worker for the whole session, as `make up` runs it."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = WorkerProcess(stack_environment(settings, model_server), "test-worker", log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

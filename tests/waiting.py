@@ -20,6 +20,8 @@ def wait_for(
     while True:
         try:
             value = check()
+        except AssertionError:
+            raise  # the check knows the wait is hopeless (a process died)
         except Exception:  # a check may raise while the thing is still coming up
             value = None
         if value:

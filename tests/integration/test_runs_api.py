@@ -1,0 +1,181 @@
+"""Prompts through the API become Celery tasks that run the real CLI (real worker)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from api import create_app
+from api.extensions import EXTENSION_KEY, Services
+from orchestrator.auth import mint_token
+from orchestrator.models import Run, Session
+from orchestrator.settings import Settings
+from tests.conftest import WorkerProcess
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(settings)
+    yield app
+    app.extensions[EXTENSION_KEY].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def auth(settings: Settings, owner: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(settings, owner)}"}
+
+
+def wait_run(client: FlaskClient, headers: dict[str, str], run_id: str) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}", headers=headers).json["run"]  # type: ignore[index]
+        return run if run["status"] in FINAL else None
+
+    return wait_for(final, timeout=180, interval=0.2, what=f"run {run_id} to finish")
+
+
+def test_two_prompts_on_one_session_the_second_resumed(
+    client: FlaskClient, settings: Settings, worker: WorkerProcess
+) -> None:
+    headers = auth(settings)
+    created = client.post(
+        "/api/v1/sessions", json={"prompt": "the word is tangerine"}, headers=headers
+    )
+    assert created.status_code == 201, created.json
+    body = created.json
+    assert body is not None
+    session_id, first_id = body["session"]["id"], body["run"]["id"]
+    assert body["run"]["status"] == "queued"
+
+    first = wait_run(client, headers, first_id)
+    assert first["status"] == "succeeded", first
+    queued = client.post(
+        f"/api/v1/sessions/{session_id}/runs",
+        json={"prompt": "what was the word?"},
+        headers=headers,
+    )
+    assert queued.status_code == 202, queued.json
+    second = wait_run(client, headers, queued.json["run"]["id"])  # type: ignore[index]
+    assert second["status"] == "succeeded", second
+
+    counts = [
+        int(re.match(r"echo \(messages=(\d+)\)", r["result"]).group(1)) for r in (first, second)
+    ]  # type: ignore[union-attr]
+    assert counts[1] == counts[0] + 2  # the second prompt reached the model with the first
+    assert second["result"].endswith("what was the word?")
+    assert first["total_cost_usd"] > 0 and second["total_cost_usd"] > 0
+    assert (first["num_turns"], second["num_turns"]) == (1, 1)
+
+    session = client.get(f"/api/v1/sessions/{session_id}", headers=headers).json["session"]  # type: ignore[index]
+    assert session["runs_count"] == 2
+    assert session["status"] == "idle"
+    assert session["total_cost_usd"] == pytest.approx(
+        first["total_cost_usd"] + second["total_cost_usd"]
+    )
+    assert session["last_run"]["id"] == second["id"]
+
+
+def test_a_run_records_its_events_in_order(
+    client: FlaskClient, settings: Settings, worker: WorkerProcess
+) -> None:
+    headers = auth(settings)
+    created = client.post(
+        "/api/v1/sessions", json={"prompt": "[[stream 5 0.01]]"}, headers=headers
+    ).json
+    assert created is not None
+    run = wait_run(client, headers, created["run"]["id"])
+    assert run["status"] == "succeeded", run
+
+    events = client.get(f"/api/v1/runs/{run['id']}/events", headers=headers).json["events"]  # type: ignore[index]
+    types = [e["type"] for e in events]
+    assert types[0] == "ccq.run.started"
+    assert types[-1] == "ccq.run.finished"
+    assert "result" in types and "system" in types
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert all(
+        e["run_id"] == run["id"] and e["session_id"] == created["session"]["id"] for e in events
+    )
+    page = client.get(
+        f"/api/v1/runs/{run['id']}/events?after={events[1]['id']}&limit=2", headers=headers
+    ).json["events"]  # type: ignore[index]
+    assert [e["id"] for e in page] == [e["id"] for e in events[2:4]]
+
+
+def _counts(services: Services) -> tuple[int, int]:
+    with services.session_factory() as db:
+        return (
+            db.scalar(select(func.count()).select_from(Session)) or 0,
+            db.scalar(select(func.count()).select_from(Run)) or 0,
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": 42}, "prompt"),
+        ({"prompt": "hi", "colour": "blue"}, "colour"),
+        ({"prompt": "hi", "max_turns": 0}, "max_turns"),
+        ({"prompt": "x" * (256 * 1024 + 1)}, "prompt"),
+        ({"prompt": "hi", "allowed_tools": "Bash"}, "allowed_tools"),
+    ],
+)
+def test_bad_bodies_are_refused_naming_the_field_and_write_nothing(
+    app: Flask, client: FlaskClient, settings: Settings, body: dict[str, Any], field: str
+) -> None:
+    before = _counts(app.extensions[EXTENSION_KEY])
+    response = client.post("/api/v1/sessions", json=body, headers=auth(settings))
+    assert response.status_code == 400
+    error = response.json["error"]  # type: ignore[index]
+    assert error["code"] == "invalid_input"
+    assert any(d["field"].startswith(field) for d in error["details"]), error
+    assert _counts(app.extensions[EXTENSION_KEY]) == before
+
+
+def test_malformed_json_and_missing_prompt(client: FlaskClient, settings: Settings) -> None:
+    headers = {**auth(settings), "Content-Type": "application/json"}
+    response = client.post("/api/v1/sessions", data=b"{not json", headers=headers)
+    assert response.status_code == 400
+    assert response.json["error"]["details"][0]["field"] == "(body)"  # type: ignore[index]
+
+    session_id = client.post("/api/v1/sessions", json={}, headers=headers).json["session"]["id"]  # type: ignore[index]
+    response = client.post(f"/api/v1/sessions/{session_id}/runs", json={}, headers=headers)
+    assert response.status_code == 400
+    assert response.json["error"]["details"][0]["field"] == "prompt"  # type: ignore[index]
+
+
+def test_tokens_are_checked_and_other_owners_see_nothing(
+    client: FlaskClient, settings: Settings
+) -> None:
+    session_id = client.post("/api/v1/sessions", json={}, headers=auth(settings, "alice")).json[
+        "session"
+    ]["id"]  # type: ignore[index]
+
+    assert client.get(f"/api/v1/sessions/{session_id}").status_code == 401
+    forged = {"Authorization": "Bearer " + mint_token(settings, "alice")[:-4] + "abcd"}
+    assert client.get(f"/api/v1/sessions/{session_id}", headers=forged).status_code == 401
+
+    as_bob = auth(settings, "bob")
+    assert client.get(f"/api/v1/sessions/{session_id}", headers=as_bob).status_code == 404
+    response = client.post(
+        f"/api/v1/sessions/{session_id}/runs", json={"prompt": "hi"}, headers=as_bob
+    )
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"  # type: ignore[index]
+    assert client.get(f"/api/v1/sessions/{uuid.uuid4()}", headers=as_bob).status_code == 404
+    assert client.get("/api/v1/sessions/not-a-uuid", headers=as_bob).status_code == 404
