@@ -41,7 +41,7 @@ down: ## Stop exactly what `make up` started
 
 .PHONY: demo
 demo: up ## Show the main job: prompts submitted and tailed through ccq
-	@$(BIN)/python -m demo
+	@$(BIN)/python scripts/demo.py
 
 .PHONY: lint
 lint: install ## ruff (lint and format check) and mypy

@@ -131,7 +131,7 @@ def beat(ctx: Context, celery_args: tuple[str, ...]) -> None:
     """Run Celery beat, the periodic scheduler (idle reaper and housekeeping)."""
     from tasks.celery_app import make_celery
 
-    make_celery(ctx.settings).start(["celery", "beat", *celery_args])
+    make_celery(ctx.settings).start(["beat", *celery_args])
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -143,7 +143,7 @@ def flower(ctx: Context, flower_args: tuple[str, ...]) -> None:
 
     settings = ctx.settings
     make_celery(settings).start(
-        ["celery", "flower", f"--port={settings.flower_port}", *flower_args]
+        ["flower", f"--port={settings.flower_port}", *flower_args]
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from orchestrator.settings import ConfigError, Settings, load_settings
 
@@ -64,6 +65,10 @@ _BOOKWORM_IMAGE = re.compile(
 )
 # The classic builder colours a step's stderr with ANSI escapes; logs want plain text.
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# What a call to the engine can raise: its own errors, or the HTTP layer's (timeouts).
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException)
+# How long the build stream may stay silent (npm downloads the CLI without printing).
+_BUILD_READ_TIMEOUT_S = 1800
 # How much of a failing build step's output goes into the exception message.
 _ERROR_TAIL_LINES = 80
 
@@ -160,7 +165,7 @@ def _local_image_id(client: docker.DockerClient, image: str) -> str | None:
         return str(client.images.get(image).id)
     except docker.errors.ImageNotFound:
         return None
-    except docker.errors.DockerException as exc:
+    except _ENGINE_ERRORS as exc:
         raise ImageBuildError(f"cannot inspect image {image!r}: {exc}") from exc
 
 
@@ -169,7 +174,7 @@ def _try_pull(client: docker.DockerClient, image: str) -> tuple[str | None, str]
     repository, tag = _split_tag(image)
     try:
         pulled = client.images.pull(repository, tag=tag)
-    except docker.errors.DockerException as exc:
+    except _ENGINE_ERRORS as exc:
         return None, str(exc)
     return str(pulled.id), ""
 
@@ -318,10 +323,11 @@ def _build(
             nocache=no_cache,
             pull=False,
             decode=True,
+            timeout=_BUILD_READ_TIMEOUT_S,
         )
         for chunk in stream:
             image_id = _handle_build_chunk(chunk, build_log, tag) or image_id
-    except docker.errors.DockerException as exc:
+    except _ENGINE_ERRORS as exc:
         raise ImageBuildError(f"building {tag} failed: {exc}") from exc
     build_log.flush()
     found = _local_image_id(client, tag)
@@ -355,7 +361,7 @@ def _remove_superseded(client: docker.DockerClient, old_id: str, log: LogFn) -> 
     """Drop the image a rebuild replaced, unless something (a container, a tag) still uses it."""
     try:
         client.images.remove(old_id, noprune=False)
-    except docker.errors.DockerException as exc:
+    except _ENGINE_ERRORS as exc:
         log(f"kept the previous image {old_id[:19]}: {exc}")
     else:
         log(f"removed the previous image {old_id[:19]}")
@@ -430,7 +436,7 @@ def _current_image(client: docker.DockerClient, tag: str) -> tuple[str, str | No
         image = client.images.get(tag)
     except docker.errors.ImageNotFound:
         return None
-    except docker.errors.DockerException as exc:
+    except _ENGINE_ERRORS as exc:
         raise ImageBuildError(f"cannot inspect image {tag!r}: {exc}") from exc
     labels = image.labels or {}
     return str(image.id), labels.get(LABEL_INPUTS_HASH)
@@ -472,7 +478,7 @@ def ensure_from_settings(settings: Settings, log: LogFn = print) -> ImageBuildRe
     extra_ca_file = resolve_extra_ca_file(settings, log)
     try:
         client = docker.from_env()
-    except docker.errors.DockerException as exc:
+    except _ENGINE_ERRORS as exc:
         raise ImageBuildError(f"cannot reach the Docker engine: {exc}") from exc
     try:
         return ensure_worker_image(

@@ -1,0 +1,155 @@
+"""The worker image's inputs hash: the rule that decides whether `ccq image` rebuilds."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from orchestrator.image import (
+    WORKER_IMAGE_DIR,
+    build_inputs_hash,
+    can_make_base_image,
+    context_files,
+)
+
+ARGS = {"BASE_IMAGE": "debian:bookworm-slim", "CLAUDE_CODE_VERSION": "2.1.329"}
+CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+BASE_ID = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Path:
+    """A small stand-in for worker_image/: a Dockerfile, a script and a nested file."""
+    root = tmp_path / "worker_image"
+    (root / "files").mkdir(parents=True)
+    (root / "Dockerfile").write_text("FROM ${BASE_IMAGE}\n")
+    (root / "entry.sh").write_text("#!/bin/sh\nexec \"$@\"\n")
+    (root / "files" / "gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
+    return root
+
+
+def _hash(
+    context: Path,
+    args: dict[str, str] = ARGS,
+    ca: bytes = CA,
+    base_id: str = BASE_ID,
+) -> str:
+    return build_inputs_hash(context, args, ca, base_id)
+
+
+def test_same_inputs_same_hash(context: Path, tmp_path: Path) -> None:
+    first = _hash(context)
+    assert first == _hash(context)
+    assert len(first) == 64
+    assert int(first, 16) >= 0
+    # The hash depends on contents, not on where the directory is or how args are ordered.
+    moved = shutil.copytree(context, tmp_path / "elsewhere")
+    assert _hash(moved, dict(reversed(list(ARGS.items())))) == first
+
+
+def test_file_bytes_change_the_hash(context: Path) -> None:
+    before = _hash(context)
+    (context / "files" / "gitconfig").write_text("[init]\n\tdefaultBranch = trunk\n")
+    assert _hash(context) != before
+
+
+def test_file_name_changes_the_hash(context: Path) -> None:
+    before = _hash(context)
+    (context / "entry.sh").rename(context / "entrypoint.sh")
+    assert _hash(context) != before
+
+
+def test_moving_a_file_between_directories_changes_the_hash(context: Path) -> None:
+    before = _hash(context)
+    (context / "files" / "gitconfig").rename(context / "gitconfig")
+    assert _hash(context) != before
+
+
+def test_added_file_changes_the_hash(context: Path) -> None:
+    before = _hash(context)
+    (context / "skills").mkdir()
+    (context / "skills" / "SKILL.md").write_text("# a skill\n")
+    assert _hash(context) != before
+
+
+def test_executable_bit_changes_the_hash(context: Path) -> None:
+    before = _hash(context)
+    (context / "entry.sh").chmod(0o755)
+    assert _hash(context) != before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {**ARGS, "CLAUDE_CODE_VERSION": "2.1.330"},
+        {**ARGS, "BASE_IMAGE": "debian:bookworm"},
+        {**ARGS, "EXTRA": "1"},
+        {"BASE_IMAGE": ARGS["BASE_IMAGE"]},
+    ],
+    ids=["version", "base-name", "added-arg", "removed-arg"],
+)
+def test_build_args_change_the_hash(context: Path, args: dict[str, str]) -> None:
+    assert _hash(context, args=args) != _hash(context)
+
+
+def test_ca_bytes_change_the_hash(context: Path) -> None:
+    before = _hash(context)
+    assert _hash(context, ca=CA + CA) != before
+    assert _hash(context, ca=b"") != before
+
+
+def test_base_image_id_changes_the_hash(context: Path) -> None:
+    assert _hash(context, base_id="sha256:" + "cd" * 32) != _hash(context)
+
+
+def test_fields_cannot_run_into_each_other(context: Path) -> None:
+    # Moving bytes from one input to its neighbour must not give the same stream.
+    assert _hash(context, args={"A": "BC"}) != _hash(context, args={"AB": "C"})
+    assert _hash(context, ca=b"x", base_id="y") != _hash(context, ca=b"", base_id="xy")
+
+
+def test_caches_and_editor_files_do_not_count(context: Path) -> None:
+    before = _hash(context)
+    (context / "__pycache__").mkdir()
+    (context / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0")
+    (context / "files" / "gitconfig.swp").write_bytes(b"\0")
+    (context / "files" / "gitconfig~").write_bytes(b"\0")
+    (context / "node_modules" / "x").mkdir(parents=True)
+    (context / "node_modules" / "x" / "index.js").write_text("1\n")
+    (context / ".DS_Store").write_bytes(b"\0")
+    assert _hash(context) == before
+    assert [p.as_posix() for p in context_files(context)] == [
+        "Dockerfile",
+        "entry.sh",
+        "files/gitconfig",
+    ]
+
+
+def test_the_real_worker_image_directory_hashes() -> None:
+    files = [p.as_posix() for p in context_files(WORKER_IMAGE_DIR)]
+    assert "Dockerfile" in files
+    assert "extra-ca.crt" not in files  # the name is reserved for the assembled context
+    assert _hash(WORKER_IMAGE_DIR) == _hash(WORKER_IMAGE_DIR)
+
+
+@pytest.mark.parametrize(
+    ("name", "makeable"),
+    [
+        ("debian:bookworm-slim", True),
+        ("debian:bookworm", True),
+        ("debian:12", True),
+        ("debian:12-slim", True),
+        ("debian:12.8-slim", True),
+        ("debian:bookworm-20241111-slim", True),
+        ("docker.io/library/debian:bookworm-slim", True),
+        ("debian:trixie-slim", False),
+        ("debian:11", False),
+        ("debian", False),
+        ("ubuntu:24.04", False),
+        ("example.com:5000/debian:bookworm-slim", False),
+    ],
+)
+def test_which_base_images_can_be_made_locally(name: str, makeable: bool) -> None:
+    assert can_make_base_image(name) is makeable
