@@ -12,7 +12,9 @@ MAX_PROMPT_BYTES = 256 * 1024
 
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_BYTES)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-ToolName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^,\s]+( ?\S+)*$")]
+ToolName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^,\s]+( ?\S+)*$")
+]
 
 
 class Strict(BaseModel):

@@ -102,8 +102,10 @@ def run_events(owner: str, run_id: uuid.UUID) -> Reply:
     after = request.args.get("after")
     limit_text = request.args.get("limit", "500")
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= 5000:
-        raise InvalidInput("limit: must be an integer from 1 to 5000",
-                           [{"field": "limit", "reason": "must be an integer from 1 to 5000"}])
+        raise InvalidInput(
+            "limit: must be an integer from 1 to 5000",
+            [{"field": "limit", "reason": "must be an integer from 1 to 5000"}],
+        )
     services = get_services()
     with services.session_factory() as db:
         try:
@@ -113,4 +115,7 @@ def run_events(owner: str, run_id: uuid.UUID) -> Reply:
             raise NotFound(exc.message) from None
         except InvalidCursor as exc:
             raise InvalidInput(f"after: {exc}", [{"field": "after", "reason": str(exc)}]) from None
-    return {"events": [e.to_json() for e in events], "next_after": events[-1].id if events else after}, 200
+    return {
+        "events": [e.to_json() for e in events],
+        "next_after": events[-1].id if events else after,
+    }, 200

@@ -14,10 +14,14 @@ M = TypeVar("M", bound=BaseModel)
 
 def parse_body(model: type[M]) -> M:
     if not request.is_json:
-        raise InvalidInput("the body must be JSON (Content-Type: application/json)",
-                           [{"field": "(body)", "reason": "not JSON"}])
+        raise InvalidInput(
+            "the body must be JSON (Content-Type: application/json)",
+            [{"field": "(body)", "reason": "not JSON"}],
+        )
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
-        raise InvalidInput("the body must be a JSON object",
-                           [{"field": "(body)", "reason": "malformed JSON or not an object"}])
+        raise InvalidInput(
+            "the body must be a JSON object",
+            [{"field": "(body)", "reason": "malformed JSON or not an object"}],
+        )
     return model.model_validate(data)

@@ -50,16 +50,23 @@ def token(ctx: Context, subject: str, ttl: int) -> None:
 @cli.command("model-server")
 @click.option("--host", default=None, help="Bind address [CCQ_MODEL_SERVER_HOST].")
 @click.option("--port", default=None, type=click.IntRange(0, 65535), help="[CCQ_MODEL_SERVER_PORT]")
-@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Append every request received to this JSON-lines file.")
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append every request received to this JSON-lines file.",
+)
 @pass_context
 def model_server(ctx: Context, host: str | None, port: int | None, record: Path | None) -> None:
     """Serve the scripted Anthropic Messages API (tests, demo, benchmarks)."""
     from model_server.server import serve
 
     settings = ctx.settings
-    serve(host or settings.model_server_host, settings.model_server_port if port is None else port,
-          record)
+    serve(
+        host or settings.model_server_host,
+        settings.model_server_port if port is None else port,
+        record,
+    )
 
 
 @cli.command()
@@ -142,9 +149,7 @@ def flower(ctx: Context, flower_args: tuple[str, ...]) -> None:
     from tasks.celery_app import make_celery
 
     settings = ctx.settings
-    make_celery(settings).start(
-        ["flower", f"--port={settings.flower_port}", *flower_args]
-    )
+    make_celery(settings).start(["flower", f"--port={settings.flower_port}", *flower_args])
 
 
 def main() -> None:

@@ -57,7 +57,8 @@ def publish(
     data: dict[str, Any],
 ) -> WireEvent:
     """Append one event to the session's stream and return it with its stream ID."""
-    payload = {"run_id": str(run_id) if run_id else None, "seq": seq, "type": type_, "data": data}
+    run = str(run_id) if run_id else None
+    payload = {"run_id": run, "seq": seq, "type": type_, "data": data}
     stream_id = client.xadd(
         stream_key(session_id),
         {"e": json.dumps(payload, separators=(",", ":"))},
@@ -65,7 +66,7 @@ def publish(
         approximate=True,
     )
     sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
-    return WireEvent(sid, str(session_id), payload["run_id"], seq, type_, data)
+    return WireEvent(sid, str(session_id), run, seq, type_, data)
 
 
 class RunEventSink:

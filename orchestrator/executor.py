@@ -238,7 +238,8 @@ class RunExecutor:
         with session_scope(self.session_factory) as db:
             session = db.get(Session, claimed.session_id, with_for_update=True)
             run = db.get(Run, claimed.run_id, with_for_update=True)
-            assert session is not None and run is not None
+            assert session is not None
+            assert run is not None
             status = _final_status(result, error)
             if result is not None:
                 o = result.outcome
@@ -252,7 +253,10 @@ class RunExecutor:
                 run.duration_api_ms = o.duration_api_ms
                 run.exit_code = result.exit_code
                 if status == RunStatus.FAILED and not o.has_result:
-                    error = f"the CLI exited ({result.exit_code}) without a result: {result.stderr_tail[-2000:]}"
+                    error = (
+                        f"the CLI exited ({result.exit_code}) without a result: "
+                        + result.stderr_tail[-2000:]
+                    )
                 if o.cli_version:
                     session.cli_started = True
             run.error = error

@@ -7,6 +7,7 @@ tell "still running elsewhere" (skip) from "orphaned" (take over).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 
@@ -16,7 +17,10 @@ TTL_MS = 30_000
 RENEW_EVERY_SECONDS = 10.0
 
 # Extend or release only if we still own it (compare-and-set in one round trip).
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
 _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
@@ -45,10 +49,9 @@ class SessionLock:
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_EVERY_SECONDS):
-            try:
+            # A failed renewal is retried on the next tick; the TTL covers two misses.
+            with contextlib.suppress(redis.RedisError):
                 self._client.eval(_RENEW, 1, self._key, self._holder, TTL_MS)
-            except redis.RedisError:
-                pass  # retried on the next tick; the TTL covers two missed renewals
 
     def release(self) -> None:
         self._stop.set()

@@ -19,7 +19,8 @@ def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:
     try:
         db.ping(engine)
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        problems["postgres"] = f"unreachable: {type(exc.orig or exc).__name__}"
+        cause = getattr(exc, "orig", None) or exc
+        problems["postgres"] = f"unreachable: {type(cause).__name__}"
     try:
         redis_client.ping()
         hosts = heartbeat.live_hosts(redis_client)

@@ -7,10 +7,9 @@ with a :class:`ConfigError` naming the variable.
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -134,7 +133,7 @@ def _variable_name(loc: tuple[int | str, ...]) -> str:
     return (field if field.isupper() else ENV_PREFIX + field).upper()
 
 
-def load_settings(env_file: Path | None = DEFAULT_ENV_FILE, **overrides: object) -> Settings:
+def load_settings(env_file: Path | None = DEFAULT_ENV_FILE, **overrides: Any) -> Settings:
     """Read the settings once, turning validation errors into a :class:`ConfigError`.
 
     Args:
@@ -145,12 +144,10 @@ def load_settings(env_file: Path | None = DEFAULT_ENV_FILE, **overrides: object)
         ConfigError: a value is malformed; the message names each bad variable.
     """
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        # `_env_file` is pydantic-settings' per-instance override of the configured file.
+        settings_class: Any = Settings
+        settings: Settings = settings_class(_env_file=env_file, **overrides)
+        return settings
     except ValidationError as exc:
         problems = [f"{_variable_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
-
-
-def environ_snapshot() -> dict[str, str]:
-    """The ``CCQ_*`` variables of this process, for handing to child processes."""
-    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}

@@ -76,11 +76,15 @@ def main() -> None:
     settings = load_settings()
     token = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "ccq"), "token", "--sub", "demo"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     api = Api(settings.api_url, token)
-    print(f"demo: talking to {settings.api_url}"
-          + (" (scripted model server)" if SCRIPTED else " (the real Claude API)"))
+    print(
+        f"demo: talking to {settings.api_url}"
+        + (" (scripted model server)" if SCRIPTED else " (the real Claude API)")
+    )
 
     first_prompt = "Remember this word: tangerine. Reply briefly."
     created = api.call("POST", "/api/v1/sessions", json={"prompt": first_prompt})
@@ -96,11 +100,15 @@ def main() -> None:
     print(f"  < {second['result']!r} ({second['status']})")
 
     session = api.call("GET", f"/api/v1/sessions/{session_id}")["session"]
-    print(f"\nsession {session_id}: {session['runs_count']} runs, "
-          f"status {session['status']}, cost ${session['total_cost_usd']:.6f}")
+    print(
+        f"\nsession {session_id}: {session['runs_count']} runs, "
+        f"status {session['status']}, cost ${session['total_cost_usd']:.6f}"
+    )
     if SCRIPTED:
-        print("(the scripted model echoes with the number of messages it received: the "
-              "second answer saw the first exchange)")
+        print(
+            "(the scripted model echoes with the number of messages it received: the "
+            "second answer saw the first exchange)"
+        )
     if first["status"] != "succeeded" or second["status"] != "succeeded":
         sys.exit("demo: a run did not succeed")
 

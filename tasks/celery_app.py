@@ -11,6 +11,7 @@ Reliability choices (see DESIGN.md, "Reliability notes"):
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from typing import Any
@@ -66,10 +67,9 @@ def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     hostname = socket.gethostname()
     while not stop.is_set():
-        try:
+        # Redis down: the heartbeat expires and /readyz says so.
+        with contextlib.suppress(redis.RedisError):
             heartbeat.publish(client, heartbeat.probe_host(hostname, settings.worker_image))
-        except redis.RedisError:
-            pass  # Redis is down: the heartbeat expires and /readyz says so.
         stop.wait(heartbeat.INTERVAL_SECONDS)
 
 

@@ -41,6 +41,13 @@ def auth(settings: Settings, owner: str = "alice") -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(settings, owner)}"}
 
 
+def message_count(echo: str) -> int:
+    """How many messages the scripted model saw, from its echo reply."""
+    match = re.match(r"echo \(messages=(\d+)\)", echo)
+    assert match is not None, echo
+    return int(match.group(1))
+
+
 def wait_run(client: FlaskClient, headers: dict[str, str], run_id: str) -> dict[str, Any]:
     def final() -> dict[str, Any] | None:
         run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}", headers=headers).json["run"]  # type: ignore[index]
@@ -73,12 +80,11 @@ def test_two_prompts_on_one_session_the_second_resumed(
     second = wait_run(client, headers, queued.json["run"]["id"])  # type: ignore[index]
     assert second["status"] == "succeeded", second
 
-    counts = [
-        int(re.match(r"echo \(messages=(\d+)\)", r["result"]).group(1)) for r in (first, second)
-    ]  # type: ignore[union-attr]
+    counts = [message_count(r["result"]) for r in (first, second)]
     assert counts[1] == counts[0] + 2  # the second prompt reached the model with the first
     assert second["result"].endswith("what was the word?")
-    assert first["total_cost_usd"] > 0 and second["total_cost_usd"] > 0
+    assert first["total_cost_usd"] > 0
+    assert second["total_cost_usd"] > 0
     assert (first["num_turns"], second["num_turns"]) == (1, 1)
 
     session = client.get(f"/api/v1/sessions/{session_id}", headers=headers).json["session"]  # type: ignore[index]
@@ -105,7 +111,8 @@ def test_a_run_records_its_events_in_order(
     types = [e["type"] for e in events]
     assert types[0] == "ccq.run.started"
     assert types[-1] == "ccq.run.finished"
-    assert "result" in types and "system" in types
+    assert "result" in types
+    assert "system" in types
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert all(
         e["run_id"] == run["id"] and e["session_id"] == created["session"]["id"] for e in events

@@ -89,7 +89,8 @@ def test_the_result_message_fills_the_outcome() -> None:
             }
         )
     )
-    assert init is not None and result is not None
+    assert init is not None
+    assert result is not None
     apply_event(outcome, init)
     apply_event(outcome, result)
     assert outcome.cli_version == "2.1.329"

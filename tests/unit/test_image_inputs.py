@@ -25,7 +25,7 @@ def context(tmp_path: Path) -> Path:
     root = tmp_path / "worker_image"
     (root / "files").mkdir(parents=True)
     (root / "Dockerfile").write_text("FROM ${BASE_IMAGE}\n")
-    (root / "entry.sh").write_text("#!/bin/sh\nexec \"$@\"\n")
+    (root / "entry.sh").write_text('#!/bin/sh\nexec "$@"\n')
     (root / "files" / "gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
     return root
 
