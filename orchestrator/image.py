@@ -67,6 +67,8 @@ _BOOKWORM_IMAGE = re.compile(
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # What a call to the engine can raise: its own errors, or the HTTP layer's (timeouts).
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException)
+# The builder's own bookkeeping lines, left out of a failed step's reported output.
+_BUILDER_CHATTER = (" ---> ", "Removing intermediate container ")
 # How long the build stream may stay silent (npm downloads the CLI without printing).
 _BUILD_READ_TIMEOUT_S = 1800
 # How much of a failing build step's output goes into the exception message.
@@ -293,7 +295,7 @@ class _BuildLog:
         line = _ANSI_ESCAPE.sub("", line.rstrip("\r").rsplit("\r", 1)[-1])
         if line.startswith("Step ") and " : " in line:
             self.step, self.step_output = line, []
-        elif line:
+        elif line and not line.startswith(_BUILDER_CHATTER):
             self.step_output.append(line)
         if line:
             self._log(line)

@@ -1,17 +1,26 @@
-"""The worker image's inputs hash: the rule that decides whether `ccq image` rebuilds."""
+"""The worker image's inputs: the hash that decides whether `ccq image` rebuilds, and the
+choice of where the base image comes from (no Docker engine needed here)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import docker.errors
 import pytest
 
+from orchestrator import image as image_module
 from orchestrator.image import (
+    MAKE_BASE_IMAGE_SCRIPT,
     WORKER_IMAGE_DIR,
+    ImageBuildError,
     build_inputs_hash,
     can_make_base_image,
     context_files,
+    ensure_base_image,
 )
 
 ARGS = {"BASE_IMAGE": "debian:bookworm-slim", "CLAUDE_CODE_VERSION": "2.1.329"}
@@ -153,3 +162,87 @@ def test_the_real_worker_image_directory_hashes() -> None:
 )
 def test_which_base_images_can_be_made_locally(name: str, makeable: bool) -> None:
     assert can_make_base_image(name) is makeable
+
+
+class _FakeImages:
+    """Just enough of ``DockerClient.images`` for :func:`ensure_base_image`."""
+
+    def __init__(self, local: dict[str, str], pullable: dict[str, str]) -> None:
+        self.local = local
+        self.pullable = pullable
+        self.pulls: list[tuple[str, str]] = []
+
+    def get(self, name: str) -> Any:
+        if name not in self.local:
+            raise docker.errors.ImageNotFound(f"No such image: {name}")
+        return SimpleNamespace(id=self.local[name])
+
+    def pull(self, repository: str, tag: str) -> Any:
+        self.pulls.append((repository, tag))
+        name = f"{repository}:{tag}"
+        if name not in self.pullable:
+            raise docker.errors.APIError("registry unreachable")
+        self.local[name] = self.pullable[name]
+        return SimpleNamespace(id=self.pullable[name])
+
+
+def _client(local: dict[str, str] | None = None, pullable: dict[str, str] | None = None) -> Any:
+    return SimpleNamespace(images=_FakeImages(local or {}, pullable or {}))
+
+
+def test_a_local_base_image_is_used_without_pulling() -> None:
+    client = _client(local={"debian:bookworm-slim": BASE_ID})
+    assert ensure_base_image(client, "debian:bookworm-slim", print) == BASE_ID
+    assert client.images.pulls == []
+
+
+def test_a_missing_base_image_is_pulled() -> None:
+    client = _client(pullable={"example.com:5000/base:1": BASE_ID})
+    assert ensure_base_image(client, "example.com:5000/base:1", print) == BASE_ID
+    assert client.images.pulls == [("example.com:5000/base", "1")]
+
+
+def test_an_untagged_name_pulls_latest() -> None:
+    client = _client(pullable={"example.com:5000/base:latest": BASE_ID})
+    assert ensure_base_image(client, "example.com:5000/base", print) == BASE_ID
+    assert client.images.pulls == [("example.com:5000/base", "latest")]
+
+
+def test_an_unpullable_non_debian_image_is_a_clear_error() -> None:
+    with pytest.raises(ImageBuildError, match=r"cannot be pulled \(registry unreachable\)"):
+        ensure_base_image(_client(), "ubuntu:24.04", print)
+
+
+def test_making_a_bookworm_image_without_root_says_what_to_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ImageBuildError) as caught:
+        ensure_base_image(_client(), "debian:bookworm-slim", print)
+    assert f"sudo {MAKE_BASE_IMAGE_SCRIPT} debian:bookworm-slim bookworm" in str(caught.value)
+
+
+def test_a_bookworm_image_is_made_locally_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _client()
+    ran: list[list[str]] = []
+
+    def fake_run(command: list[str], log: Any) -> tuple[int, list[str]]:
+        ran.append(command)
+        client.images.local["debian:bookworm-slim"] = BASE_ID
+        return 0, ["made"]
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(image_module, "_run_streaming", fake_run)
+    lines: list[str] = []
+    assert ensure_base_image(client, "debian:bookworm-slim", lines.append) == BASE_ID
+    assert ran == [[str(MAKE_BASE_IMAGE_SCRIPT), "debian:bookworm-slim", "bookworm"]]
+    assert any("debootstrap" in line and "cannot be pulled" in line for line in lines), lines
+
+
+def test_a_failed_base_image_script_raises_with_its_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(image_module, "_run_streaming", lambda c, log: (1, ["E: no network"]))
+    with pytest.raises(ImageBuildError, match="E: no network"):
+        ensure_base_image(_client(), "debian:12", print)
