@@ -81,6 +81,21 @@ class Settings(BaseSettings):
     run_silence_timeout: PositiveSeconds = 300.0
     run_time_limit: PositiveSeconds = 3600.0
 
+    @field_validator(
+        "anthropic_api_key",
+        "claude_code_oauth_token",
+        "anthropic_base_url",
+        "jwt_secret",
+        "jwt_public_key",
+        "extra_ca_file",
+        "default_model",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `VAR=` (as compose writes `${VAR:-}`) means "not set", not an empty credential.
+        return None if value == "" else value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_with_psycopg(cls, value: str) -> str:

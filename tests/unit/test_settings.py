@@ -65,3 +65,12 @@ def test_the_env_file_is_read_under_the_real_environment(
     assert settings.jwt_secret is not None
     assert settings.jwt_secret.get_secret_value() == "from-file"
     assert settings.api_port == 9001
+
+
+def test_an_empty_credential_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "")
+    monkeypatch.setenv("CCQ_ANTHROPIC_BASE_URL", "")
+    monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
+    settings = load_settings(env_file=None)
+    assert not settings.has_claude_credentials
+    assert settings.anthropic_base_url is None
