@@ -12,7 +12,7 @@ import copy
 import json
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +28,56 @@ def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     }
 
 
-def describe_body(body: Any) -> dict[str, Any]:
-    """The fields that tell a main-conversation call from the CLI's side calls.
+def describe_body(body: Any, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The fields that tell the CLI's calls apart, for tests that filter the log.
 
-    The CLI's main conversation always offers tools (Bash, Read, …); its side calls (for
-    example the quota probe with ``max_tokens: 1``, or a title generator) do not.
+    Seen from Claude Code 2.1.329 in ``-p`` mode: every ``/v1/messages`` call offers tools
+    (main turns, sub-agents and ``/compact`` alike), a sub-agent's system prompt starts with
+    a billing line containing ``cc_is_subagent=true``, and every call names its session in
+    the ``x-claude-code-session-id`` header (and in ``metadata.user_id``).
     """
+    headers = headers or {}
     if not isinstance(body, dict):
-        return {"model": None, "n_messages": 0, "has_tools": False, "stream": False}
+        body = {}
     messages = body.get("messages")
+    model = body.get("model")
     return {
-        "model": body.get("model") if isinstance(body.get("model"), str) else None,
+        "model": model if isinstance(model, str) else None,
         "n_messages": len(messages) if isinstance(messages, list) else 0,
         "has_tools": bool(body.get("tools")),
         "stream": body.get("stream") is True,
+        "subagent": "cc_is_subagent=true" in _system_text(body.get("system")),
+        "session_id": headers.get("x-claude-code-session-id") or _metadata_session(body),
     }
 
 
+def _system_text(system: Any) -> str:
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        return "\n".join(b.get("text", "") for b in system if isinstance(b, dict))
+    return ""
+
+
+def _metadata_session(body: dict[str, Any]) -> str | None:
+    """``metadata.user_id`` is itself JSON text holding ``session_id`` in the CLI's calls."""
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    try:
+        session = json.loads(user_id).get("session_id") if isinstance(user_id, str) else None
+    except (ValueError, AttributeError):
+        return None
+    return session if isinstance(session, str) else None
+
+
 def is_main_call(entry: dict[str, Any]) -> bool:
-    """Whether a recorded entry is a main-conversation ``POST /v1/messages`` call."""
-    return entry.get("path") == "/v1/messages" and bool(entry.get("has_tools"))
+    """Whether a recorded entry is a main-conversation turn: a Messages call with tools that
+    is not a sub-agent's (count_tokens calls, sub-agents and tool-less side calls are not)."""
+    return (
+        entry.get("path") == "/v1/messages"
+        and bool(entry.get("has_tools"))
+        and not entry.get("subagent")
+    )
 
 
 class RequestLog:

@@ -310,6 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, error_body(status, message), headers)
 
     def _record(self, body: Any, directive: str, status: int, *, error: str | None = None) -> None:
+        headers = redact_headers(self.headers.items())
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(),
             "timestamp": time.time(),
@@ -317,17 +318,17 @@ class _Handler(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.route,
             "query": self.query,
-            "headers": redact_headers(self.headers.items()),
+            "headers": headers,
             "body": body,
             "directive": directive,
             "status": status,
-            **describe_body(body),
+            **describe_body(body, headers),
         }
         if error is not None:
             entry["error"] = error
         self.server.request_log.add(entry)
         logger.info(
-            "%s %s -> %d %s model=%s messages=%d tools=%s",
+            "%s %s -> %d %s model=%s messages=%d tools=%s session=%s",
             self.command,
             self.path,
             status,
@@ -335,6 +336,7 @@ class _Handler(BaseHTTPRequestHandler):
             entry["model"],
             entry["n_messages"],
             "yes" if entry["has_tools"] else "no",
+            entry["session_id"],
         )
 
 

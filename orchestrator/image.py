@@ -162,6 +162,11 @@ def _split_tag(image: str) -> tuple[str, str]:
     return repository, tag
 
 
+def _engine_message(exc: Exception) -> str:
+    """The daemon's own explanation of an error, without the request URL around it."""
+    return str(getattr(exc, "explanation", None) or exc)
+
+
 def _local_image_id(client: docker.DockerClient, image: str) -> str | None:
     try:
         return str(client.images.get(image).id)
@@ -177,7 +182,7 @@ def _try_pull(client: docker.DockerClient, image: str) -> tuple[str | None, str]
     try:
         pulled = client.images.pull(repository, tag=tag)
     except _ENGINE_ERRORS as exc:
-        return None, str(exc)
+        return None, _engine_message(exc)
     return str(pulled.id), ""
 
 
@@ -332,10 +337,11 @@ def _build(
     except _ENGINE_ERRORS as exc:
         raise ImageBuildError(f"building {tag} failed: {exc}") from exc
     build_log.flush()
-    found = _local_image_id(client, tag)
-    if found is None or (image_id is not None and found != image_id):
-        raise ImageBuildError(f"the build of {tag} finished but {tag} is not the built image")
-    return found
+    # The engine names the image it built; older engines only tag it.
+    image_id = image_id or _local_image_id(client, tag)
+    if image_id is None:
+        raise ImageBuildError(f"the build of {tag} finished but no image is tagged {tag}")
+    return image_id
 
 
 def _handle_build_chunk(chunk: dict[str, Any], build_log: _BuildLog, tag: str) -> str | None:
@@ -364,7 +370,7 @@ def _remove_superseded(client: docker.DockerClient, old_id: str, log: LogFn) -> 
     try:
         client.images.remove(old_id, noprune=False)
     except _ENGINE_ERRORS as exc:
-        log(f"kept the previous image {old_id[:19]}: {exc}")
+        log(f"kept the previous image {old_id[:19]}: {_engine_message(exc)}")
     else:
         log(f"removed the previous image {old_id[:19]}")
 
