@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import base64
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from api.errors import InvalidInput, TooLarge
 from orchestrator.models import Run, Session
 
 MAX_PROMPT_BYTES = 256 * 1024
 
-Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_BYTES)]
+# The size limit is checked after parsing (check_prompt_size) so it can answer 413.
+Prompt = Annotated[str, StringConstraints(min_length=1)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 ToolName = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^,\s]+( ?\S+)*$")
@@ -42,6 +47,37 @@ class CreateSession(CliOptionsBody):
 class CreateRun(Strict):
     prompt: Prompt
     idempotency_key: Key | None = None
+
+
+class ListSessionsQuery(Strict):
+    status: Literal["starting", "idle", "running", "stopped", "failed"] | None = None
+    parent_id: uuid.UUID | None = None
+    batch_id: uuid.UUID | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+def check_prompt_size(prompt: str | None) -> None:
+    """Raises TooLarge (413) naming ``prompt`` past MAX_PROMPT_BYTES of UTF-8."""
+    if prompt is not None and len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
+        reason = f"at most {MAX_PROMPT_BYTES} bytes of UTF-8"
+        raise TooLarge(f"prompt: {reason}", [{"field": "prompt", "reason": reason}])
+
+
+def encode_cursor(created_at: datetime, session_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{session_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raises InvalidInput naming ``cursor`` for anything not made by encode_cursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, session_id = raw.split("|")
+        return datetime.fromisoformat(created_at), uuid.UUID(session_id)
+    except ValueError:
+        reason = "not a cursor returned by this endpoint"
+        raise InvalidInput(f"cursor: {reason}", [{"field": "cursor", "reason": reason}]) from None
 
 
 def run_json(run: Run) -> dict[str, Any]:

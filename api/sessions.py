@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 from flask import Blueprint, request
 
 from api.auth import require_owner
-from api.errors import InvalidInput, NotFound
+from api.errors import Conflict, InvalidInput, NotFound
 from api.extensions import Services, get_services
-from api.schemas import CreateRun, CreateSession, run_json, session_json
+from api.schemas import (
+    CreateRun,
+    CreateSession,
+    ListSessionsQuery,
+    check_prompt_size,
+    decode_cursor,
+    encode_cursor,
+    run_json,
+    session_json,
+)
 from api.validation import parse_body
+from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
-from orchestrator.errors import NotFoundError
+from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.history import EventHistory, InvalidCursor
-from orchestrator.models import Run
+from orchestrator.models import Run, RunStatus
 from orchestrator.sessions import NewSession, SessionService
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1")
@@ -33,6 +44,7 @@ def _enqueue(services: Services, run: Run) -> None:
 def create_session(owner: str) -> Reply:
     """Create a session; with ``prompt``, also queue its first run."""
     body = parse_body(CreateSession)
+    check_prompt_size(body.prompt)
     services = get_services()
     with session_scope(services.session_factory) as db:
         sessions = SessionService(db, owner)
@@ -70,8 +82,10 @@ def show_session(owner: str, session_id: uuid.UUID) -> Reply:
 @bp.post("/sessions/<uuid:session_id>/runs")
 @require_owner
 def queue_run(owner: str, session_id: uuid.UUID) -> Reply:
-    """Queue a prompt on the session (202); runs of a session execute in order."""
+    """Queue a prompt on the session (202); ``?wait=<s>`` answers 200 with the finished run."""
     body = parse_body(CreateRun)
+    check_prompt_size(body.prompt)
+    wait = _wait_seconds()
     services = get_services()
     with session_scope(services.session_factory) as db:
         try:
@@ -82,6 +96,10 @@ def queue_run(owner: str, session_id: uuid.UUID) -> Reply:
             raise NotFound(exc.message) from None
     if created:
         _enqueue(services, run)
+    if wait is not None:
+        run = _wait_until_final(services, owner, run, wait)
+        if RunStatus(run.status).is_final:
+            return {"run": run_json(run)}, 200
     return {"run": run_json(run)}, 202
 
 
@@ -119,3 +137,104 @@ def run_events(owner: str, run_id: uuid.UUID) -> Reply:
         "events": [e.to_json() for e in events],
         "next_after": events[-1].id if events else after,
     }, 200
+
+
+MAX_WAIT_SECONDS = 300.0
+WAIT_POLL_SECONDS = 0.25
+
+
+def _wait_seconds() -> float | None:
+    text = request.args.get("wait")
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        reason = f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+        raise InvalidInput(f"wait: {reason}", [{"field": "wait", "reason": reason}])
+    return seconds
+
+
+def _wait_until_final(services: Services, owner: str, run: Run, seconds: float) -> Run:
+    """Poll the run's row until it finishes or ``seconds`` pass (the caller asked to wait)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with services.session_factory() as db:
+            current = SessionService(db, owner).get_run(run.id)
+        if RunStatus(current.status).is_final:
+            return current
+        time.sleep(WAIT_POLL_SECONDS)
+    return run
+
+
+@bp.get("/sessions")
+@require_owner
+def list_sessions(owner: str) -> Reply:
+    """The caller's sessions, newest first; filters and an opaque ``cursor`` for paging."""
+    query = ListSessionsQuery.model_validate(request.args.to_dict())
+    with get_services().session_factory() as db:
+        service = SessionService(db, owner)
+        rows = service.list_sessions(
+            status=query.status,
+            parent_id=query.parent_id,
+            batch_id=query.batch_id,
+            limit=query.limit + 1,
+            before=decode_cursor(query.cursor) if query.cursor else None,
+        )
+        page, more = rows[: query.limit], len(rows) > query.limit
+        last_runs = service.last_runs([s.id for s in page])
+        return {
+            "sessions": [session_json(s, last_runs.get(s.id)) for s in page],
+            "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+        }, 200
+
+
+@bp.post("/sessions/<uuid:session_id>/stop")
+@require_owner
+def stop_session(owner: str, session_id: uuid.UUID) -> Reply:
+    """Stop a session: pending runs are cancelled, the container stops; resumable."""
+    services = get_services()
+    with session_scope(services.session_factory) as db:
+        try:
+            session, running = SessionService(db, owner).stop(session_id)
+        except NotFoundError as exc:
+            raise NotFound(exc.message) from None
+    for run in running:
+        signal_cancel(services.redis, run.id)
+    services.celery.send_task("ccq.stop_session", args=[str(session_id)])
+    return {"session": session_json(session)}, 202
+
+
+@bp.delete("/sessions/<uuid:session_id>")
+@require_owner
+def delete_session(owner: str, session_id: uuid.UUID) -> Reply:
+    """Delete a session, its history, its container and its files."""
+    services = get_services()
+    with session_scope(services.session_factory) as db:
+        try:
+            running = SessionService(db, owner).delete(session_id)
+        except NotFoundError as exc:
+            raise NotFound(exc.message) from None
+    for run in running:
+        signal_cancel(services.redis, run.id)
+    services.celery.send_task("ccq.delete_session", args=[str(session_id)])
+    return {"deleted": str(session_id)}, 202
+
+
+@bp.post("/runs/<uuid:run_id>/cancel")
+@require_owner
+def cancel_run(owner: str, run_id: uuid.UUID) -> Reply:
+    """Cancel a run: a queued one never starts, a running one's CLI is killed."""
+    services = get_services()
+    with session_scope(services.session_factory) as db:
+        try:
+            run = SessionService(db, owner).cancel_run(run_id)
+        except NotFoundError as exc:
+            raise NotFound(exc.message) from None
+        except ConflictError as exc:
+            raise Conflict(exc.message) from None
+    if run.status == RunStatus.RUNNING:
+        signal_cancel(services.redis, run.id)
+    return {"run": run_json(run)}, 202

@@ -39,6 +39,8 @@ logger = logging.getLogger("model_server")
 
 DEFAULT_MODEL = "claude-scripted"
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: How often serve_forever checks for stop(): the longest stop() waits for the accept loop.
+SHUTDOWN_POLL_SECONDS = 0.02
 #: How often a hanging handler checks whether its client went away.
 HANG_POLL_SECONDS = 0.2
 _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
@@ -399,7 +401,7 @@ class ModelServer:
         self._httpd = cls(self._address, self._log)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
             name=f"model-server-{self.port}",
             daemon=True,
         )

@@ -41,7 +41,15 @@ def build_command(session_id: str, *, resume: bool, options: CliOptions) -> list
             (``--resume``), so the conversation continues in any new container.
         options: model, limits, tools and MCP config.
     """
-    argv = [CLAUDE_BINARY, "-p", "--output-format=stream-json", "--verbose"]
+    # --include-partial-messages: every text chunk is an event (live tails, and the
+    # silence watchdog sees a long answer making progress).
+    argv = [
+        CLAUDE_BINARY,
+        "-p",
+        "--output-format=stream-json",
+        "--verbose",
+        "--include-partial-messages",
+    ]
     argv.append(f"--resume={session_id}" if resume else f"--session-id={session_id}")
     argv.append(f"--permission-mode={options.permission_mode}")
     if options.model:

@@ -65,6 +65,7 @@ def run_cli(
     silence_timeout: float,
     time_limit: float,
     should_cancel: Callable[[], bool] = lambda: False,
+    on_tick: Callable[[], None] = lambda: None,
 ) -> CliRunResult:
     """Run the CLI to completion (or until a watchdog or cancel stops it).
 
@@ -78,6 +79,7 @@ def run_cli(
         silence_timeout: seconds without any output before the run is killed.
         time_limit: seconds the whole run may take.
         should_cancel: polled between reads; True kills the run as cancelled.
+        on_tick: called after every poll (about four times a second), e.g. to flush.
     """
     process = runtime.exec(container, argv, env={**env, "CCQ_RUN_ID": run_id})
     outcome = RunOutcome()
@@ -110,6 +112,7 @@ def run_cli(
                 splitter = stdout_lines if out.stream == FrameDecoder.STDOUT else stderr_lines
                 for line in splitter.feed(out.data):
                     handle_line(line, out.stream)
+            on_tick()
             now = time.monotonic()
             reason = _watchdog(
                 now, started, last_output, result_seen_at, silence_timeout, time_limit

@@ -22,6 +22,7 @@ import docker.errors
 from docker.models.containers import Container
 
 LABEL_MANAGED = "ccq.managed"
+LABEL_INSTANCE = "ccq.instance"
 LABEL_SESSION = "ccq.session"
 LABEL_OWNER = "ccq.owner"
 LABEL_PARENT = "ccq.parent"
@@ -72,6 +73,7 @@ class SessionContainerSpec:
     owner: str
     image: str
     dirs: SessionDirs
+    instance: str = "ccq"
     parent_id: str | None = None
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
@@ -83,6 +85,7 @@ class SessionContainerSpec:
     def labels(self) -> dict[str, str]:
         return {
             LABEL_MANAGED: "1",
+            LABEL_INSTANCE: self.instance,
             LABEL_SESSION: self.session_id,
             LABEL_OWNER: self.owner,
             LABEL_PARENT: self.parent_id or "",
@@ -249,5 +252,8 @@ class ContainerRuntime:
         container.remove(force=True)
         return True
 
-    def managed(self) -> Iterator[Container]:
-        yield from self.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"})
+    def managed(self, instance: str) -> Iterator[Container]:
+        """Every session container of this ccq instance, running or not."""
+        yield from self.client.containers.list(
+            all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={instance}"]}
+        )

@@ -96,12 +96,16 @@ class RunEventSink:
         event = publish(self._client, self._session_id, self._run_id, self._seq, type_, data)
         self._seq += 1
         self._pending.append(event)
-        if (
-            len(self._pending) >= FLUSH_EVERY_EVENTS
-            or time.monotonic() - self._last_flush >= FLUSH_EVERY_SECONDS
-        ):
+        if len(self._pending) >= FLUSH_EVERY_EVENTS:
             self.flush()
+        else:
+            self.flush_if_due()
         return event
+
+    def flush_if_due(self) -> None:
+        """Flush pending events older than FLUSH_EVERY_SECONDS (called between reads too)."""
+        if self._pending and time.monotonic() - self._last_flush >= FLUSH_EVERY_SECONDS:
+            self.flush()
 
     def flush(self) -> None:
         if self._pending:

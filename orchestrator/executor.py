@@ -19,9 +19,11 @@ from typing import Any
 
 import redis
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
+from orchestrator.cancellation import cancel_signalled
 from orchestrator.claude_cli import CliEvent, CliOptions, build_command
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.containers import (
@@ -171,8 +173,12 @@ class RunExecutor:
         return {"run_id": str(run_id), "status": final}
 
     def _persist(self, events: list[WireEvent]) -> None:
-        with session_scope(self.session_factory) as db:
-            persist_events(db, events)
+        try:
+            with session_scope(self.session_factory) as db:
+                persist_events(db, events)
+        except IntegrityError:
+            # The session was deleted mid-run: its history goes with it.
+            log.info("dropped %d events of a deleted session", len(events))
 
     def _execute_claimed(self, claimed: ClaimedRun) -> str:
         sink = RunEventSink(
@@ -190,6 +196,7 @@ class RunExecutor:
                     parent_id=str(claimed.parent_id) if claimed.parent_id else None,
                     image=self.settings.worker_image,
                     dirs=dirs,
+                    instance=self.settings.instance,
                 )
             )
             resume = transcript_path(dirs, claimed.session_id).exists()
@@ -204,6 +211,7 @@ class RunExecutor:
                 silence_timeout=self.settings.run_silence_timeout,
                 time_limit=self.settings.run_time_limit,
                 should_cancel=lambda: self._cancel_requested(claimed.run_id),
+                on_tick=sink.flush_if_due,
             )
         except Exception as exc:  # the run must end recorded, whatever broke
             log.exception("run %s failed outside the CLI", claimed.run_id)
@@ -229,8 +237,7 @@ class RunExecutor:
         return env
 
     def _cancel_requested(self, run_id: uuid.UUID) -> bool:
-        with self.session_factory() as db:
-            return bool(db.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+        return cancel_signalled(self.redis, run_id)
 
     # --- record --------------------------------------------------------------------------
 
@@ -238,8 +245,8 @@ class RunExecutor:
         with session_scope(self.session_factory) as db:
             session = db.get(Session, claimed.session_id, with_for_update=True)
             run = db.get(Run, claimed.run_id, with_for_update=True)
-            assert session is not None
-            assert run is not None
+            if session is None or run is None:
+                return "deleted"  # the session was deleted while the run was going
             status = _final_status(result, error)
             if result is not None:
                 o = result.outcome
@@ -265,7 +272,8 @@ class RunExecutor:
             session.total_cost_usd = (session.total_cost_usd or Decimal(0)) + (
                 run.total_cost_usd or Decimal(0)
             )
-            session.status = SessionStatus.IDLE
+            if session.status != SessionStatus.STOPPED:  # a stop during the run stands
+                session.status = SessionStatus.IDLE
             session.last_active_at = run.finished_at
             return status
 

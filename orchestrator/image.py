@@ -15,6 +15,8 @@ Run ``python -m orchestrator.image`` to build from the ``CCQ_*`` settings.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -155,13 +157,6 @@ def can_make_base_image(base_image: str) -> bool:
     return _BOOKWORM_IMAGE.match(base_image) is not None
 
 
-def _split_tag(image: str) -> tuple[str, str]:
-    repository, _, tag = image.rpartition(":")
-    if not repository or "/" in tag:  # no tag, or the colon belonged to a registry port
-        return image, "latest"
-    return repository, tag
-
-
 def _engine_message(exc: Exception) -> str:
     """The daemon's own explanation of an error, without the request URL around it."""
     return str(getattr(exc, "explanation", None) or exc)
@@ -178,9 +173,9 @@ def _local_image_id(client: docker.DockerClient, image: str) -> str | None:
 
 def _try_pull(client: docker.DockerClient, image: str) -> tuple[str | None, str]:
     """Pull ``image``; returns its ID, or None and the reason the pull failed."""
-    repository, tag = _split_tag(image)
     try:
-        pulled = client.images.pull(repository, tag=tag)
+        # The SDK splits off the tag or digest itself and pulls "latest" when there is none.
+        pulled = client.images.pull(image)
     except _ENGINE_ERRORS as exc:
         return None, _engine_message(exc)
     return str(pulled.id), ""
@@ -219,7 +214,7 @@ def _make_base_image(base_image: str, pull_error: str, log: LogFn) -> None:
         f"making it locally instead: debootstrap --variant=minbase bookworm, then docker "
         f"import as {base_image} ({MAKE_BASE_IMAGE_SCRIPT.relative_to(REPO_ROOT)})"
     )
-    returncode, lines = _run_streaming(command, log)
+    returncode, lines = _run_streaming(["bash", *command], log)  # no reliance on the x bit
     if returncode != 0:
         tail = "\n".join(lines[-_ERROR_TAIL_LINES:])
         raise ImageBuildError(
@@ -406,6 +401,65 @@ def ensure_worker_image(
             f"certificates; set CCQ_EXTRA_CA_FILE instead"
         )
     extra_ca = extra_ca_file.read_bytes() if extra_ca_file is not None else b""
+    with _build_lock(tag, log):
+        return _ensure_locked(
+            client,
+            tag=tag,
+            base_image=base_image,
+            claude_code_version=claude_code_version,
+            extra_ca=extra_ca,
+            log=log,
+            force=force,
+        )
+
+
+@contextlib.contextmanager
+def _build_lock(tag: str, log: LogFn) -> Iterator[None]:
+    """Serialise builds of one tag on this host (``make image``, a test fixture, a worker).
+
+    Without it, two callers that both see stale inputs build the same image twice and the
+    tag flips between two IDs; with it, the second waits and then finds it up to date.
+    The lock is an flock on a small file in the temp dir, released when the fd closes.
+    """
+    key = hashlib.sha256(tag.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"ccq-image-build-{key}.lock"
+    try:
+        fd = _open_lock_file(path)
+    except OSError as exc:
+        log(f"building without the build lock ({path}: {exc.strerror})")
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another build of {tag} is running on this host; waiting for it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    # Open before creating: with fs.protected_regular, O_CREAT on another user's file in
+    # a sticky /tmp fails even for root. Read-only is enough for flock.
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+
+
+def _ensure_locked(
+    client: docker.DockerClient,
+    *,
+    tag: str,
+    base_image: str,
+    claude_code_version: str,
+    extra_ca: bytes,
+    log: LogFn,
+    force: bool,
+) -> ImageBuildResult:
+    """The body of :func:`ensure_worker_image`, run while holding the build lock."""
     base_image_id = ensure_base_image(client, base_image, log)
     build_args = {"BASE_IMAGE": base_image, "CLAUDE_CODE_VERSION": claude_code_version}
     inputs_hash = build_inputs_hash(WORKER_IMAGE_DIR, build_args, extra_ca, base_image_id)
@@ -481,8 +535,13 @@ def resolve_extra_ca_file(settings: Settings, log: LogFn) -> Path | None:
     return None
 
 
-def ensure_from_settings(settings: Settings, log: LogFn = print) -> ImageBuildResult:
-    """:func:`ensure_worker_image` with the image, base, CLI version and CAs from settings."""
+def ensure_from_settings(
+    settings: Settings, log: LogFn = print, *, force: bool = False
+) -> ImageBuildResult:
+    """:func:`ensure_worker_image` with the image, base, CLI version and CAs from settings.
+
+    ``force`` is for a ``--force`` flag: rebuild without the layer cache.
+    """
     extra_ca_file = resolve_extra_ca_file(settings, log)
     try:
         client = docker.from_env()
@@ -496,6 +555,7 @@ def ensure_from_settings(settings: Settings, log: LogFn = print) -> ImageBuildRe
             claude_code_version=settings.claude_code_version,
             extra_ca_file=extra_ca_file,
             log=log,
+            force=force,
         )
     finally:
         client.close()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.errors import ConflictError, NotFoundError
@@ -103,6 +103,8 @@ class SessionService:
                 return existing, False
         if session.status == SessionStatus.FAILED:
             raise ConflictError(f"session {session.id} has failed and accepts no prompts")
+        if session.status == SessionStatus.STOPPED:
+            session.status = SessionStatus.IDLE  # a stopped session resumes on its next prompt
         last_seq = self.db.scalar(select(func.max(Run.seq)).where(Run.session_id == session.id))
         run = Run(
             id=uuid.uuid4(),
@@ -119,3 +121,107 @@ class SessionService:
         self.db.add(run)
         self.db.flush()
         return run, True
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def list_sessions(
+        self,
+        *,
+        status: str | None = None,
+        parent_id: uuid.UUID | None = None,
+        batch_id: uuid.UUID | None = None,
+        limit: int = 50,
+        before: tuple[datetime, uuid.UUID] | None = None,
+    ) -> list[Session]:
+        """The owner's sessions, newest first; ``before`` is the last row of the previous page."""
+        query = select(Session).where(Session.owner == self.owner)
+        if status is not None:
+            query = query.where(Session.status == status)
+        if parent_id is not None:
+            query = query.where(Session.parent_id == parent_id)
+        if batch_id is not None:
+            query = query.where(Session.batch_id == batch_id)
+        if before is not None:
+            created_at, last_id = before
+            query = query.where(
+                tuple_(Session.created_at, Session.id) < tuple_(created_at, last_id)
+            )
+        query = query.order_by(Session.created_at.desc(), Session.id.desc()).limit(limit)
+        return list(self.db.scalars(query).all())
+
+    def last_runs(self, session_ids: list[uuid.UUID]) -> dict[uuid.UUID, Run]:
+        """Each session's newest run, in one query."""
+        if not session_ids:
+            return {}
+        newest = (
+            select(Run.session_id, func.max(Run.seq).label("seq"))
+            .where(Run.session_id.in_(session_ids))
+            .group_by(Run.session_id)
+            .subquery()
+        )
+        rows = self.db.scalars(
+            select(Run).join(
+                newest, (Run.session_id == newest.c.session_id) & (Run.seq == newest.c.seq)
+            )
+        ).all()
+        return {run.session_id: run for run in rows}
+
+    # --- cancel, stop, delete ------------------------------------------------------------------
+
+    def cancel_run(self, run_id: uuid.UUID) -> Run:
+        """Cancel a queued run at once, or flag a running one for its executor to kill.
+
+        Raises:
+            NotFoundError: not the owner's run.
+            ConflictError: the run has already finished.
+        """
+        run = self.get_run(run_id)
+        self.get(run.session_id, for_update=True)  # lock order: session, then run
+        self.db.refresh(run, with_for_update=True)
+        if RunStatus(run.status).is_final:
+            raise ConflictError(f"run {run_id} has already finished ({run.status})")
+        run.cancel_requested = True
+        if run.status == RunStatus.QUEUED:
+            run.status = RunStatus.CANCELLED
+            run.finished_at = datetime.now(UTC)
+        return run
+
+    def _cancel_pending(self, session: Session) -> list[Run]:
+        """Cancel every unfinished run of the session; return the ones still running."""
+        running = []
+        for run in self.db.scalars(
+            select(Run)
+            .where(
+                Run.session_id == session.id, Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
+            )
+            .with_for_update()
+        ):
+            run.cancel_requested = True
+            if run.status == RunStatus.QUEUED:
+                run.status = RunStatus.CANCELLED
+                run.finished_at = datetime.now(UTC)
+            else:
+                running.append(run)
+        return running
+
+    def stop(self, session_id: uuid.UUID) -> tuple[Session, list[Run]]:
+        """Stop a session (resumable): pending runs are cancelled, its container stops.
+
+        Returns:
+            The session and its runs that were running (their executors must be signalled).
+        """
+        session = self.get(session_id, for_update=True)
+        running = self._cancel_pending(session)
+        session.status = SessionStatus.STOPPED
+        return session, running
+
+    def delete(self, session_id: uuid.UUID) -> list[Run]:
+        """Delete a session and its history; the caller removes its container and files.
+
+        Returns:
+            Its runs that were running (their executors must be signalled).
+        """
+        session = self.get(session_id, for_update=True)
+        running = self._cancel_pending(session)
+        self.db.delete(session)
+        return running

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
 
     # --- infrastructure ---------------------------------------------------------------
+    # Names this deployment on a shared Docker engine: containers carry it as a label and
+    # the reaper touches only its own.
+    instance: str = Field(default="ccq", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     database_url: str = "postgresql+psycopg://ccq:ccq@127.0.0.1:5432/ccq"
     redis_url: str = "redis://127.0.0.1:6379/0"
     data_dir: Path = Path.home() / ".local/share/ccq"

@@ -29,7 +29,10 @@ TIME_LIMIT_MARGIN_SECONDS = 120
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery(
-        "ccq", broker=settings.redis_url, backend=settings.redis_url, include=["tasks.runs"]
+        "ccq",
+        broker=settings.redis_url,
+        backend=settings.redis_url,
+        include=["tasks.runs", "tasks.sessions"],
     )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
     app.conf.update(
@@ -53,6 +56,12 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=True,  # Flower
         task_send_sent_event=True,
         timezone="UTC",
+        beat_schedule={
+            "reap-containers": {
+                "task": "ccq.reap_containers",
+                "schedule": max(10.0, settings.idle_timeout / 4),
+            },
+        },
     )
     app.conf.ccq_settings = settings
     return app

@@ -12,23 +12,24 @@ from celery import current_app
 from orchestrator import db
 from orchestrator.containers import ContainerRuntime
 from orchestrator.executor import RunExecutor
+from orchestrator.janitor import Janitor
 from tasks.celery_app import settings_of
 
 
 @dataclass(frozen=True)
 class WorkerContext:
     executor: RunExecutor
+    janitor: Janitor
 
 
 @cache
 def worker_context() -> WorkerContext:
     # Built lazily in the pool process: connections must not cross a fork.
     settings = settings_of(current_app)
-    engine = db.make_engine(settings)
-    executor = RunExecutor(
-        settings,
-        db.make_session_factory(engine),
-        redis.Redis.from_url(settings.redis_url),
-        ContainerRuntime(docker.from_env(timeout=120)),
+    session_factory = db.make_session_factory(db.make_engine(settings))
+    redis_client = redis.Redis.from_url(settings.redis_url)
+    runtime = ContainerRuntime(docker.from_env(timeout=120))
+    return WorkerContext(
+        executor=RunExecutor(settings, session_factory, redis_client, runtime),
+        janitor=Janitor(settings, session_factory, redis_client, runtime),
     )
-    return WorkerContext(executor=executor)

@@ -14,7 +14,10 @@ from tasks.context import worker_context
 TURN_RETRY_SECONDS = 1.0
 
 
-@shared_task(bind=True, name="ccq.run_prompt", max_retries=None, acks_late=True)
+# Results are kept: chords join on them, and a redelivery reports what it did.
+@shared_task(
+    bind=True, name="ccq.run_prompt", max_retries=None, acks_late=True, ignore_result=False
+)
 def run_prompt(self: Task, run_id: str) -> dict[str, Any]:
     """Execute one run of a session (idempotent: a redelivery never runs the CLI twice)."""
     try:

@@ -67,7 +67,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(base_settings: Settings, data_dir: Path) -> Iterator[Settings]:
+def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Iterator[Settings]:
     """Settings for a migrated scratch database and a private Redis database."""
     database_url = recreate_database(base_settings.database_url, TEST_DATABASE)
     migrate.upgrade(database_url)
@@ -78,6 +78,7 @@ def settings(base_settings: Settings, data_dir: Path) -> Iterator[Settings]:
         redis_url=redis_url,
         data_dir=data_dir,
         jwt_secret=TEST_JWT_SECRET,
+        instance=test_instance,
     )
     drop_database(base_settings.database_url, TEST_DATABASE)
 
@@ -104,13 +105,20 @@ def test_label() -> str:
     return uuid.uuid4().hex
 
 
+@pytest.fixture(scope="session")
+def test_instance(test_label: str) -> str:
+    """The ccq instance name of this test run: its workers label their containers with it."""
+    return f"test-{test_label[:12]}"
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _remove_test_containers(docker_client: docker.DockerClient, test_label: str) -> Iterator[None]:
+def _remove_test_containers(
+    docker_client: docker.DockerClient, test_label: str, test_instance: str
+) -> Iterator[None]:
     yield
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"ccq.test={test_label}"}
-    ):
-        container.remove(force=True)
+    for label in (f"ccq.test={test_label}", f"ccq.instance={test_instance}"):
+        for container in docker_client.containers.list(all=True, filters={"label": label}):
+            container.remove(force=True)
 
 
 @pytest.fixture(scope="session")
@@ -143,9 +151,10 @@ def stack_environment(settings: Settings, model_server: ModelServer) -> dict[str
         "CCQ_DATABASE_URL": settings.database_url,
         "CCQ_REDIS_URL": settings.redis_url,
         "CCQ_DATA_DIR": str(settings.data_dir),
+        "CCQ_INSTANCE": settings.instance,
         "CCQ_JWT_SECRET": secret.get_secret_value(),
         "CCQ_ANTHROPIC_BASE_URL": container_base_url(model_server),
-        "CCQ_RUN_SILENCE_TIMEOUT": "20",
+        "CCQ_RUN_SILENCE_TIMEOUT": "8",
         "ANTHROPIC_API_KEY": "test-key",
     }
 
@@ -158,29 +167,40 @@ class WorkerProcess:
     ) -> None:
         self.name = name
         self.log_path = log_path
-        self._log = log_path.open("wb")
+        self._env = env
+        self._argv = [
+            str(Path(sys.executable).with_name("ccq")),
+            "worker",
+            f"--hostname={name}@%h",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        self._starts = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("ccq")),
-                "worker",
-                f"--hostname={name}@%h",
-                f"--concurrency={concurrency}",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            self._argv, env=self._env, stdout=self._log, stderr=subprocess.STDOUT
         )
+        self._starts += 1
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            return b"ready." in self.log_path.read_bytes()
+            # Celery logs "ready." once per start; the log file spans restarts.
+            return self.log_path.read_bytes().count(b"ready.") >= self._starts
 
         wait_for(ready, timeout=timeout, what=f"worker {self.name} to be ready")
+
+    def restart(self) -> None:
+        """Stop the process and start the same worker again (a worker host restart)."""
+        self.stop()
+        self._start()
+        self.wait_ready()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -191,6 +211,23 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._log.close()
+
+
+@pytest.fixture(scope="session")
+def second_worker(
+    settings: Settings,
+    model_server: ModelServer,
+    worker: WorkerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
+    """Another worker host on the same stack, for ordering and redelivery tests."""
+    log_path = tmp_path_factory.mktemp("worker2") / "worker.log"
+    process = WorkerProcess(stack_environment(settings, model_server), "test-worker-2", log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

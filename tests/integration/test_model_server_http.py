@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from model_server.server import ModelServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -418,10 +419,8 @@ def test_hang_without_stream_blocks_until_stopped() -> None:
 
     thread = threading.Thread(target=client)
     thread.start()
-    deadline = time.monotonic() + TIMEOUT
-    while not srv.requests():  # the request is recorded before the handler blocks
-        assert time.monotonic() < deadline, "hang request never arrived"
-        thread.join(0.01)
+    # The request is recorded before the handler starts blocking.
+    wait_for(srv.requests, timeout=TIMEOUT, interval=0.01, what="the hang request")
     assert srv.requests()[0]["directive"] == "sleep+hang"
     assert outcome == []
     started = time.monotonic()

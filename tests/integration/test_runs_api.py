@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,48 +10,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from api import create_app
 from api.extensions import EXTENSION_KEY, Services
 from orchestrator.auth import mint_token
 from orchestrator.models import Run, Session
 from orchestrator.settings import Settings
+from tests.api_helpers import auth, message_count, wait_run
 from tests.conftest import WorkerProcess
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    app = create_app(settings)
-    yield app
-    app.extensions[EXTENSION_KEY].close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-def auth(settings: Settings, owner: str = "alice") -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(settings, owner)}"}
-
-
-def message_count(echo: str) -> int:
-    """How many messages the scripted model saw, from its echo reply."""
-    match = re.match(r"echo \(messages=(\d+)\)", echo)
-    assert match is not None, echo
-    return int(match.group(1))
-
-
-def wait_run(client: FlaskClient, headers: dict[str, str], run_id: str) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}", headers=headers).json["run"]  # type: ignore[index]
-        return run if run["status"] in FINAL else None
-
-    return wait_for(final, timeout=180, interval=0.2, what=f"run {run_id} to finish")
 
 
 def test_two_prompts_on_one_session_the_second_resumed(
@@ -138,7 +102,6 @@ def _counts(services: Services) -> tuple[int, int]:
         ({"prompt": 42}, "prompt"),
         ({"prompt": "hi", "colour": "blue"}, "colour"),
         ({"prompt": "hi", "max_turns": 0}, "max_turns"),
-        ({"prompt": "x" * (256 * 1024 + 1)}, "prompt"),
         ({"prompt": "hi", "allowed_tools": "Bash"}, "allowed_tools"),
     ],
 )
@@ -151,6 +114,20 @@ def test_bad_bodies_are_refused_naming_the_field_and_write_nothing(
     error = response.json["error"]  # type: ignore[index]
     assert error["code"] == "invalid_input"
     assert any(d["field"].startswith(field) for d in error["details"]), error
+    assert _counts(app.extensions[EXTENSION_KEY]) == before
+
+
+def test_an_oversized_prompt_is_413_and_writes_nothing(
+    app: Flask, client: FlaskClient, settings: Settings
+) -> None:
+    before = _counts(app.extensions[EXTENSION_KEY])
+    response = client.post(
+        "/api/v1/sessions", json={"prompt": "é" * (128 * 1024 + 1)}, headers=auth(settings)
+    )
+    assert response.status_code == 413
+    assert response.json["error"]["details"] == [  # type: ignore[index]
+        {"field": "prompt", "reason": "at most 262144 bytes of UTF-8"}
+    ]
     assert _counts(app.extensions[EXTENSION_KEY]) == before
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -170,16 +172,15 @@ class _FakeImages:
     def __init__(self, local: dict[str, str], pullable: dict[str, str]) -> None:
         self.local = local
         self.pullable = pullable
-        self.pulls: list[tuple[str, str]] = []
+        self.pulls: list[str] = []
 
     def get(self, name: str) -> Any:
         if name not in self.local:
             raise docker.errors.ImageNotFound(f"No such image: {name}")
         return SimpleNamespace(id=self.local[name])
 
-    def pull(self, repository: str, tag: str) -> Any:
-        self.pulls.append((repository, tag))
-        name = f"{repository}:{tag}"
+    def pull(self, name: str) -> Any:
+        self.pulls.append(name)
         if name not in self.pullable:
             raise docker.errors.APIError("registry unreachable")
         self.local[name] = self.pullable[name]
@@ -199,13 +200,7 @@ def test_a_local_base_image_is_used_without_pulling() -> None:
 def test_a_missing_base_image_is_pulled() -> None:
     client = _client(pullable={"example.com:5000/base:1": BASE_ID})
     assert ensure_base_image(client, "example.com:5000/base:1", print) == BASE_ID
-    assert client.images.pulls == [("example.com:5000/base", "1")]
-
-
-def test_an_untagged_name_pulls_latest() -> None:
-    client = _client(pullable={"example.com:5000/base:latest": BASE_ID})
-    assert ensure_base_image(client, "example.com:5000/base", print) == BASE_ID
-    assert client.images.pulls == [("example.com:5000/base", "latest")]
+    assert client.images.pulls == ["example.com:5000/base:1"]
 
 
 def test_an_unpullable_non_debian_image_is_a_clear_error() -> None:
@@ -235,7 +230,7 @@ def test_a_bookworm_image_is_made_locally_as_root(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(image_module, "_run_streaming", fake_run)
     lines: list[str] = []
     assert ensure_base_image(client, "debian:bookworm-slim", lines.append) == BASE_ID
-    assert ran == [[str(MAKE_BASE_IMAGE_SCRIPT), "debian:bookworm-slim", "bookworm"]]
+    assert ran == [["bash", str(MAKE_BASE_IMAGE_SCRIPT), "debian:bookworm-slim", "bookworm"]]
     assert any("debootstrap" in line and "cannot be pulled" in line for line in lines), lines
 
 
@@ -246,3 +241,27 @@ def test_a_failed_base_image_script_raises_with_its_output(
     monkeypatch.setattr(image_module, "_run_streaming", lambda c, log: (1, ["E: no network"]))
     with pytest.raises(ImageBuildError, match="E: no network"):
         ensure_base_image(_client(), "debian:12", print)
+
+
+def test_builds_of_one_tag_wait_for_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second caller blocks on the build lock until the first is done."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the lock file goes here
+    tag = "ccq-unit-lock:latest"
+    waiting = threading.Event()
+    acquired = threading.Event()
+
+    def second() -> None:
+        with image_module._build_lock(tag, lambda line: waiting.set()):
+            acquired.set()
+
+    with image_module._build_lock(tag, print):
+        thread = threading.Thread(target=second, daemon=True)
+        thread.start()
+        assert waiting.wait(timeout=10), "the second caller did not notice the lock"
+        assert not acquired.is_set()
+    assert acquired.wait(timeout=10), "the second caller never got the lock"
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(list(tmp_path.glob("ccq-image-build-*.lock"))) == 1

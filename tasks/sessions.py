@@ -1,0 +1,29 @@
+"""Session housekeeping tasks: stop, delete, and the idle reaper beat runs."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import shared_task
+
+from tasks.context import worker_context
+
+
+@shared_task(name="ccq.stop_session", acks_late=True)
+def stop_session(session_id: str) -> dict[str, object]:
+    """Stop a stopped session's container (files stay; the next prompt resumes)."""
+    stopped = worker_context().janitor.stop_container(uuid.UUID(session_id))
+    return {"session_id": session_id, "container_stopped": stopped}
+
+
+@shared_task(name="ccq.delete_session", acks_late=True)
+def delete_session(session_id: str) -> dict[str, object]:
+    """Remove a deleted session's container and files."""
+    worker_context().janitor.delete_session(uuid.UUID(session_id))
+    return {"session_id": session_id, "deleted": True}
+
+
+@shared_task(name="ccq.reap_containers", acks_late=True)
+def reap_containers() -> dict[str, int]:
+    """Stop containers idle past CCQ_IDLE_TIMEOUT; remove those whose session is gone."""
+    return worker_context().janitor.reap()

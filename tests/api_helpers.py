@@ -1,0 +1,56 @@
+"""Small helpers for tests that drive the API: tokens, waiting for runs, reading echoes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from orchestrator.auth import mint_token
+from orchestrator.settings import Settings
+from tests.waiting import wait_for
+
+FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+
+
+def auth(settings: Settings, owner: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(settings, owner)}"}
+
+
+def get_json(client: FlaskClient, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    response = client.get(path, headers=headers)
+    assert response.status_code == 200, response.json
+    body: dict[str, Any] = response.json  # type: ignore[assignment]
+    return body
+
+
+def post_json(
+    client: FlaskClient, path: str, body: dict[str, Any], headers: dict[str, str], status: int
+) -> dict[str, Any]:
+    response = client.post(path, json=body, headers=headers)
+    assert response.status_code == status, response.json
+    reply: dict[str, Any] = response.json  # type: ignore[assignment]
+    return reply
+
+
+def run_of(client: FlaskClient, headers: dict[str, str], run_id: str) -> dict[str, Any]:
+    run: dict[str, Any] = get_json(client, f"/api/v1/runs/{run_id}", headers)["run"]
+    return run
+
+
+def wait_run(
+    client: FlaskClient, headers: dict[str, str], run_id: str, timeout: float = 180
+) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        run = run_of(client, headers, run_id)
+        return run if run["status"] in FINAL else None
+
+    return wait_for(final, timeout=timeout, interval=0.2, what=f"run {run_id} to finish")
+
+
+def message_count(echo: str) -> int:
+    """How many messages the scripted model saw, from its echo reply."""
+    match = re.match(r"echo \(messages=(\d+)\)", echo)
+    assert match is not None, echo
+    return int(match.group(1))
