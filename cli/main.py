@@ -152,6 +152,11 @@ def flower(ctx: Context, flower_args: tuple[str, ...]) -> None:
     make_celery(settings).start(["flower", f"--port={settings.flower_port}", *flower_args])
 
 
+from cli.commands import register  # noqa: E402 - the client commands join the group above
+
+register(cli)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

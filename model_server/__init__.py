@@ -1,0 +1,10 @@
+"""The scripted model server: Anthropic's Messages API answered by directives in the prompt.
+
+See docs/model-server.md for the directive syntax, the endpoints and what the Claude Code
+CLI sends.
+"""
+
+from model_server.recording import is_main_call
+from model_server.server import ModelServer, serve
+
+__all__ = ["ModelServer", "is_main_call", "serve"]

@@ -156,7 +156,7 @@ def _scan_tool(text: str, pos: int) -> tuple[Directive, int]:
     if text.startswith("{", pos):
         try:
             value, pos = json.JSONDecoder().raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise DirectiveError(
                 f"[[tool {name_match.group()} …]]: input is not valid JSON: {exc}"
             ) from None
@@ -176,13 +176,15 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def text_of(content: Any) -> str:
-    """The text blocks of a message's content (a string or a list of blocks), joined."""
+def prompt_text(content: Any) -> str:
+    """The text blocks of a message's content (a string or a list of blocks), joined,
+    each without its system reminders (per block, so an unterminated one in a block the
+    CLI wrote cannot swallow the user's own text in the next)."""
     if isinstance(content, str):
-        return content
+        return strip_system_reminders(content)
     if isinstance(content, list):
         return "\n".join(
-            block["text"]
+            strip_system_reminders(block["text"])
             for block in content
             if isinstance(block, dict)
             and block.get("type") == "text"
@@ -244,7 +246,7 @@ def plan_reply(messages: Any, *, skip_errors: bool = False) -> Plan:
     """
     last = latest_turn(messages)
     content = last.get("content")
-    directives, rest = scan(strip_system_reminders(text_of(content)))
+    directives, rest = scan(prompt_text(content))
 
     echo = (f"echo (messages={len(messages)}): {rest.strip()}",)
     sleep = 0.0

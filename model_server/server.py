@@ -362,7 +362,7 @@ def _attempt_key(handler: _Handler, body: dict[str, Any]) -> str:
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise _BadRequest("request body must be a JSON object")

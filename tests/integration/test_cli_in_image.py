@@ -133,3 +133,24 @@ def test_a_hanging_model_is_stopped_by_the_silence_watchdog(
     container = runtime.ensure_running(spec)
     leftover = container.exec_run(["pgrep", "-f", "claude"], user="1000")
     assert leftover.exit_code == 1, leftover.output  # pgrep: no process matched
+
+
+def test_session_containers_are_locked_down_and_labelled(
+    runtime: ContainerRuntime, spec: SessionContainerSpec
+) -> None:
+    container = runtime.ensure_running(spec)
+    host = container.attrs["HostConfig"]
+    assert container.attrs["Config"]["User"] == "1000:1000"
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["PidsLimit"] > 0
+    assert host["Memory"] > 0
+    assert host["NanoCpus"] > 0
+    assert not any("docker.sock" in bind for bind in host["Binds"])
+    labels = container.labels
+    assert labels["ccq.session"] == spec.session_id
+    assert labels["ccq.owner"] == "tester"
+    assert labels["ccq.managed"] == "1"
+    assert "ccq.parent" in labels
+    # The same container is found again by label, not created twice.
+    assert runtime.ensure_running(spec).id == container.id

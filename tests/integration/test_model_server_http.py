@@ -305,6 +305,7 @@ def test_bad_directive_is_a_400_naming_the_problem(server: ModelServer) -> None:
         (b"\xff\xfe", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"model": "m"}', "messages"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
         (b'{"messages": [{"role": "user", "content": 7}], "model": 1}', None),
     ],
 )

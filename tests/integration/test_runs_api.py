@@ -163,3 +163,41 @@ def test_tokens_are_checked_and_other_owners_see_nothing(
     assert response.json["error"]["code"] == "not_found"  # type: ignore[index]
     assert client.get(f"/api/v1/sessions/{uuid.uuid4()}", headers=as_bob).status_code == 404
     assert client.get("/api/v1/sessions/not-a-uuid", headers=as_bob).status_code == 404
+
+
+def test_a_200_kb_prompt_goes_through(
+    client: FlaskClient, settings: Settings, worker: WorkerProcess
+) -> None:
+    headers = auth(settings)
+    prompt = "".join(f"line {i:06d} of a long prompt\n" for i in range(200 * 1024 // 28))
+    assert len(prompt.encode()) > 200_000
+    created = client.post("/api/v1/sessions", json={"prompt": prompt}, headers=headers).json
+    assert created is not None
+    run = wait_run(client, headers, created["run"]["id"])
+    assert run["status"] == "succeeded", run
+    assert run["result"].endswith(prompt.strip()[-40:])
+    assert "line 000000 of a long prompt" in run["result"]
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": 1}, "expired"),
+        ({"aud": "another-service"}, "audience"),
+        ({"iss": "someone-else"}, "issuer"),
+    ],
+)
+def test_expired_and_misdirected_tokens_are_401(
+    client: FlaskClient, settings: Settings, claims: dict[str, object], reason: str
+) -> None:
+    import jwt
+
+    secret = settings.jwt_secret
+    assert secret is not None
+    base = {"sub": "alice", "aud": "ccq", "iss": "ccq", "iat": 0, "exp": 4_000_000_000}
+    token = jwt.encode({**base, **claims}, secret.get_secret_value(), algorithm="HS256")
+    response = client.post(
+        "/api/v1/sessions", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 401
+    assert reason in response.json["error"]["message"]  # type: ignore[index]

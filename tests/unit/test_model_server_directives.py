@@ -114,6 +114,19 @@ def test_text_blocks_are_joined_and_system_reminders_ignored() -> None:
     assert plan_reply([user(content)]).text == "echo (messages=1): hello"
 
 
+def test_an_unterminated_reminder_does_not_swallow_the_next_block() -> None:
+    content = [
+        {"type": "text", "text": "<system-reminder>\nno end"},
+        {"type": "text", "text": "mine [[stream 1]]"},
+    ]
+    assert plan_reply([user(content)]).kind == "stream"
+
+
+def test_deeply_nested_tool_input_is_a_directive_error() -> None:
+    with pytest.raises(DirectiveError, match="not valid JSON"):
+        plan_for("[[tool Deep " + '{"a":' * 100_000 + "1" + "}" * 100_000 + "]]")
+
+
 def test_trailing_system_turns_are_skipped() -> None:
     """Claude Code 2.1.x appends a ``system`` message after the user's prompt."""
     messages = [user("hi [[stream 2]]"), {"role": "system", "content": "# Environment [[hang]]"}]
