@@ -17,7 +17,7 @@ from model_server.server import ModelServer
 from orchestrator.containers import ContainerRuntime
 from orchestrator.janitor import Janitor
 from orchestrator.settings import Settings
-from tests.api_helpers import auth, message_count, post_json, run_of, wait_run
+from tests.api_helpers import auth, get_json, message_count, post_json, run_of, wait_run
 from tests.conftest import WorkerProcess
 from tests.waiting import wait_for
 
@@ -108,9 +108,7 @@ def test_cancel_during_a_streaming_run_kills_the_cli_and_the_session_goes_on(
     created = _session(client, headers, "[[stream 200 0.1]]")
     session_id, run_id = created["session"]["id"], created["run"]["id"]
     wait_for(
-        lambda: (
-            len(client.get(f"/api/v1/runs/{run_id}/events", headers=headers).json["events"]) > 3
-        ),  # type: ignore[index]
+        lambda: len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]) > 3,
         timeout=120,
         what="the run to stream",
     )
