@@ -9,6 +9,8 @@ from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from orchestrator.errors import ConflictError, NotFoundError
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
         return jsonify(error_body(exc.code, exc.message, exc.details)), exc.status
+
+    @app.errorhandler(NotFoundError)
+    def _not_found(exc: NotFoundError) -> tuple[Response, int]:
+        return jsonify(error_body(NotFound.code, exc.message, exc.details)), NotFound.status
+
+    @app.errorhandler(ConflictError)
+    def _conflict(exc: ConflictError) -> tuple[Response, int]:
+        return jsonify(error_body(Conflict.code, exc.message, exc.details)), Conflict.status
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> tuple[Response, int]:

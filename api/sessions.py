@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from api.auth import require_owner
-from api.errors import Conflict, InvalidInput, NotFound
+from api.errors import InvalidInput
 from api.extensions import Services, get_services
 from api.schemas import (
     CreateRun,
@@ -24,7 +24,6 @@ from api.schemas import (
 from api.validation import parse_body
 from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
-from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.history import EventHistory, InvalidCursor
 from orchestrator.models import Run, RunStatus
 from orchestrator.sessions import NewSession, SessionService
@@ -71,11 +70,9 @@ def create_session(owner: str) -> Reply:
 def show_session(owner: str, session_id: uuid.UUID) -> Reply:
     """A session with its state, cost, runs count and last run."""
     with get_services().session_factory() as db:
-        try:
-            session = SessionService(db, owner).get(session_id)
-        except NotFoundError as exc:
-            raise NotFound(exc.message) from None
-        last = session.runs[-1] if session.runs else None
+        service = SessionService(db, owner)
+        session = service.get(session_id)
+        last = service.last_runs([session.id]).get(session.id)
         return {"session": session_json(session, last)}, 200
 
 
@@ -88,12 +85,9 @@ def queue_run(owner: str, session_id: uuid.UUID) -> Reply:
     wait = _wait_seconds()
     services = get_services()
     with session_scope(services.session_factory) as db:
-        try:
-            run, created = SessionService(db, owner).queue_run(
-                session_id, body.prompt, idempotency_key=body.idempotency_key
-            )
-        except NotFoundError as exc:
-            raise NotFound(exc.message) from None
+        run, created = SessionService(db, owner).queue_run(
+            session_id, body.prompt, idempotency_key=body.idempotency_key
+        )
     if created:
         _enqueue(services, run)
     if wait is not None:
@@ -107,10 +101,7 @@ def queue_run(owner: str, session_id: uuid.UUID) -> Reply:
 @require_owner
 def show_run(owner: str, run_id: uuid.UUID) -> Reply:
     with get_services().session_factory() as db:
-        try:
-            return {"run": run_json(SessionService(db, owner).get_run(run_id))}, 200
-        except NotFoundError as exc:
-            raise NotFound(exc.message) from None
+        return {"run": run_json(SessionService(db, owner).get_run(run_id))}, 200
 
 
 @bp.get("/runs/<uuid:run_id>/events")
@@ -126,11 +117,9 @@ def run_events(owner: str, run_id: uuid.UUID) -> Reply:
         )
     services = get_services()
     with services.session_factory() as db:
+        SessionService(db, owner).get_run(run_id)
         try:
-            SessionService(db, owner).get_run(run_id)
             events = EventHistory(db).for_run(run_id, after=after, limit=int(limit_text))
-        except NotFoundError as exc:
-            raise NotFound(exc.message) from None
         except InvalidCursor as exc:
             raise InvalidInput(f"after: {exc}", [{"field": "after", "reason": str(exc)}]) from None
     return {
@@ -197,10 +186,7 @@ def stop_session(owner: str, session_id: uuid.UUID) -> Reply:
     """Stop a session: pending runs are cancelled, the container stops; resumable."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        try:
-            session, running = SessionService(db, owner).stop(session_id)
-        except NotFoundError as exc:
-            raise NotFound(exc.message) from None
+        session, running = SessionService(db, owner).stop(session_id)
     for run in running:
         signal_cancel(services.redis, run.id)
     services.celery.send_task("ccq.stop_session", args=[str(session_id)])
@@ -213,10 +199,7 @@ def delete_session(owner: str, session_id: uuid.UUID) -> Reply:
     """Delete a session, its history, its container and its files."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        try:
-            running = SessionService(db, owner).delete(session_id)
-        except NotFoundError as exc:
-            raise NotFound(exc.message) from None
+        running = SessionService(db, owner).delete(session_id)
     for run in running:
         signal_cancel(services.redis, run.id)
     services.celery.send_task("ccq.delete_session", args=[str(session_id)])
@@ -229,12 +212,7 @@ def cancel_run(owner: str, run_id: uuid.UUID) -> Reply:
     """Cancel a run: a queued one never starts, a running one's CLI is killed."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        try:
-            run = SessionService(db, owner).cancel_run(run_id)
-        except NotFoundError as exc:
-            raise NotFound(exc.message) from None
-        except ConflictError as exc:
-            raise Conflict(exc.message) from None
+        run = SessionService(db, owner).cancel_run(run_id)
     if run.status == RunStatus.RUNNING:
         signal_cancel(services.redis, run.id)
     return {"run": run_json(run)}, 202

@@ -36,6 +36,8 @@ def make_celery(settings: Settings) -> Celery:
     )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
     app.conf.update(
+        # One queue per ccq instance: deployments (and test runs) sharing a Redis stay apart.
+        task_default_queue=settings.instance,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

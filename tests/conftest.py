@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -25,7 +26,6 @@ from orchestrator import migrate
 from orchestrator.settings import Settings, load_settings
 from tests.waiting import wait_for
 
-TEST_DATABASE = "ccq_test"
 TEST_REDIS_DB = 15
 TEST_JWT_SECRET = "test-secret-" + "x" * 32
 
@@ -68,8 +68,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Iterator[Settings]:
-    """Settings for a migrated scratch database and a private Redis database."""
-    database_url = recreate_database(base_settings.database_url, TEST_DATABASE)
+    """Settings for a migrated scratch database, a private Redis database and task queue.
+
+    The database and queue are named after this run, so test runs side by side on one
+    machine (and a `make up` stack) never see each other's rows or tasks.
+    """
+    database = "ccq_" + test_instance.replace("-", "_")
+    database_url = recreate_database(base_settings.database_url, database)
     migrate.upgrade(database_url)
     redis_url = base_settings.redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
     yield load_settings(
@@ -80,7 +85,7 @@ def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Ite
         jwt_secret=TEST_JWT_SECRET,
         instance=test_instance,
     )
-    drop_database(base_settings.database_url, TEST_DATABASE)
+    drop_database(base_settings.database_url, database)
 
 
 @pytest.fixture
@@ -213,16 +218,11 @@ class WorkerProcess:
         self._log.close()
 
 
-@pytest.fixture(scope="session")
-def second_worker(
-    settings: Settings,
-    model_server: ModelServer,
-    worker: WorkerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
+@contextmanager
+def running_worker(
+    settings: Settings, model_server: ModelServer, log_dir: Path, name: str
 ) -> Iterator[WorkerProcess]:
-    """Another worker host on the same stack, for ordering and redelivery tests."""
-    log_path = tmp_path_factory.mktemp("worker2") / "worker.log"
-    process = WorkerProcess(stack_environment(settings, model_server), "test-worker-2", log_path)
+    process = WorkerProcess(stack_environment(settings, model_server), name, log_dir / "worker.log")
     try:
         process.wait_ready()
         yield process
@@ -235,10 +235,21 @@ def worker(
     settings: Settings, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """One real worker for the whole session, as `make up` runs it."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = WorkerProcess(stack_environment(settings, model_server), "test-worker", log_path)
-    try:
-        process.wait_ready()
+    with running_worker(
+        settings, model_server, tmp_path_factory.mktemp("worker"), "test-worker"
+    ) as process:
         yield process
-    finally:
-        process.stop()
+
+
+@pytest.fixture(scope="session")
+def second_worker(
+    settings: Settings,
+    model_server: ModelServer,
+    worker: WorkerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
+    """Another worker host on the same stack, for ordering and redelivery tests."""
+    with running_worker(
+        settings, model_server, tmp_path_factory.mktemp("worker2"), "test-worker-2"
+    ) as process:
+        yield process

@@ -14,13 +14,11 @@ from tests.conftest import drop_database, recreate_database
 
 pytestmark = pytest.mark.integration
 
-SCRATCH = "ccq_test_migrations"
-
-
 @pytest.fixture
-def scratch_url(base_settings: Settings) -> Iterator[str]:
-    yield recreate_database(base_settings.database_url, SCRATCH)
-    drop_database(base_settings.database_url, SCRATCH)
+def scratch_url(base_settings: Settings, test_label: str) -> Iterator[str]:
+    name = f"ccq_migrations_{test_label[:12]}"
+    yield recreate_database(base_settings.database_url, name)
+    drop_database(base_settings.database_url, name)
 
 
 def _tables(url: str) -> set[str]:
