@@ -156,9 +156,14 @@ def _scan_tool(text: str, pos: int) -> tuple[Directive, int]:
     if text.startswith("{", pos):
         try:
             value, pos = json.JSONDecoder().raw_decode(text, pos)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except json.JSONDecodeError as exc:
             raise DirectiveError(
-                f"[[tool {name_match.group()} …]]: input is not valid JSON: {exc}"
+                f"[[tool {name_match.group()} …]]: input is not valid JSON: {exc.msg} "
+                f"at {text[exc.pos : exc.pos + 20]!r}"
+            ) from None
+        except RecursionError:
+            raise DirectiveError(
+                f"[[tool {name_match.group()} …]]: input is not valid JSON: nested too deeply"
             ) from None
         tool_input = value
         pos = _skip_space(text, pos)
