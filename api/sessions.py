@@ -180,6 +180,15 @@ def list_sessions(owner: str) -> Reply:
         }, 200
 
 
+def _after_commit(
+    services: Services, running: list[Run], task: str, session_id: uuid.UUID
+) -> None:
+    """Signal the executors of runs that were running, then hand the container work over."""
+    for run in running:
+        signal_cancel(services.redis, run.id)
+    services.celery.send_task(task, args=[str(session_id)])
+
+
 @bp.post("/sessions/<uuid:session_id>/stop")
 @require_owner
 def stop_session(owner: str, session_id: uuid.UUID) -> Reply:
@@ -187,9 +196,7 @@ def stop_session(owner: str, session_id: uuid.UUID) -> Reply:
     services = get_services()
     with session_scope(services.session_factory) as db:
         session, running = SessionService(db, owner).stop(session_id)
-    for run in running:
-        signal_cancel(services.redis, run.id)
-    services.celery.send_task("ccq.stop_session", args=[str(session_id)])
+    _after_commit(services, running, "ccq.stop_session", session_id)
     return {"session": session_json(session)}, 202
 
 
@@ -200,9 +207,7 @@ def delete_session(owner: str, session_id: uuid.UUID) -> Reply:
     services = get_services()
     with session_scope(services.session_factory) as db:
         running = SessionService(db, owner).delete(session_id)
-    for run in running:
-        signal_cancel(services.redis, run.id)
-    services.celery.send_task("ccq.delete_session", args=[str(session_id)])
+    _after_commit(services, running, "ccq.delete_session", session_id)
     return {"deleted": str(session_id)}, 202
 
 
