@@ -29,6 +29,7 @@ R = TypeVar("R")
 FINAL_RUN_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 EVENTS_PAGE = 500
 POLL_FIRST, POLL_MAX = 0.2, 1.0
+FINISH_GRACE = 10.0
 TOOL_INPUT_CHARS = 200
 TOOL_RESULT_CHARS = 160
 
@@ -85,6 +86,16 @@ def format_age(iso: str | None, now: datetime) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
     return f"{seconds}s ago"
+
+
+def format_time(iso: str | None) -> str:
+    """An API timestamp as ``2026-01-31 12:00:00 UTC`` (whole seconds, always UTC)."""
+    if not iso:
+        return "-"
+    then = datetime.fromisoformat(iso)
+    if then.tzinfo is not None:
+        then = then.astimezone(UTC)
+    return then.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _plural(n: int, word: str) -> str:
@@ -168,7 +179,8 @@ def _fields(pairs: list[tuple[str, str]]) -> list[str]:
 def run_details(run: JsonObject, color: bool = False) -> str:
     """A run in readable form: state, cost, timings, error, then its result text."""
     status = paint_status(run["status"], color)
-    if run.get("subtype"):
+    # The CLI says "success" even for a run that failed on a model API error: noise.
+    if run.get("subtype") and run["subtype"] != "success":
         status += f" ({run['subtype']})"
     pairs = [
         ("status", status),
@@ -176,9 +188,9 @@ def run_details(run: JsonObject, color: bool = False) -> str:
         ("cost", format_cost(run.get("total_cost_usd"))),
         ("turns", str(run.get("num_turns") if run.get("num_turns") is not None else "-")),
         ("duration", format_duration(run.get("duration_ms"))),
-        ("created", run.get("created_at") or "-"),
-        ("started", run.get("started_at") or "-"),
-        ("finished", run.get("finished_at") or "-"),
+        ("created", format_time(run.get("created_at"))),
+        ("started", format_time(run.get("started_at"))),
+        ("finished", format_time(run.get("finished_at"))),
     ]
     if run.get("attempts", 1) not in (None, 0, 1):
         pairs.append(("attempts", str(run["attempts"])))
@@ -197,7 +209,7 @@ def session_details(session: JsonObject, now: datetime, color: bool = False) -> 
         ("model", session.get("model") or "default"),
         ("runs", str(session.get("runs_count", 0))),
         ("cost", format_cost(session.get("total_cost_usd"))),
-        ("created", session.get("created_at") or "-"),
+        ("created", format_time(session.get("created_at"))),
         ("last active", format_age(session.get("last_active_at"), now)),
     ]
     for key in ("parent_id", "batch_id"):
@@ -205,7 +217,7 @@ def session_details(session: JsonObject, now: datetime, color: bool = False) -> 
             pairs.append((key.removesuffix("_id"), session[key]))
     for key in ("options", "metadata"):
         if session.get(key):
-            pairs.append((key, json.dumps(session[key], sort_keys=True)))
+            pairs.append((key, _one_line(json.dumps(session[key], sort_keys=True), 200)))
     lines = [paint(f"session {session['id']}", color, bold=True), *_fields(pairs)]
     last = session.get("last_run")
     if last:
@@ -339,12 +351,14 @@ def api_options(command: Callable[P, R]) -> Callable[P, R]:
     command = click.option(
         "--token",
         envvar="CCQ_TOKEN",
+        metavar="JWT",
         default=None,
         help="Bearer JWT [CCQ_TOKEN]; default: a dev token if CCQ_JWT_SECRET is set.",
     )(command)
     return click.option(
         "--api-url",
         envvar="CCQ_API_URL",
+        metavar="URL",
         default=None,
         help="The ccq API [CCQ_API_URL]; default: http://CCQ_API_HOST:CCQ_API_PORT.",
     )(command)
@@ -409,7 +423,7 @@ class _Deadline:
 def _pause(delay: float, deadline: _Deadline) -> float:
     """Sleep before the next poll (no longer than the deadline allows); the next delay."""
     remaining = deadline.remaining()
-    time.sleep(delay if remaining is None else min(delay, remaining))
+    time.sleep(delay if remaining is None or remaining <= 0 else min(delay, remaining))
     return min(delay * 1.5, POLL_MAX)
 
 
@@ -455,26 +469,40 @@ class _Tail:
 
 
 def _stream_run(
-    client: ApiClient, run: JsonObject, deadline: _Deadline, tail: _Tail, color: bool
+    client: ApiClient,
+    run: JsonObject,
+    deadline: _Deadline,
+    write: Callable[[str], None],
+    color: bool,
 ) -> JsonObject:
-    """Print events until the run's final event (or its final status: a run cancelled
-    while queued never starts, so it has no events), then the finished run."""
+    """Print the run's events until its ``ccq.run.finished`` event, then the finished run.
+
+    The worker records the final status before its last events reach PostgreSQL, so a
+    final status alone does not end the tail: it waits up to FINISH_GRACE seconds more
+    for the finished event. A run that never started (cancelled while queued) has none.
+    """
+    tail = _Tail(client, run["id"], write)
+    grace: _Deadline | None = None
     delay = POLL_FIRST
     try:
         while not tail.finished:
             if tail.drain(color):
                 delay = POLL_FIRST
                 continue
-            run = client.get_run(run["id"])
-            if run["status"] in FINAL_RUN_STATUSES:
-                tail.drain(color)  # events written just before the status changed
+            if grace is None:
+                run = client.get_run(run["id"])
+                if run["status"] in FINAL_RUN_STATUSES:
+                    if not run.get("started_at"):
+                        return run
+                    grace = _Deadline(FINISH_GRACE)
+                elif deadline.passed():
+                    raise _StillRunning(run)
+            elif grace.passed():
                 break
-            if deadline.passed():
-                raise _StillRunning(run)
-            delay = _pause(delay, deadline)
+            delay = _pause(delay, grace or deadline)
     finally:
         tail.close()
-    return _poll_run(client, run, deadline)
+    return _poll_run(client, client.get_run(run["id"]), deadline)
 
 
 def _echo_writer(err: bool) -> Callable[[str], None]:
@@ -496,6 +524,7 @@ def wait_options(command: Callable[P, R]) -> Callable[P, R]:
     command = click.option(
         "--timeout",
         type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
         default=None,
         help="Stop waiting after SECONDS (the run goes on); default: until it ends.",
     )(command)
@@ -511,17 +540,17 @@ def _finish(
     client: ApiClient, run: JsonObject, options: WaitOptions, deadline: _Deadline
 ) -> NoReturn:
     """Wait for the run, print it, exit 0 if it succeeded and 1 otherwise."""
-    stdout_color = _stdout_color() and not options.as_json
-    tail = _Tail(client, run["id"], _echo_writer(err=options.as_json))
     try:
         if options.stream:
-            run = _stream_run(client, run, deadline, tail, stdout_color)
+            color = _stdout_color() and not options.as_json
+            write = _echo_writer(err=options.as_json)  # --json keeps stdout for the JSON
+            run = _stream_run(client, run, deadline, write, color)
         else:
             run = _poll_run(client, run, deadline)
     except _StillRunning as exc:
         still = exc.run
         _fail(
-            f"ccq: run {still['id']} is still {still['status']} after {options.timeout:g}s; "
+            f"ccq: run {still['id']} is still {still['status']} after {deadline.seconds:g}s; "
             f"it goes on (`ccq show {still['id']}`, `ccq cancel {still['id']}`)"
         )
     except KeyboardInterrupt:
@@ -530,7 +559,8 @@ def _finish(
         click.echo(json.dumps(run, indent=2))
     else:
         if not options.stream and run.get("result"):
-            click.echo(run["result"])
+            # A failed run's result is the CLI's error text: stderr, off the pipeline.
+            click.echo(run["result"], err=run["status"] != "succeeded")
         click.echo(run_summary(run, _stderr_color()), err=True)
     sys.exit(0 if run["status"] == "succeeded" else 1)
 
@@ -539,7 +569,7 @@ def _read_prompt(prompt: str) -> str:
     """`-` means the prompt comes on stdin (without the newline that ends the input)."""
     if prompt != "-":
         return prompt
-    return click.get_text_stream("stdin").read().removesuffix("\n")
+    return sys.stdin.read().removesuffix("\n")
 
 
 # --- commands -------------------------------------------------------------------------
@@ -547,14 +577,34 @@ def _read_prompt(prompt: str) -> str:
 
 @click.command("run")
 @click.argument("prompt")
-@click.option("--model", default=None, help="The model for this session.")
-@click.option("--max-turns", type=int, default=None, help="At most N agent turns per run.")
-@click.option("--max-budget-usd", type=float, default=None, help="Spend at most X USD per run.")
-@click.option("--allowed-tool", "allowed_tools", multiple=True, help="Allow tool T (repeatable).")
+@click.option("--model", metavar="MODEL", default=None, help="The model for this session.")
 @click.option(
-    "--disallowed-tool", "disallowed_tools", multiple=True, help="Forbid tool T (repeatable)."
+    "--max-turns", type=int, metavar="N", default=None, help="At most N agent turns per run."
 )
-@click.option("--append-system-prompt", default=None, help="Text added to the system prompt.")
+@click.option(
+    "--max-budget-usd",
+    type=float,
+    metavar="USD",
+    default=None,
+    help="Spend at most USD dollars per run.",
+)
+@click.option(
+    "--allowed-tool",
+    "allowed_tools",
+    metavar="TOOL",
+    multiple=True,
+    help="Allow TOOL without asking (repeatable).",
+)
+@click.option(
+    "--disallowed-tool",
+    "disallowed_tools",
+    metavar="TOOL",
+    multiple=True,
+    help="Forbid TOOL (repeatable).",
+)
+@click.option(
+    "--append-system-prompt", metavar="TEXT", default=None, help="Text added to the system prompt."
+)
 @wait_options
 @api_options
 @reports_api_errors
