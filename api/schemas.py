@@ -35,7 +35,9 @@ class CliOptionsBody(Strict):
     disallowed_tools: Annotated[list[ToolName], Field(max_length=200)] = []
 
     def cli_options(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True, exclude_defaults=True, exclude={"model"})
+        """Only the CLI knobs (not the prompt, metadata or key of a subclass), set ones only."""
+        fields = set(CliOptionsBody.model_fields) - {"model"}
+        return self.model_dump(include=fields, exclude_none=True, exclude_defaults=True)
 
 
 class CreateSession(CliOptionsBody):

@@ -180,9 +180,7 @@ def list_sessions(owner: str) -> Reply:
         }, 200
 
 
-def _after_commit(
-    services: Services, running: list[Run], task: str, session_id: uuid.UUID
-) -> None:
+def _after_commit(services: Services, running: list[Run], task: str, session_id: uuid.UUID) -> None:
     """Signal the executors of runs that were running, then hand the container work over."""
     for run in running:
         signal_cancel(services.redis, run.id)

@@ -113,6 +113,15 @@ class RunEventSink:
             self._pending = []
         self._last_flush = time.monotonic()
 
+    def finish(self, db: DbSession, type_: str, data: dict[str, Any]) -> WireEvent:
+        """Publish the run's last event and persist everything pending in ``db``'s
+        transaction, so the history is complete the moment the run's final state commits."""
+        event = publish(self._client, self._session_id, self._run_id, self._seq, type_, data)
+        self._seq += 1
+        persist_events(db, [*self._pending, event])
+        self._pending = []
+        return event
+
 
 def persist_events(db: DbSession, events: list[WireEvent]) -> None:
     db.add_all(

@@ -216,10 +216,7 @@ class RunExecutor:
         except Exception as exc:  # the run must end recorded, whatever broke
             log.exception("run %s failed outside the CLI", claimed.run_id)
             error = f"{type(exc).__name__}: {exc}"
-        status = self._record(claimed, result, error)
-        sink.emit("ccq.run.finished", {"status": status})
-        sink.flush()
-        return status
+        return self._record(claimed, result, error, sink)
 
     @staticmethod
     def _forward(sink: RunEventSink, event: CliEvent) -> None:
@@ -241,7 +238,14 @@ class RunExecutor:
 
     # --- record --------------------------------------------------------------------------
 
-    def _record(self, claimed: ClaimedRun, result: CliRunResult | None, error: str | None) -> str:
+    def _record(
+        self,
+        claimed: ClaimedRun,
+        result: CliRunResult | None,
+        error: str | None,
+        sink: RunEventSink,
+    ) -> str:
+        """Commit the run's outcome together with its last events (``ccq.run.finished``)."""
         with session_scope(self.session_factory) as db:
             session = db.get(Session, claimed.session_id, with_for_update=True)
             run = db.get(Run, claimed.run_id, with_for_update=True)
@@ -275,6 +279,18 @@ class RunExecutor:
             if session.status != SessionStatus.STOPPED:  # a stop during the run stands
                 session.status = SessionStatus.IDLE
             session.last_active_at = run.finished_at
+            sink.finish(
+                db,
+                "ccq.run.finished",
+                {
+                    "status": status,
+                    "result": run.result_text,
+                    "is_error": run.is_error,
+                    "error": run.error,
+                    "total_cost_usd": float(run.total_cost_usd or 0),
+                    "num_turns": run.num_turns,
+                },
+            )
             return status
 
     @staticmethod

@@ -14,6 +14,7 @@ from tests.conftest import drop_database, recreate_database
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def scratch_url(base_settings: Settings, test_label: str) -> Iterator[str]:
     name = f"ccq_migrations_{test_label[:12]}"

@@ -201,3 +201,18 @@ def test_expired_and_misdirected_tokens_are_401(
     )
     assert response.status_code == 401
     assert reason in response.json["error"]["message"]  # type: ignore[index]
+
+
+def test_session_options_keep_only_the_cli_knobs(client: FlaskClient, settings: Settings) -> None:
+    body = {
+        "prompt": "secret plan",
+        "max_turns": 3,
+        "allowed_tools": ["Read"],
+        "metadata": {"team": "a"},
+        "idempotency_key": "k-1",
+        "model": "claude-sonnet-5-5",
+    }
+    session = client.post("/api/v1/sessions", json=body, headers=auth(settings)).json["session"]  # type: ignore[index]
+    assert session["options"] == {"max_turns": 3, "allowed_tools": ["Read"]}
+    assert session["model"] == "claude-sonnet-5-5"
+    assert session["metadata"] == {"team": "a"}
