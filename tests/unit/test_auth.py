@@ -72,3 +72,26 @@ def test_without_a_secret_nothing_verifies() -> None:
     bare = load_settings(env_file=None, jwt_secret=None)
     with pytest.raises(AuthError, match="CCQ_JWT_SECRET"):
         verify_token(bare, "anything")
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_public_key_algorithms_verify_with_the_public_key_only(algorithm: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    private_key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if algorithm == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    public_pem = (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings = load_settings(env_file=None, jwt_algorithm=algorithm, jwt_public_key=public_pem)
+    token = jwt.encode(_claims(), private_key, algorithm=algorithm)
+    assert verify_token(settings, token).owner == "alice"
+    # An HS256 token signed with the public key text must not pass (algorithm confusion).
+    with pytest.raises(AuthError):
+        verify_token(settings, jwt.encode(_claims(), SECRET, algorithm="HS256"))
