@@ -95,6 +95,14 @@ up() {
 
 down() {
   for name in flower beat worker api model-server; do stop "$name"; done
+  # Session containers stop too (their files stay; the next prompt resumes them).
+  instance=$("$BIN/python" -c 'from orchestrator.settings import load_settings as l; print(l().instance)')
+  running_sessions=$(docker ps -q --filter "label=ccq.instance=$instance" 2>/dev/null || true)
+  if [[ -n $running_sessions ]]; then
+    # shellcheck disable=SC2086
+    docker stop --time 5 $running_sessions >/dev/null
+    say "stopped $(wc -w <<<"$running_sessions") session container(s)"
+  fi
   say "down"
 }
 
