@@ -10,32 +10,28 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
-from sqlalchemy.orm import sessionmaker
 
 from orchestrator.cancellation import cancel_signalled
 from orchestrator.claude_cli import CliEvent, CliOptions, build_command
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.containers import (
-    ContainerRuntime,
     SessionContainerSpec,
     SessionDirs,
 )
 from orchestrator.db import session_scope
 from orchestrator.events import RunEventSink, WireEvent, persist_events
+from orchestrator.host import HostResources
 from orchestrator.locks import SessionLock, is_locked
 from orchestrator.models import Event, Run, RunStatus, Session, SessionStatus
-from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +74,18 @@ def transcript_path(dirs: SessionDirs, session_id: uuid.UUID) -> Path:
 class RunExecutor:
     """Runs prompts on this worker host. One instance per worker process."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        session_factory: sessionmaker[DbSession],
-        redis_client: redis.Redis,
-        runtime: ContainerRuntime,
-    ) -> None:
-        self.settings = settings
-        self.session_factory = session_factory
-        self.redis = redis_client
-        self.runtime = runtime
+    def __init__(self, host: HostResources) -> None:
+        self.settings = host.settings
+        self.session_factory = host.session_factory
+        self.redis = host.redis
+        self.runtime = host.runtime
 
     # --- claim ---------------------------------------------------------------------------
 
     def _claim(
-        self, run_id: uuid.UUID, lock: Callable[[uuid.UUID], SessionLock]
+        self, run_id: uuid.UUID, holder: str
     ) -> tuple[ClaimedRun | None, SessionLock | None, str]:
+        """Mark the run running if it is its turn; return it, the session lock and a status."""
         with session_scope(self.session_factory) as db:
             run = db.get(Run, run_id)
             if run is None:
@@ -128,7 +119,7 @@ class RunExecutor:
             )
             if earlier is not None:
                 raise NotYourTurn(f"run {earlier} of session {session.id} goes first")
-            session_lock = lock(session.id)
+            session_lock = SessionLock(self.redis, session.id, holder)
             if not session_lock.acquire():
                 raise NotYourTurn(f"session {session.id} is busy")
             run.status = RunStatus.RUNNING
@@ -160,10 +151,7 @@ class RunExecutor:
         Raises:
             NotYourTurn: an earlier run of the session has not finished.
         """
-        holder = f"{run_id}:{uuid.uuid4().hex}"
-        claimed, session_lock, status = self._claim(
-            run_id, lambda sid: SessionLock(self.redis, sid, holder)
-        )
+        claimed, session_lock, status = self._claim(run_id, holder=f"{run_id}:{uuid.uuid4().hex}")
         if claimed is None or session_lock is None:
             return {"run_id": str(run_id), "status": status}
         try:
@@ -300,7 +288,8 @@ class RunExecutor:
         run.status = status
         run.error = error
         run.finished_at = datetime.now(UTC)
-        session.status = SessionStatus.IDLE
+        if session.status != SessionStatus.STOPPED:
+            session.status = SessionStatus.IDLE
 
 
 def _final_status(result: CliRunResult | None, error: str | None) -> RunStatus:

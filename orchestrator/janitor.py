@@ -7,31 +7,22 @@ import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import redis
 from sqlalchemy import select
-from sqlalchemy.orm import Session as DbSession
-from sqlalchemy.orm import sessionmaker
 
-from orchestrator.containers import LABEL_SESSION, ContainerRuntime, SessionDirs
+from orchestrator.containers import LABEL_SESSION, SessionDirs
+from orchestrator.host import HostResources
 from orchestrator.locks import is_locked
 from orchestrator.models import Session, SessionStatus
-from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class Janitor:
-    def __init__(
-        self,
-        settings: Settings,
-        session_factory: sessionmaker[DbSession],
-        redis_client: redis.Redis,
-        runtime: ContainerRuntime,
-    ) -> None:
-        self.settings = settings
-        self.session_factory = session_factory
-        self.redis = redis_client
-        self.runtime = runtime
+    def __init__(self, host: HostResources) -> None:
+        self.settings = host.settings
+        self.session_factory = host.session_factory
+        self.redis = host.redis
+        self.runtime = host.runtime
 
     def stop_container(self, session_id: uuid.UUID) -> bool:
         """Stop the session's container unless a run is executing in it right now.

@@ -12,6 +12,7 @@ from celery import current_app
 from orchestrator import db
 from orchestrator.containers import ContainerRuntime
 from orchestrator.executor import RunExecutor
+from orchestrator.host import HostResources
 from orchestrator.janitor import Janitor
 from tasks.celery_app import settings_of
 
@@ -26,10 +27,10 @@ class WorkerContext:
 def worker_context() -> WorkerContext:
     # Built lazily in the pool process: connections must not cross a fork.
     settings = settings_of(current_app)
-    session_factory = db.make_session_factory(db.make_engine(settings))
-    redis_client = redis.Redis.from_url(settings.redis_url)
-    runtime = ContainerRuntime(docker.from_env(timeout=120))
-    return WorkerContext(
-        executor=RunExecutor(settings, session_factory, redis_client, runtime),
-        janitor=Janitor(settings, session_factory, redis_client, runtime),
+    host = HostResources(
+        settings=settings,
+        session_factory=db.make_session_factory(db.make_engine(settings)),
+        redis=redis.Redis.from_url(settings.redis_url),
+        runtime=ContainerRuntime(docker.from_env(timeout=120)),
     )
+    return WorkerContext(executor=RunExecutor(host), janitor=Janitor(host))

@@ -1,7 +1,9 @@
-"""Waiting for a condition with a deadline: how tests wait, instead of sleeping."""
+"""Waiting for a condition with a deadline (how tests wait, instead of sleeping), and
+finding a free local port for a process a test starts."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,3 +31,11 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
         _never.wait(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

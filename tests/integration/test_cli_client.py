@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,19 +23,12 @@ from orchestrator.auth import mint_token
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL, message_count
 from tests.conftest import WorkerProcess, stack_environment
-from tests.waiting import wait_for
+from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 CCQ = str(Path(sys.executable).with_name("ccq"))
 SESSION_LINE = re.compile(r"session ([0-9a-f-]{36})\s+run ([0-9a-f-]{36}) (\w+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def api_url(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """A real `ccq api` process on a free port, stopped when the module is done."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("api") / "api.log"
     env = {**stack_environment(settings, model_server), "CCQ_API_PORT": str(port)}
     with log_path.open("ab") as log:
@@ -329,7 +321,7 @@ def test_a_bad_token_prints_the_apis_message(ccq: Ccq) -> None:
 
 
 def test_an_unreachable_api_says_so(ccq: Ccq) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = ccq("run", "hello", env={"CCQ_API_URL": url})
     assert result.returncode == 1
     assert f"cannot reach the ccq API at {url}" in result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 
@@ -15,22 +14,15 @@ from api import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator import heartbeat
 from orchestrator.settings import Settings, load_settings
-from tests.waiting import wait_for
+from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A private redis-server this test may stop without disturbing anyone else."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
         stdout=subprocess.DEVNULL,
@@ -138,7 +130,7 @@ def test_503_names_postgres_when_it_cannot_be_reached(
 ) -> None:
     _, port = own_redis
     _report_this_host(port, settings)
-    unreachable = f"postgresql+psycopg://ccq:ccq@127.0.0.1:{_free_port()}/ccq"
+    unreachable = f"postgresql+psycopg://ccq:ccq@127.0.0.1:{free_port()}/ccq"
     response = client_for(port, unreachable).get("/readyz")
     assert response.status_code == 503
     assert response.json is not None

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from api.extensions import Services
 from model_server.server import ModelServer
 from orchestrator.containers import ContainerRuntime
+from orchestrator.host import HostResources
 from orchestrator.janitor import Janitor
 from orchestrator.settings import Settings
 from tests.api_helpers import auth, get_json, message_count, post_json, run_of, wait_run
@@ -164,7 +165,7 @@ def test_a_reaped_container_and_a_restarted_worker_still_resume(
     first = wait_run(client, headers, created["run"]["id"])
     runtime = ContainerRuntime(docker_client)
 
-    janitor = Janitor(settings, services.session_factory, services.redis, runtime)
+    janitor = Janitor(HostResources(settings, services.session_factory, services.redis, runtime))
     later = datetime.now(UTC) + timedelta(seconds=settings.idle_timeout + 1)
     assert janitor.reap(now=later)["stopped"] >= 1
     container = runtime.find(session_id)
@@ -194,6 +195,8 @@ def test_the_reaper_removes_containers_whose_session_is_gone(
             instance=settings.instance,
         )
     )
-    report = Janitor(settings, services.session_factory, services.redis, runtime).reap()
+    report = Janitor(
+        HostResources(settings, services.session_factory, services.redis, runtime)
+    ).reap()
     assert report["removed"] >= 1
     assert runtime.find(orphan_id) is None
