@@ -16,9 +16,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def current_owner() -> str:
+def current_owner(*, allow_query_token: bool = False) -> str:
+    """The verified token's owner.
+
+    Args:
+        allow_query_token: also accept ``?access_token=`` (WebSockets, where browsers
+            cannot set headers); the header wins when both are given.
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and allow_query_token:
+        scheme, token = "bearer", request.args.get("access_token", "")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token (Authorization: Bearer <JWT>)")
     try:

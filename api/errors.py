@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from orchestrator.errors import ConflictError, NotFoundError
@@ -89,6 +91,15 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
         return jsonify(error_body(code, exc.description or exc.name)), status
+
+    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(OperationalError)
+    def _dependency_down(exc: Exception) -> tuple[Response, int]:
+        # Redis or PostgreSQL unreachable: the client may retry; nothing half-written stays.
+        log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+        name = "redis" if isinstance(exc, redis.RedisError) else "postgresql"
+        body = error_body(DependencyDown.code, f"{name} is unavailable; retry later")
+        return jsonify(body), DependencyDown.status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 from flask import current_app
+from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +16,8 @@ from orchestrator.settings import Settings
 from tasks.celery_app import make_celery
 
 EXTENSION_KEY = "ccq"
+# How long one XREAD of a tail blocks before the tail checks on its client.
+TAIL_BLOCK_SECONDS = 5.0
 
 
 @dataclass
@@ -22,7 +25,9 @@ class Services:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
-    redis: redis.Redis
+    redis: Redis
+    # Tails block in XREAD for seconds at a time: their own pool, with a longer timeout.
+    stream_redis: Redis
     celery: Celery
 
     @classmethod
@@ -36,12 +41,19 @@ class Services:
             redis=redis.Redis.from_url(
                 settings.redis_url, socket_timeout=3, socket_connect_timeout=3
             ),
+            stream_redis=redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=TAIL_BLOCK_SECONDS + 10,
+                socket_connect_timeout=3,
+                health_check_interval=30,
+            ),
             celery=make_celery(settings),
         )
 
     def close(self) -> None:
         self.engine.dispose()
         self.redis.close()
+        self.stream_redis.close()
         self.celery.close()
 
 

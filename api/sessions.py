@@ -24,7 +24,8 @@ from api.schemas import (
 from api.validation import parse_body
 from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
-from orchestrator.history import EventHistory, InvalidCursor
+from orchestrator.events import InvalidCursor, WireEvent, parse_stream_id, publish_pending
+from orchestrator.history import EventHistory
 from orchestrator.models import Run, RunStatus
 from orchestrator.sessions import NewSession, SessionService
 
@@ -36,6 +37,11 @@ Reply = tuple[dict[str, Any], int]
 def _enqueue(services: Services, run: Run) -> None:
     # Only after the commit: the task must never find its row missing.
     services.celery.send_task("ccq.run_prompt", args=[str(run.id)])
+
+
+def _announce(services: Services, service: SessionService) -> None:
+    """Publish the lifecycle events of a committed change (run queued, cancelled, ...)."""
+    publish_pending(services.redis, services.session_factory, service.outbox)
 
 
 @bp.post("/sessions")
@@ -58,6 +64,7 @@ def create_session(owner: str) -> Reply:
         run = None
         if body.prompt is not None and created:
             run, _ = sessions.queue_run(session.id, body.prompt)
+    _announce(services, sessions)
     if run is not None:
         _enqueue(services, run)
     return {"session": session_json(session), "run": run_json(run) if run else None}, (
@@ -85,9 +92,11 @@ def queue_run(owner: str, session_id: uuid.UUID) -> Reply:
     wait = _wait_seconds()
     services = get_services()
     with session_scope(services.session_factory) as db:
-        run, created = SessionService(db, owner).queue_run(
+        sessions = SessionService(db, owner)
+        run, created = sessions.queue_run(
             session_id, body.prompt, idempotency_key=body.idempotency_key
         )
+    _announce(services, sessions)
     if created:
         _enqueue(services, run)
     if wait is not None:
@@ -107,21 +116,45 @@ def show_run(owner: str, run_id: uuid.UUID) -> Reply:
 @bp.get("/runs/<uuid:run_id>/events")
 @require_owner
 def run_events(owner: str, run_id: uuid.UUID) -> Reply:
-    """The run's events in order, after the ``after`` cursor, at most ``limit``."""
-    after = request.args.get("after")
-    limit_text = request.args.get("limit", "500")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 5000:
-        raise InvalidInput(
-            "limit: must be an integer from 1 to 5000",
-            [{"field": "limit", "reason": "must be an integer from 1 to 5000"}],
-        )
-    services = get_services()
-    with services.session_factory() as db:
+    """The run's events in stream order, after the ``after`` event ID, at most ``limit``."""
+    after, limit = _history_page_args()
+    with get_services().session_factory() as db:
         SessionService(db, owner).get_run(run_id)
+        events = EventHistory(db).for_run(run_id, after=after, limit=limit)
+    return _history_page(events, after)
+
+
+@bp.get("/sessions/<uuid:session_id>/events")
+@require_owner
+def session_events(owner: str, session_id: uuid.UUID) -> Reply:
+    """The session's events (all its runs) in stream order, paged like a run's."""
+    after, limit = _history_page_args()
+    with get_services().session_factory() as db:
+        SessionService(db, owner).get(session_id)
+        events = EventHistory(db).for_session(session_id, after=after, limit=limit)
+    return _history_page(events, after)
+
+
+MAX_EVENTS_PAGE = 5000
+
+
+def _history_page_args() -> tuple[str | None, int]:
+    """``after`` (an event ID, checked) and ``limit`` (1 to MAX_EVENTS_PAGE, default 500)."""
+    after = request.args.get("after")
+    if after is not None:
         try:
-            events = EventHistory(db).for_run(run_id, after=after, limit=int(limit_text))
+            parse_stream_id(after)
         except InvalidCursor as exc:
             raise InvalidInput(f"after: {exc}", [{"field": "after", "reason": str(exc)}]) from None
+    limit_text = request.args.get("limit", "500")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_EVENTS_PAGE:
+        reason = f"must be an integer from 1 to {MAX_EVENTS_PAGE}"
+        raise InvalidInput(f"limit: {reason}", [{"field": "limit", "reason": reason}])
+    return after, int(limit_text)
+
+
+def _history_page(events: list[WireEvent], after: str | None) -> Reply:
+    # `next_after` is where the next page (or a live tail) continues from.
     return {
         "events": [e.to_json() for e in events],
         "next_after": events[-1].id if events else after,
@@ -193,7 +226,9 @@ def stop_session(owner: str, session_id: uuid.UUID) -> Reply:
     """Stop a session: pending runs are cancelled, the container stops; resumable."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        session, running = SessionService(db, owner).stop(session_id)
+        sessions = SessionService(db, owner)
+        session, running = sessions.stop(session_id)
+    _announce(services, sessions)
     _after_commit(services, running, "ccq.stop_session", session_id)
     return {"session": session_json(session)}, 202
 
@@ -204,7 +239,9 @@ def delete_session(owner: str, session_id: uuid.UUID) -> Reply:
     """Delete a session, its history, its container and its files."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        running = SessionService(db, owner).delete(session_id)
+        sessions = SessionService(db, owner)
+        running = sessions.delete(session_id)
+    _announce(services, sessions)
     _after_commit(services, running, "ccq.delete_session", session_id)
     return {"deleted": str(session_id)}, 202
 
@@ -215,7 +252,9 @@ def cancel_run(owner: str, run_id: uuid.UUID) -> Reply:
     """Cancel a run: a queued one never starts, a running one's CLI is killed."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        run = SessionService(db, owner).cancel_run(run_id)
+        sessions = SessionService(db, owner)
+        run = sessions.cancel_run(run_id)
+    _announce(services, sessions)
     if run.status == RunStatus.RUNNING:
         signal_cancel(services.redis, run.id)
     return {"run": run_json(run)}, 202

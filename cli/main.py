@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -112,13 +113,20 @@ def db_downgrade(ctx: Context, revision: str) -> None:
 
 @cli.command()
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--threads", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--connections",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(10, 100_000),
+    help="Open connections (live tails included) per worker process.",
+)
 @pass_context
-def api(ctx: Context, workers: int, threads: int) -> None:
-    """Serve the HTTP and WebSocket API with gunicorn."""
-    from api.gunicorn_app import run
-
-    run(ctx.settings, workers=workers, threads=threads)
+def api(ctx: Context, workers: int, connections: int) -> None:
+    """Serve the HTTP and WebSocket API (gunicorn, gevent workers)."""
+    ctx.settings  # noqa: B018 - fail here, with the variable named, before replacing the process
+    argv = ["--workers", str(workers), "--connections", str(connections)]
+    # A fresh interpreter: gevent must patch the standard library before it is imported.
+    os.execv(sys.executable, [sys.executable, "-m", "api.serve", *argv])  # noqa: S606
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -3,25 +3,60 @@
 Every event gets its ID from ``XADD`` (``<ms>-<n>``), which is the cursor clients resume
 from; the same ID is stored with the PostgreSQL copy, so a tail can continue from either
 without a gap or a duplicate.
+
+Producers: the worker's run executor (CLI output and a run's start and end) and the API
+(a run queued, a queued run cancelled, a session stopped or deleted), which publishes only
+after its transaction commits, so no tail ever sees an event of a change that rolled back.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
 
-from orchestrator.models import Event
+from orchestrator.db import session_scope
+from orchestrator.models import Event, Run
+
+log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 10_000  # approximate; older entries are served from PostgreSQL
 FLUSH_EVERY_EVENTS = 50
 FLUSH_EVERY_SECONDS = 0.5
+# How long a deleted session's stream stays, so its tails learn of the deletion.
+DELETED_STREAM_TTL_SECONDS = 60
+
+RUN_FINISHED = "ccq.run.finished"
+SESSION_DELETED = "ccq.session.deleted"
+
+_STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+
+
+class InvalidCursor(ValueError):
+    """An ``after`` value that is not an event ID."""
+
+
+def parse_stream_id(value: str) -> tuple[int, int]:
+    """``"<ms>-<n>"`` as numbers, the order Redis gives stream IDs."""
+    match = _STREAM_ID.match(value)
+    if match is None:
+        raise InvalidCursor("must be an event id like 1700000000000-0")
+    return int(match[1]), int(match[2])
+
+
+def format_stream_id(position: tuple[int, int]) -> str:
+    return f"{position[0]}-{position[1]}"
 
 
 def stream_key(session_id: uuid.UUID | str) -> str:
@@ -56,17 +91,67 @@ def publish(
     type_: str,
     data: dict[str, Any],
 ) -> WireEvent:
-    """Append one event to the session's stream and return it with its stream ID."""
+    """Append one event to the session's stream and return it with its stream ID.
+
+    Besides the JSON payload (``e``) the entry carries the run (``r``) and type (``t``)
+    as plain fields, so a tail filters and ends run streams without parsing JSON.
+    """
     run = str(run_id) if run_id else None
     payload = {"run_id": run, "seq": seq, "type": type_, "data": data}
     stream_id = client.xadd(
         stream_key(session_id),
-        {"e": json.dumps(payload, separators=(",", ":"))},
+        {"r": run or "", "t": type_, "e": json.dumps(payload, separators=(",", ":"))},
         maxlen=STREAM_MAXLEN,
         approximate=True,
     )
     sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
     return WireEvent(sid, str(session_id), run, seq, type_, data)
+
+
+def run_finished_data(run: Run) -> dict[str, Any]:
+    """The ``ccq.run.finished`` payload: how the run ended, in the run's own words."""
+    return {
+        "status": run.status,
+        "result": run.result_text,
+        "is_error": run.is_error,
+        "error": run.error,
+        "total_cost_usd": float(run.total_cost_usd or 0),
+        "num_turns": run.num_turns,
+    }
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """A lifecycle event decided inside a transaction, published once it commits."""
+
+    session_id: uuid.UUID
+    run_id: uuid.UUID | None
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+
+def next_run_seq(db: DbSession, run_id: uuid.UUID) -> int:
+    last = db.scalar(select(func.max(Event.seq)).where(Event.run_id == run_id))
+    return 0 if last is None else last + 1
+
+
+def publish_pending(
+    client: redis.Redis, session_factory: sessionmaker[DbSession], pending: Iterable[PendingEvent]
+) -> list[WireEvent]:
+    """Publish committed lifecycle events, then persist them in one transaction."""
+    events = [publish(client, p.session_id, p.run_id, p.seq, p.type, p.data) for p in pending]
+    for event in events:
+        if event.type == SESSION_DELETED:
+            client.expire(stream_key(event.session_id), DELETED_STREAM_TTL_SECONDS)
+    durable = [e for e in events if e.type != SESSION_DELETED]  # its rows are gone
+    if durable:
+        try:
+            with session_scope(session_factory) as db:
+                persist_events(db, durable)
+        except IntegrityError:
+            log.info("dropped %d events of a session deleted meanwhile", len(durable))
+    return events
 
 
 class RunEventSink:
@@ -83,8 +168,10 @@ class RunEventSink:
         session_id: uuid.UUID,
         run_id: uuid.UUID,
         first_seq: int = 0,
+        stream_ttl: int | None = None,
     ) -> None:
         self._client = client
+        self._stream_ttl = stream_ttl
         self._persist = persist
         self._session_id = session_id
         self._run_id = run_id
@@ -118,6 +205,9 @@ class RunEventSink:
         transaction, so the history is complete the moment the run's final state commits."""
         event = publish(self._client, self._session_id, self._run_id, self._seq, type_, data)
         self._seq += 1
+        if self._stream_ttl:
+            # An idle session's stream expires; its history stays in PostgreSQL.
+            self._client.expire(stream_key(self._session_id), self._stream_ttl)
         persist_events(db, [*self._pending, event])
         self._pending = []
         return event
@@ -129,6 +219,8 @@ def persist_events(db: DbSession, events: list[WireEvent]) -> None:
             session_id=uuid.UUID(e.session_id),
             run_id=uuid.UUID(e.run_id) if e.run_id else None,
             stream_id=e.id,
+            stream_ms=parse_stream_id(e.id)[0],
+            stream_n=parse_stream_id(e.id)[1],
             seq=e.seq,
             type=e.type,
             data=e.data,

@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
@@ -28,10 +28,19 @@ from orchestrator.containers import (
     SessionDirs,
 )
 from orchestrator.db import session_scope
-from orchestrator.events import RunEventSink, WireEvent, persist_events
+from orchestrator.events import (
+    RUN_FINISHED,
+    PendingEvent,
+    RunEventSink,
+    WireEvent,
+    next_run_seq,
+    persist_events,
+    publish_pending,
+    run_finished_data,
+)
 from orchestrator.host import HostResources
 from orchestrator.locks import SessionLock, is_locked
-from orchestrator.models import Event, Run, RunStatus, Session, SessionStatus
+from orchestrator.models import Run, RunStatus, Session, SessionStatus
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +92,13 @@ class RunExecutor:
     # --- claim ---------------------------------------------------------------------------
 
     def _claim(
-        self, run_id: uuid.UUID, holder: str
+        self, run_id: uuid.UUID, holder: str, outbox: list[PendingEvent]
     ) -> tuple[ClaimedRun | None, SessionLock | None, str]:
-        """Mark the run running if it is its turn; return it, the session lock and a status."""
+        """Mark the run running if it is its turn; return it, the session lock and a status.
+
+        A run that ends here (cancelled while queued, lost too often) puts its
+        ``ccq.run.finished`` into ``outbox``, published once this transaction commits.
+        """
         with session_scope(self.session_factory) as db:
             run = db.get(Run, run_id)
             if run is None:
@@ -101,12 +114,17 @@ class RunExecutor:
                     return None, None, "running elsewhere"
                 if run.attempts >= MAX_ATTEMPTS:
                     self._finish_without_cli(
-                        db, run, session, RunStatus.FAILED, f"worker lost {run.attempts} times"
+                        db,
+                        run,
+                        session,
+                        RunStatus.FAILED,
+                        f"worker lost {run.attempts} times",
+                        outbox,
                     )
                     return None, None, RunStatus.FAILED
                 log.warning("run %s was orphaned by a dead worker; taking it over", run_id)
             elif run.cancel_requested:
-                self._finish_without_cli(db, run, session, RunStatus.CANCELLED, None)
+                self._finish_without_cli(db, run, session, RunStatus.CANCELLED, None, outbox)
                 return None, None, RunStatus.CANCELLED
             earlier = db.scalar(
                 select(Run.id)
@@ -128,7 +146,6 @@ class RunExecutor:
             session.status = SessionStatus.RUNNING
             session.last_active_at = run.started_at
             # A taken-over run continues its event numbering after what was persisted.
-            last_seq = db.scalar(select(func.max(Event.seq)).where(Event.run_id == run.id))
             claimed = ClaimedRun(
                 run_id=run.id,
                 session_id=session.id,
@@ -136,7 +153,7 @@ class RunExecutor:
                 parent_id=session.parent_id,
                 prompt=run.prompt,
                 options=_cli_options(session, run),
-                first_event_seq=0 if last_seq is None else last_seq + 1,
+                first_event_seq=next_run_seq(db, run.id),
             )
             return claimed, session_lock, RunStatus.RUNNING
 
@@ -151,7 +168,11 @@ class RunExecutor:
         Raises:
             NotYourTurn: an earlier run of the session has not finished.
         """
-        claimed, session_lock, status = self._claim(run_id, holder=f"{run_id}:{uuid.uuid4().hex}")
+        outbox: list[PendingEvent] = []
+        claimed, session_lock, status = self._claim(
+            run_id, holder=f"{run_id}:{uuid.uuid4().hex}", outbox=outbox
+        )
+        publish_pending(self.redis, self.session_factory, outbox)
         if claimed is None or session_lock is None:
             return {"run_id": str(run_id), "status": status}
         try:
@@ -170,7 +191,12 @@ class RunExecutor:
 
     def _execute_claimed(self, claimed: ClaimedRun) -> str:
         sink = RunEventSink(
-            self.redis, self._persist, claimed.session_id, claimed.run_id, claimed.first_event_seq
+            self.redis,
+            self._persist,
+            claimed.session_id,
+            claimed.run_id,
+            claimed.first_event_seq,
+            stream_ttl=int(self.settings.event_stream_ttl),
         )
         sink.emit("ccq.run.started", {"run_id": str(claimed.run_id)})
         dirs = SessionDirs.for_session(self.settings.data_dir, str(claimed.session_id))
@@ -267,29 +293,28 @@ class RunExecutor:
             if session.status != SessionStatus.STOPPED:  # a stop during the run stands
                 session.status = SessionStatus.IDLE
             session.last_active_at = run.finished_at
-            sink.finish(
-                db,
-                "ccq.run.finished",
-                {
-                    "status": status,
-                    "result": run.result_text,
-                    "is_error": run.is_error,
-                    "error": run.error,
-                    "total_cost_usd": float(run.total_cost_usd or 0),
-                    "num_turns": run.num_turns,
-                },
-            )
+            sink.finish(db, RUN_FINISHED, run_finished_data(run))
             return status
 
     @staticmethod
     def _finish_without_cli(
-        db: DbSession, run: Run, session: Session, status: RunStatus, error: str | None
+        db: DbSession,
+        run: Run,
+        session: Session,
+        status: RunStatus,
+        error: str | None,
+        outbox: list[PendingEvent],
     ) -> None:
         run.status = status
         run.error = error
         run.finished_at = datetime.now(UTC)
         if session.status != SessionStatus.STOPPED:
             session.status = SessionStatus.IDLE
+        outbox.append(
+            PendingEvent(
+                session.id, run.id, next_run_seq(db, run.id), RUN_FINISHED, run_finished_data(run)
+            )
+        )
 
 
 def _final_status(result: CliRunResult | None, error: str | None) -> RunStatus:

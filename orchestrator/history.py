@@ -1,27 +1,16 @@
-"""Event history from PostgreSQL, paged by stream ID (the same cursor live tails use)."""
+"""Event history from PostgreSQL, in stream order, paged by event ID (the tails' cursor)."""
 
 from __future__ import annotations
 
-import re
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.events import WireEvent
+from orchestrator.events import InvalidCursor, WireEvent, parse_stream_id
 from orchestrator.models import Event
 
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-
-class InvalidCursor(ValueError):
-    pass
-
-
-def check_stream_id(value: str) -> str:
-    if not _STREAM_ID.match(value):
-        raise InvalidCursor("must be an event id like 1700000000000-0")
-    return value
+__all__ = ["EventHistory", "InvalidCursor"]
 
 
 def _to_wire(e: Event) -> WireEvent:
@@ -30,22 +19,47 @@ def _to_wire(e: Event) -> WireEvent:
     )
 
 
+def _position() -> ColumnElement[tuple[int, int]]:
+    return tuple_(Event.stream_ms, Event.stream_n)
+
+
 class EventHistory:
     def __init__(self, db: DbSession) -> None:
         self.db = db
 
-    def for_run(self, run_id: uuid.UUID, *, after: str | None, limit: int) -> list[WireEvent]:
-        """Events of one run in order; ``after`` is an event ID of that run."""
-        query = select(Event).where(Event.run_id == run_id)
+    def for_session(
+        self,
+        session_id: uuid.UUID,
+        *,
+        after: str | None = None,
+        before: tuple[int, int] | None = None,
+        limit: int,
+    ) -> list[WireEvent]:
+        """The session's events after ``after`` (an event ID) and before ``before``."""
+        return self._page(Event.session_id == session_id, after, before, limit)
+
+    def for_run(
+        self,
+        run_id: uuid.UUID,
+        *,
+        after: str | None = None,
+        before: tuple[int, int] | None = None,
+        limit: int,
+    ) -> list[WireEvent]:
+        """One run's events; ``after`` may be any event ID, of this run or not."""
+        return self._page(Event.run_id == run_id, after, before, limit)
+
+    def _page(
+        self,
+        scope: ColumnElement[bool],
+        after: str | None,
+        before: tuple[int, int] | None,
+        limit: int,
+    ) -> list[WireEvent]:
+        query = select(Event).where(scope)
         if after is not None:
-            # Within a run, seq follows stream order: the cursor becomes a seq bound.
-            after_seq = self.db.scalar(
-                select(Event.seq).where(
-                    Event.run_id == run_id, Event.stream_id == check_stream_id(after)
-                )
-            )
-            if after_seq is None:
-                raise InvalidCursor("is not an event of this run")
-            query = query.where(Event.seq > after_seq)
-        rows = self.db.scalars(query.order_by(Event.seq).limit(limit)).all()
+            query = query.where(_position() > tuple_(*parse_stream_id(after)))
+        if before is not None:
+            query = query.where(_position() < tuple_(*before))
+        rows = self.db.scalars(query.order_by(Event.stream_ms, Event.stream_n).limit(limit)).all()
         return [_to_wire(e) for e in rows]

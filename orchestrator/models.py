@@ -210,6 +210,9 @@ class Event(Base):
     __table_args__ = (
         UniqueConstraint("session_id", "stream_id"),
         Index("ix_events_run_seq", "run_id", "seq"),
+        # Stream order: history pages and tails fill gaps by (ms, n) ranges.
+        Index("ix_events_session_stream", "session_id", "stream_ms", "stream_n"),
+        Index("ix_events_run_stream", "run_id", "stream_ms", "stream_n"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -217,6 +220,9 @@ class Event(Base):
     run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     # The Redis stream entry ID ("<ms>-<n>"): the cursor clients resume from.
     stream_id: Mapped[str] = mapped_column(String(40))
+    # The same ID as numbers, because "<ms>-<n>" strings do not sort as IDs do.
+    stream_ms: Mapped[int] = mapped_column(BigInteger)
+    stream_n: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(100))
     data: Mapped[dict[str, Any]] = mapped_column()

@@ -11,6 +11,13 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.errors import ConflictError, NotFoundError
+from orchestrator.events import (
+    RUN_FINISHED,
+    SESSION_DELETED,
+    PendingEvent,
+    next_run_seq,
+    run_finished_data,
+)
 from orchestrator.models import Run, RunStatus, Session, SessionStatus
 
 
@@ -23,11 +30,16 @@ class NewSession:
 
 
 class SessionService:
-    """Sessions and their runs, scoped to one owner."""
+    """Sessions and their runs, scoped to one owner.
+
+    Lifecycle events the changes imply collect in ``outbox``; the caller publishes them
+    (``events.publish_pending``) after its transaction commits.
+    """
 
     def __init__(self, db: DbSession, owner: str) -> None:
         self.db = db
         self.owner = owner
+        self.outbox: list[PendingEvent] = []
 
     def get(self, session_id: uuid.UUID, *, for_update: bool = False) -> Session:
         """The owner's session, or :class:`NotFoundError` (also for other owners' IDs)."""
@@ -120,6 +132,15 @@ class SessionService:
         session.last_active_at = datetime.now(UTC)
         self.db.add(run)
         self.db.flush()
+        self.outbox.append(
+            PendingEvent(
+                session.id,
+                run.id,
+                0,
+                "ccq.run.queued",
+                {"run_seq": run.seq, "prompt_chars": len(prompt)},
+            )
+        )
         return run, True
 
     # --- listing ---------------------------------------------------------------------------
@@ -182,24 +203,38 @@ class SessionService:
             raise ConflictError(f"run {run_id} has already finished ({run.status})")
         run.cancel_requested = True
         if run.status == RunStatus.QUEUED:
-            run.status = RunStatus.CANCELLED
-            run.finished_at = datetime.now(UTC)
+            self._cancel_queued(run)
         return run
 
-    def _cancel_pending(self, session: Session) -> list[Run]:
+    def _cancel_queued(self, run: Run, *, announce: bool = True) -> None:
+        run.status = RunStatus.CANCELLED
+        run.finished_at = datetime.now(UTC)
+        if announce:
+            self.outbox.append(
+                PendingEvent(
+                    run.session_id,
+                    run.id,
+                    next_run_seq(self.db, run.id),
+                    RUN_FINISHED,
+                    run_finished_data(run),
+                )
+            )
+
+    def _cancel_pending(self, session: Session, *, announce: bool = True) -> list[Run]:
         """Cancel every unfinished run of the session; return the ones still running."""
         running = []
-        for run in self.db.scalars(
+        pending = self.db.scalars(
             select(Run)
             .where(
                 Run.session_id == session.id, Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
             )
+            .order_by(Run.seq)
             .with_for_update()
-        ):
+        ).all()
+        for run in pending:
             run.cancel_requested = True
             if run.status == RunStatus.QUEUED:
-                run.status = RunStatus.CANCELLED
-                run.finished_at = datetime.now(UTC)
+                self._cancel_queued(run, announce=announce)
             else:
                 running.append(run)
         return running
@@ -213,6 +248,9 @@ class SessionService:
         session = self.get(session_id, for_update=True)
         running = self._cancel_pending(session)
         session.status = SessionStatus.STOPPED
+        self.outbox.append(
+            PendingEvent(session.id, None, 0, "ccq.session.status", {"status": session.status})
+        )
         return session, running
 
     def delete(self, session_id: uuid.UUID) -> list[Run]:
@@ -222,6 +260,7 @@ class SessionService:
             Its runs that were running (their executors must be signalled).
         """
         session = self.get(session_id, for_update=True)
-        running = self._cancel_pending(session)
+        running = self._cancel_pending(session, announce=False)  # its history goes too
         self.db.delete(session)
+        self.outbox.append(PendingEvent(session.id, None, 0, SESSION_DELETED, {}))
         return running

@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     run_silence_timeout: PositiveSeconds = 300.0
     run_time_limit: PositiveSeconds = 3600.0
 
+    # --- event streams and live tails ------------------------------------------------------
+    # An idle session's Redis stream expires after this; its history stays in PostgreSQL.
+    event_stream_ttl: PositiveSeconds = 86400.0
+    # A tail whose client has not taken a message for this long is disconnected.
+    tail_send_timeout: PositiveSeconds = 30.0
+    # WebSocket pings keep idle tails alive through proxies and find dead clients.
+    tail_ping_interval: PositiveSeconds = 20.0
+    # A live tail this far behind the newest event is told so and disconnected.
+    tail_max_lag: PositiveSeconds = 120.0
+
     @field_validator(
         "anthropic_api_key",
         "claude_code_oauth_token",

@@ -18,13 +18,14 @@ from pathlib import Path
 import docker
 import pytest
 import redis
+import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from model_server.server import ModelServer
 from orchestrator import migrate
 from orchestrator.settings import Settings, load_settings
-from tests.waiting import wait_for
+from tests.waiting import free_port, wait_for
 
 TEST_REDIS_DB = 15
 TEST_JWT_SECRET = "test-secret-" + "x" * 32
@@ -216,6 +217,73 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._log.close()
+
+
+class ApiProcess:
+    """A real `ccq api` process (gunicorn, gevent) on a free port of the test stack."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._env = {**env, "CCQ_API_PORT": str(self.port)}
+        self._start()
+
+    def _start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ccq")), "api"],
+            env=self._env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.log_path.parent,  # no .ccq/ccq.env here: the environment says it all
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def healthy() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"ccq api exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what="the API to answer /healthz")
+
+    def restart(self) -> None:
+        """Stop the process and start it again on the same port (a deploy, a crash)."""
+        self.stop()
+        self._start()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    settings: Settings,
+    model_server: ModelServer,
+    worker: WorkerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ApiProcess]:
+    """One real API process for the whole test run, beside the session's worker."""
+    server = ApiProcess(
+        stack_environment(settings, model_server), tmp_path_factory.mktemp("api") / "api.log"
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager

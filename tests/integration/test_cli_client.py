@@ -11,18 +11,16 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from model_server.server import ModelServer
 from orchestrator.auth import mint_token
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL, message_count
-from tests.conftest import WorkerProcess, stack_environment
+from tests.conftest import ApiProcess
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,41 +30,8 @@ SESSION_LINE = re.compile(r"session ([0-9a-f-]{36})\s+run ([0-9a-f-]{36}) (\w+)"
 
 
 @pytest.fixture(scope="module")
-def api_url(
-    settings: Settings,
-    model_server: ModelServer,
-    worker: WorkerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """A real `ccq api` process on a free port, stopped when the module is done."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("api") / "api.log"
-    env = {**stack_environment(settings, model_server), "CCQ_API_PORT": str(port)}
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [CCQ, "api", "--threads", "16"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=log_path.parent,  # no .ccq/ccq.env here: the environment says it all
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"ccq api exited: {log_path.read_text()[-3000:]}")
-        return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-
-    try:
-        wait_for(healthy, timeout=60, what="the API to answer /healthz")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+def api_url(api_server: ApiProcess) -> str:
+    return api_server.url
 
 
 @pytest.fixture(scope="module")

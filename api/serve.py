@@ -1,0 +1,76 @@
+"""Serve the API: gunicorn with gevent workers, so one process holds many live tails.
+
+Run as ``python -m api.serve`` (``ccq api`` does): gevent must patch the standard library
+before anything else imports ``socket``, ``ssl`` or ``threading``, which is why this module
+patches first and is started as a fresh interpreter rather than imported by the CLI.
+
+Why gevent: a tail is a socket that waits in a blocking Redis read almost all the time.
+On gevent that costs a greenlet (a few KiB); on threads it costs an OS thread and the GIL
+hand-offs between hundreds of them, which is where threaded tails run out (see
+docs/decisions.md and ``make bench``). psycopg 3 and redis-py cooperate with gevent.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+# ruff: noqa: E402 - everything below must come after the patching above.
+import argparse
+import sys
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from api.app import create_app
+from orchestrator.settings import ConfigError, Settings, load_settings
+
+# Query strings can carry `access_token` (browser WebSockets): the access log leaves them out.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
+
+
+class _Server(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self._settings = settings
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return create_app(self._settings)
+
+
+def gunicorn_options(settings: Settings, *, workers: int, connections: int) -> dict[str, Any]:
+    return {
+        "bind": f"{settings.api_host}:{settings.api_port}",
+        "workers": workers,
+        "worker_class": "gevent",
+        "worker_connections": connections,
+        # A gevent worker notifies the arbiter from its own loop; long tails are fine.
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "accesslog": "-",
+        "access_log_format": ACCESS_LOG_FORMAT,
+        "loglevel": settings.log_level.lower(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ccq api", description="Serve the ccq API.")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=2000)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"ccq: {exc}", file=sys.stderr)
+        sys.exit(2)
+    options = gunicorn_options(settings, workers=args.workers, connections=args.connections)
+    _Server(settings, options).run()
+
+
+if __name__ == "__main__":
+    main()
