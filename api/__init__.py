@@ -1,5 +1,5 @@
-"""The web process: Flask + flask-sock. It never touches Docker and never blocks on a task."""
+"""The web process: Flask + flask-sock. It never touches Docker and never blocks on a task.
 
-from api.app import create_app
-
-__all__ = ["create_app"]
+Kept free of imports: ``python -m api.serve`` must patch the standard library with gevent
+before anything imports ``socket`` or ``ssl``. The app factory is ``api.app.create_app``.
+"""

@@ -18,6 +18,9 @@ from tasks.celery_app import make_celery
 EXTENSION_KEY = "ccq"
 # How long one XREAD of a tail blocks before the tail checks on its client.
 TAIL_BLOCK_SECONDS = 5.0
+# Per pool. Greenlets make many concurrent requests and tails cheap; redis-py's default
+# of 100 would turn the 101st into an error.
+MAX_REDIS_CONNECTIONS = 10_000
 
 
 @dataclass
@@ -39,13 +42,18 @@ class Services:
             session_factory=db.make_session_factory(engine),
             # Short timeouts: a Redis outage must turn into a 503, not a hung request.
             redis=redis.Redis.from_url(
-                settings.redis_url, socket_timeout=3, socket_connect_timeout=3
+                settings.redis_url,
+                socket_timeout=3,
+                socket_connect_timeout=3,
+                max_connections=MAX_REDIS_CONNECTIONS,
             ),
             stream_redis=redis.Redis.from_url(
                 settings.redis_url,
                 socket_timeout=TAIL_BLOCK_SECONDS + 10,
                 socket_connect_timeout=3,
                 health_check_interval=30,
+                # One connection per open tail, held while its XREAD blocks.
+                max_connections=MAX_REDIS_CONNECTIONS,
             ),
             celery=make_celery(settings),
         )

@@ -1,5 +1,5 @@
 """WSGI entry point: ``gunicorn api.wsgi:app`` or ``flask --app api.wsgi run``."""
 
-from api import create_app
+from api.app import create_app
 
 app = create_app()

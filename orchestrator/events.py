@@ -47,10 +47,14 @@ class InvalidCursor(ValueError):
     """An ``after`` value that is not an event ID."""
 
 
+# PostgreSQL keeps both parts as BIGINT; Redis never comes near this within a millisecond.
+MAX_ID_PART = 2**63 - 1
+
+
 def parse_stream_id(value: str) -> tuple[int, int]:
     """``"<ms>-<n>"`` as numbers, the order Redis gives stream IDs."""
     match = _STREAM_ID.match(value)
-    if match is None:
+    if match is None or max(int(match[1]), int(match[2])) > MAX_ID_PART:
         raise InvalidCursor("must be an event id like 1700000000000-0")
     return int(match[1]), int(match[2])
 
@@ -200,16 +204,23 @@ class RunEventSink:
             self._pending = []
         self._last_flush = time.monotonic()
 
-    def finish(self, db: DbSession, type_: str, data: dict[str, Any]) -> WireEvent:
-        """Publish the run's last event and persist everything pending in ``db``'s
-        transaction, so the history is complete the moment the run's final state commits."""
+    def persist_pending(self, db: DbSession) -> None:
+        """Add everything not yet persisted to ``db``'s transaction (the run's final one)."""
+        persist_events(db, self._pending)
+        self._pending = []
+
+    def finish(self, type_: str, data: dict[str, Any]) -> WireEvent:
+        """Publish the run's last event, after its final state has committed.
+
+        A client that sees it can rely on the run's row and earlier history being final;
+        the event's own PostgreSQL copy follows at once.
+        """
         event = publish(self._client, self._session_id, self._run_id, self._seq, type_, data)
         self._seq += 1
         if self._stream_ttl:
             # An idle session's stream expires; its history stays in PostgreSQL.
             self._client.expire(stream_key(self._session_id), self._stream_ttl)
-        persist_events(db, [*self._pending, event])
-        self._pending = []
+        self._persist([event])
         return event
 
 

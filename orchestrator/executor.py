@@ -259,7 +259,11 @@ class RunExecutor:
         error: str | None,
         sink: RunEventSink,
     ) -> str:
-        """Commit the run's outcome together with its last events (``ccq.run.finished``)."""
+        """Commit the run's outcome with its events so far, then announce it.
+
+        ``ccq.run.finished`` goes out only after the commit: whoever sees it finds the run's
+        row final and its history complete.
+        """
         with session_scope(self.session_factory) as db:
             session = db.get(Session, claimed.session_id, with_for_update=True)
             run = db.get(Run, claimed.run_id, with_for_update=True)
@@ -293,8 +297,10 @@ class RunExecutor:
             if session.status != SessionStatus.STOPPED:  # a stop during the run stands
                 session.status = SessionStatus.IDLE
             session.last_active_at = run.finished_at
-            sink.finish(db, RUN_FINISHED, run_finished_data(run))
-            return status
+            sink.persist_pending(db)
+            finished = run_finished_data(run)
+        sink.finish(RUN_FINISHED, finished)
+        return status
 
     @staticmethod
     def _finish_without_cli(

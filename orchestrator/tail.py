@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from orchestrator.events import (
+    MAX_ID_PART,
     RUN_FINISHED,
     WireEvent,
     format_stream_id,
@@ -42,7 +43,6 @@ from orchestrator.models import Event
 
 Position = tuple[int, int]
 
-MAX_STREAM_N = 2**64 - 1
 # A run's events are never older than the run; starting this much earlier covers clocks
 # that differ between the PostgreSQL and Redis hosts. Other runs' events are filtered out.
 CLOCK_SKEW_MARGIN_MS = 60_000
@@ -98,7 +98,7 @@ class TailTooSlow(Exception):
 def position_before(position: Position) -> Position:
     """The greatest stream position that sorts before ``position``."""
     ms, n = position
-    return (ms, n - 1) if n > 0 else (ms - 1, MAX_STREAM_N)
+    return (ms, n - 1) if n > 0 else (ms - 1, MAX_ID_PART)
 
 
 class EventTail:

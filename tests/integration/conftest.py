@@ -9,7 +9,7 @@ from celery import Celery
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api import create_app
+from api.app import create_app
 from api.extensions import EXTENSION_KEY, Services
 from orchestrator.settings import Settings
 

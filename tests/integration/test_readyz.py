@@ -10,7 +10,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api import create_app
+from api.app import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator import heartbeat
 from orchestrator.settings import Settings, load_settings
