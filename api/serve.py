@@ -55,6 +55,9 @@ def gunicorn_options(settings: Settings, *, workers: int, connections: int) -> d
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
         "loglevel": settings.log_level.lower(),
+        # gunicorn's control socket has one default path per user: several API processes
+        # on one machine (a dev stack beside tests) would fight over it.
+        "control_socket_disable": True,
     }
 
 

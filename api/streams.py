@@ -10,14 +10,17 @@ worker, Redis and the other tails never wait for it:
 * a client that reads, but more than ``CCQ_TAIL_MAX_LAG`` behind the newest event, gets
   close code 4408 with the ID to resume from.
 
-Close codes carry the reason as text: 1000 a run stream's run finished, 4400 invalid
-input (the field named), 4401 bad token, 4404 unknown or another owner's ID, 4408 too far
-behind, 4410 session deleted, 4503 Redis or PostgreSQL unavailable (retry with ``after``).
+The first message is ``{"tail": {"session_id", "run_id", "after"}}``: the stream is live
+from ``after`` on. Every other message is an event. Close codes carry the reason as text:
+1000 a run stream's run finished, 4400 invalid input (the field named), 4401 bad token,
+4404 unknown or another owner's ID, 4408 too far behind, 4410 session deleted, 4503 Redis
+or PostgreSQL unavailable (retry with ``after``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import time
@@ -34,13 +37,13 @@ from flask import Blueprint, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from sqlalchemy.exc import OperationalError
-from wsproto.events import Ping
+from wsproto.events import Ping, TextMessage
 
 from api.auth import current_owner
 from api.errors import Unauthorized
 from api.extensions import TAIL_BLOCK_SECONDS, Services, get_services
 from orchestrator.errors import NotFoundError
-from orchestrator.events import SESSION_DELETED, InvalidCursor, parse_stream_id
+from orchestrator.events import SESSION_DELETED, InvalidCursor, format_stream_id, parse_stream_id
 from orchestrator.models import Run, RunStatus
 from orchestrator.sessions import SessionService
 from orchestrator.tail import EventTail, Position, TailEvent, TailTooSlow, live_start, run_start
@@ -147,6 +150,7 @@ def _serve(ws: Any, resolve: Resolve) -> None:
         except NotFoundError as exc:
             raise StreamClosed(Close.NOT_FOUND, exc.message) from None
         ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        _send(ws, _opening(scope), settings.tail_send_timeout)
         tail = EventTail(
             services.stream_redis,
             services.session_factory,
@@ -162,7 +166,7 @@ def _serve(ws: Any, resolve: Resolve) -> None:
     except TailTooSlow as exc:
         _close(ws, Close.TOO_SLOW, f"too far behind; resume with after={exc.after}")
     except ClientStalled:
-        log.info("tail client stalled for %.0f s; disconnected", settings.tail_send_timeout)
+        log.warning("tail client stalled for %.0f s; disconnected", settings.tail_send_timeout)
         _abort(ws)
     except ConnectionClosed:
         pass  # the client left
@@ -173,6 +177,20 @@ def _serve(ws: Any, resolve: Resolve) -> None:
     except Exception:
         log.exception("tail failed")
         _close(ws, Close.INTERNAL, "internal error")
+
+
+def _opening(scope: Scope) -> str:
+    """The first message: where the tail starts, so even a client that leaves before any
+    event arrives can resume with ``after`` and miss nothing. Not an event: no ``id``."""
+    return json.dumps(
+        {
+            "tail": {
+                "session_id": str(scope.session_id),
+                "run_id": str(scope.run_id) if scope.run_id else None,
+                "after": format_stream_id(scope.cursor),
+            }
+        }
+    )
 
 
 def _pump(ws: Any, services: Services, tail: EventTail, scope: Scope) -> None:
@@ -210,8 +228,10 @@ def _end_if_run_long_finished(services: Services, run_id: uuid.UUID) -> None:
 
 
 def _send(ws: Any, text: str, timeout: float) -> None:
+    # sendall: under gevent a plain send may write part of a frame, and simple-websocket's
+    # own send() drops the rest.
     with gevent.Timeout(timeout, ClientStalled):
-        ws.send(text)
+        ws.sock.sendall(ws.ws.send(TextMessage(data=text)))
 
 
 def _ping(ws: Any, timeout: float) -> None:
@@ -224,7 +244,7 @@ def _ping(ws: Any, timeout: float) -> None:
         raise StreamClosed(Close.POLICY, "no pong to the last ping")
     ws.pong_received = False
     with gevent.Timeout(timeout, ClientStalled):
-        ws.sock.send(ws.ws.send(Ping()))
+        ws.sock.sendall(ws.ws.send(Ping()))
 
 
 def _close(ws: Any, code: Close, reason: str) -> None:

@@ -17,7 +17,9 @@ from tests.waiting import wait_for
 def open_tail(
     api: ApiProcess, path: str, token: str | None, *, after: str | None = None
 ) -> ClientConnection:
-    """A WebSocket to ``path`` (e.g. ``/api/v1/runs/<id>/stream``), token in the header."""
+    """A WebSocket to ``path`` (e.g. ``/api/v1/runs/<id>/stream``), token in the header.
+
+    Reading with ``read_until`` / ``read_until_closed`` keeps the opening message apart."""
     query = f"?after={after}" if after is not None else ""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     return connect(
@@ -32,8 +34,20 @@ def open_tail(
 @dataclass
 class Received:
     events: list[dict[str, Any]] = field(default_factory=list)
+    opening: dict[str, Any] | None = None  # the stream's first message, {"tail": {...}}
     close_code: int | None = None
     close_reason: str | None = None
+
+    def add(self, message: str | bytes) -> dict[str, Any] | None:
+        """Keep an event (returned) or the opening message (None)."""
+        decoded: dict[str, Any] = json.loads(message)
+        if "tail" in decoded:
+            assert self.opening is None, "a second opening message"
+            assert not self.events, "the opening message after events"
+            self.opening = decoded["tail"]
+            return None
+        self.events.append(decoded)
+        return decoded
 
     @property
     def ids(self) -> list[str]:
@@ -45,7 +59,7 @@ def read_until_closed(ws: ClientConnection, timeout: float = 120) -> Received:
     received = Received()
     try:
         while True:
-            received.events.append(json.loads(ws.recv(timeout=timeout)))
+            received.add(ws.recv(timeout=timeout))
     except ConnectionClosed as closed:
         if closed.rcvd is not None:
             received.close_code, received.close_reason = closed.rcvd.code, closed.rcvd.reason
@@ -57,9 +71,8 @@ def read_until(
 ) -> Received:
     """Messages into ``received`` until ``stop(event)`` is true for one of them."""
     while True:
-        event = json.loads(ws.recv(timeout=timeout))
-        received.events.append(event)
-        if stop(event):
+        event = received.add(ws.recv(timeout=timeout))
+        if event is not None and stop(event):
             return received
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from contextlib import closing
 
 import pytest
 import redis
@@ -29,6 +30,7 @@ from tests.stream_helpers import (
     read_until_closed,
     run_history,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,20 +91,20 @@ def test_reconnecting_with_the_last_id_loses_and_repeats_nothing_across_an_api_r
         api.wait_ready()
         _, run_id = _start(api, token, "[[stream 80 0.05]] a long answer")
         path = f"/api/v1/runs/{run_id}/stream"
-        received = Received()
         with open_tail(api, path, token) as ws:  # first connection: a few events, then gone
-            read_until(ws, lambda e: len(received.events) >= 8, received)
-        with open_tail(api, path, token, after=received.ids[-1]) as ws:
-            read_until(ws, lambda e: len(received.events) >= 30, received)
+            first = read_until(ws, lambda e: e["seq"] >= 8, Received())
+        with open_tail(api, path, token, after=first.ids[-1]) as ws:
+            second = read_until(ws, lambda e: e["seq"] >= 30, Received())
+        assert second.opening is not None
+        assert second.opening["after"] == first.ids[-1]
         api.restart()  # the process that served those tails is gone
-        with open_tail(api, path, token, after=received.ids[-1]) as ws:
+        with open_tail(api, path, token, after=second.ids[-1]) as ws:
             rest = read_until_closed(ws)
-        received.events.extend(rest.events)
 
         assert rest.close_code == 1000
         expected = [e["id"] for e in run_history(api, run_id, token)]
-        assert received.ids == expected
-        assert received.events[-1]["type"] == "ccq.run.finished"
+        assert first.ids + second.ids + rest.ids == expected
+        assert rest.events[-1]["type"] == "ccq.run.finished"
     finally:
         api.stop()
 
@@ -135,6 +137,8 @@ def test_a_session_stream_starts_live_and_spans_runs(api_server: ApiProcess, tok
     session_id, first_run = _start(api_server, token, "first")
     run_history(api_server, first_run, token)
     with open_tail(api_server, f"/api/v1/sessions/{session_id}/stream", token) as ws:
+        opening = json.loads(ws.recv(timeout=30))["tail"]  # live from here on
+        assert opening["after"] == run_history(api_server, first_run, token)[-1]["id"]
         second = api_post(
             api_server, f"/api/v1/sessions/{session_id}/runs", token, {"prompt": "second"}, 202
         )["run"]
@@ -172,6 +176,7 @@ def test_a_hundred_tails_of_one_streaming_run_each_receive_every_event(
         async with websockets.connect(
             url, additional_headers=headers, proxy=None, compression=None, max_queue=None
         ) as ws:
+            assert "tail" in json.loads(await ws.recv())  # the server's cursor is set: live
             count[0] += 1
             if count[0] == 100:
                 opened.set()
@@ -234,26 +239,31 @@ def test_a_stalled_client_delays_neither_the_run_nor_other_tails_and_is_cut_off(
         api.wait_ready()
         session = api_post(api, "/api/v1/sessions", token, {})["session"]
         path = f"/api/v1/sessions/{session['id']}/stream"
-        stalled = _stalled_tail(api, path, token)
-        with open_tail(api, path, token) as ws:
-            run = api_post(
-                api,
-                f"/api/v1/sessions/{session['id']}/runs",
-                token,
-                {"prompt": "[[stream 3000]] more than the stalled client's buffers hold"},
-                202,
-            )["run"]
-            received = read_until(
-                ws, lambda e: e["type"] == "ccq.run.finished", Received(), timeout=180
-            )
-        assert received.events[-1]["data"]["status"] == "succeeded"
-        assert received.ids == [e["id"] for e in run_history(api, run["id"], token)]
+        with closing(_stalled_tail(api, path, token)) as stalled:
+            with open_tail(api, path, token) as ws:
+                run = api_post(
+                    api,
+                    f"/api/v1/sessions/{session['id']}/runs",
+                    token,
+                    {"prompt": "[[stream 3000]] more than the stalled client's buffers hold"},
+                    202,
+                )["run"]
+                received = read_until(
+                    ws, lambda e: e["type"] == "ccq.run.finished", Received(), timeout=180
+                )
+            assert received.events[-1]["data"]["status"] == "succeeded"
+            assert received.ids == [e["id"] for e in run_history(api, run["id"], token)]
 
-        # The stalled socket was cut off: draining it ends in EOF, not in a wait forever.
-        stalled.settimeout(30)
-        while chunk := stalled.recv(1 << 20):
-            assert len(chunk) > 0
-        stalled.close()
+            # Meanwhile the server gave up on the stalled client: it says so, and draining
+            # the socket now ends in EOF instead of waiting for more.
+            wait_for(
+                lambda: "tail client stalled" in api.log_path.read_text(),
+                timeout=60,
+                what="the API to cut off the stalled client",
+            )
+            stalled.settimeout(30)
+            while stalled.recv(1 << 20):
+                pass
     finally:
         api.stop()
 
@@ -294,6 +304,7 @@ def test_bad_tails_are_closed_with_a_code_and_a_reason_and_nothing_else(
     }
     for name, (received, code, reason) in cases.items():
         assert received.events == [], name
+        assert received.opening is None, name
         assert received.close_code == code, (name, received.close_reason)
         assert reason in (received.close_reason or ""), (name, received.close_reason)
 
