@@ -10,7 +10,7 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import ApiProcess
+from tests.processes import ApiProcess
 from tests.waiting import wait_for
 
 

@@ -20,7 +20,7 @@ import requests
 from orchestrator.auth import mint_token
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL, message_count
-from tests.conftest import ApiProcess
+from tests.processes import ApiProcess
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from orchestrator.claude_cli import CliEvent, CliOptions, build_command
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
 from orchestrator.settings import Settings
-from tests.conftest import container_base_url
+from tests.processes import container_base_url
 
 pytestmark = pytest.mark.integration
 

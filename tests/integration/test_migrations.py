@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect
 from orchestrator import migrate
 from orchestrator.models import Base
 from orchestrator.settings import Settings
-from tests.conftest import drop_database, recreate_database
+from tests.processes import drop_database, recreate_database
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from orchestrator.host import HostResources
 from orchestrator.janitor import Janitor
 from orchestrator.settings import Settings
 from tests.api_helpers import auth, get_json, message_count, post_json, run_of, wait_run
-from tests.conftest import WorkerProcess
+from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from orchestrator.auth import mint_token
 from orchestrator.models import Run, Session
 from orchestrator.settings import Settings
 from tests.api_helpers import auth, message_count, wait_run
-from tests.conftest import WorkerProcess
+from tests.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from model_server.server import ModelServer
 from orchestrator.auth import mint_token
 from orchestrator.events import stream_key
 from orchestrator.settings import Settings
-from tests.conftest import ApiProcess, WorkerProcess, stack_environment
+from tests.processes import ApiProcess, WorkerProcess, stack_environment
 from tests.stream_helpers import (
     Received,
     api_post,

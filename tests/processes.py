@@ -1,0 +1,173 @@
+"""Real ccq processes and scratch databases for tests and benchmarks.
+
+A test (or `make bench`) stack is a scratch PostgreSQL database, a Redis database, an
+instance name of its own, the scripted model server and real `ccq api` / `ccq worker`
+processes started from this virtual environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from model_server.server import ModelServer
+from orchestrator.settings import Settings
+from tests.waiting import free_port, wait_for
+
+CCQ = str(Path(sys.executable).with_name("ccq"))
+
+
+def _admin_url(database_url: str) -> str:
+    return make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+
+
+def recreate_database(database_url: str, name: str) -> str:
+    """Drop and create ``name`` next to ``database_url``'s database; return its URL."""
+    engine = create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return make_url(database_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(database_url: str, name: str) -> None:
+    engine = create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+def container_base_url(server: ModelServer) -> str:
+    """The model server's URL as a session container sees it."""
+    return f"http://host.docker.internal:{server.port}"
+
+
+def stack_environment(settings: Settings, model_server: ModelServer) -> dict[str, str]:
+    """The environment a ccq process needs to join this test stack."""
+    secret = settings.jwt_secret
+    assert secret is not None
+    return {
+        **os.environ,
+        "CCQ_DATABASE_URL": settings.database_url,
+        "CCQ_REDIS_URL": settings.redis_url,
+        "CCQ_DATA_DIR": str(settings.data_dir),
+        "CCQ_INSTANCE": settings.instance,
+        "CCQ_JWT_SECRET": secret.get_secret_value(),
+        "CCQ_ANTHROPIC_BASE_URL": container_base_url(model_server),
+        "CCQ_RUN_SILENCE_TIMEOUT": "8",
+        "ANTHROPIC_API_KEY": "test-key",
+    }
+
+
+class WorkerProcess:
+    """A real `ccq worker` subprocess (Celery, prefork pool) on the test stack."""
+
+    def __init__(
+        self, env: dict[str, str], name: str, log_path: Path, concurrency: int = 4
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._env = env
+        self._argv = [
+            CCQ,
+            "worker",
+            f"--hostname={name}@%h",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        self._starts = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self._argv, env=self._env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self._starts += 1
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            # Celery logs "ready." once per start; the log file spans restarts.
+            return self.log_path.read_bytes().count(b"ready.") >= self._starts
+
+        wait_for(ready, timeout=timeout, what=f"worker {self.name} to be ready")
+
+    def restart(self) -> None:
+        """Stop the process and start the same worker again (a worker host restart)."""
+        self.stop()
+        self._start()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+class ApiProcess:
+    """A real `ccq api` process (gunicorn, gevent) on a free port of the test stack."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._env = {**env, "CCQ_API_PORT": str(self.port)}
+        self._start()
+
+    def _start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [CCQ, "api"],
+            env=self._env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.log_path.parent,  # no .ccq/ccq.env here: the environment says it all
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def healthy() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"ccq api exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what="the API to answer /healthz")
+
+    def restart(self) -> None:
+        """Stop the process and start it again on the same port (a deploy, a crash)."""
+        self.stop()
+        self._start()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
