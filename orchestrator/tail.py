@@ -149,6 +149,7 @@ class EventTail:
             reply, cursor_entry = pipe.execute()
             entries = reply[0][1] if reply else []
             if not entries:
+                caught_up = True
                 yield []
                 continue
             first_id = _entry_id(entries[0])
