@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from flask import Blueprint, request
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy import update
 
 from api.auth import require_owner
-from api.errors import InvalidInput
+from api.errors import DependencyDown, InvalidInput
 from api.extensions import Services, get_services
 from api.schemas import (
     CreateRun,
@@ -29,19 +34,49 @@ from orchestrator.history import EventHistory
 from orchestrator.models import Run, RunStatus
 from orchestrator.sessions import NewSession, SessionService
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1")
 
 Reply = tuple[dict[str, Any], int]
 
 
-def _enqueue(services: Services, run: Run) -> None:
-    # Only after the commit: the task must never find its row missing.
-    services.celery.send_task("ccq.run_prompt", args=[str(run.id)])
-
-
 def _announce(services: Services, service: SessionService) -> None:
     """Publish the lifecycle events of a committed change (run queued, cancelled, ...)."""
     publish_pending(services.redis, services.session_factory, service.outbox)
+
+
+def _dispatch(services: Services, service: SessionService, run: Run | None) -> None:
+    """Announce a committed change and queue its new run, in that order.
+
+    Only after the commit: the task must never find its row missing. If Redis is down at
+    this point, the run is marked failed (it would otherwise wait forever for a task that
+    was never sent) and the client gets a 503 it can retry.
+    """
+    try:
+        _announce(services, service)
+        if run is not None:
+            services.celery.send_task("ccq.run_prompt", args=[str(run.id)])
+    except (redis.RedisError, KombuOperationalError) as exc:
+        log.warning("could not queue run %s: %s", run.id if run else None, exc)
+        if run is not None:
+            _fail_unqueued(services, run.id)
+        raise DependencyDown(
+            "redis is unavailable: the run was not queued (it is marked failed); retry later"
+        ) from None
+
+
+def _fail_unqueued(services: Services, run_id: uuid.UUID) -> None:
+    with session_scope(services.session_factory) as db:
+        db.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+            .values(
+                status=RunStatus.FAILED,
+                error="not queued: redis was unavailable",
+                finished_at=datetime.now(UTC),
+            )
+        )
 
 
 @bp.post("/sessions")
@@ -64,9 +99,7 @@ def create_session(owner: str) -> Reply:
         run = None
         if body.prompt is not None and created:
             run, _ = sessions.queue_run(session.id, body.prompt)
-    _announce(services, sessions)
-    if run is not None:
-        _enqueue(services, run)
+    _dispatch(services, sessions, run)
     return {"session": session_json(session), "run": run_json(run) if run else None}, (
         201 if created else 200
     )
@@ -96,9 +129,7 @@ def queue_run(owner: str, session_id: uuid.UUID) -> Reply:
         run, created = sessions.queue_run(
             session_id, body.prompt, idempotency_key=body.idempotency_key
         )
-    _announce(services, sessions)
-    if created:
-        _enqueue(services, run)
+    _dispatch(services, sessions, run if created else None)
     if wait is not None:
         run = _wait_until_final(services, owner, run, wait)
         if RunStatus(run.status).is_final:

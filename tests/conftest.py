@@ -14,7 +14,6 @@ from pathlib import Path
 
 import docker
 import pytest
-import redis
 
 from model_server.server import ModelServer
 from orchestrator import migrate
@@ -62,15 +61,6 @@ def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Ite
         instance=test_instance,
     )
     drop_database(base_settings.database_url, database)
-
-
-@pytest.fixture
-def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture(scope="session")
