@@ -1,8 +1,9 @@
 """`make demo`: one session answers two prompts through ccq, the second resumed.
 
 Every prompt goes through the API (POST), becomes a Celery task, runs the real Claude
-Code CLI in the session's container, and is tailed here event by event. Runs against the
-scripted model server unless a Claude credential is set, then against the real API.
+Code CLI in the session's container, and is tailed here live over the run's WebSocket
+stream. Runs against the scripted model server unless a Claude credential is set, then
+against the real API.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import requests
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import connect
 
 from orchestrator.settings import load_settings
 
@@ -56,20 +58,24 @@ def describe(event: dict[str, Any]) -> str | None:
 
 
 def tail(api: Api, run_id: str) -> dict[str, Any]:
-    """Print the run's events as they arrive; return the finished run."""
-    after: str | None = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        params = {"after": after} if after else {}
-        events = api.call("GET", f"/api/v1/runs/{run_id}/events", params=params)["events"]
-        for event in events:
-            if (line := describe(event)) is not None:
-                print(f"    {line}")
-            after = event["id"]
-            if event["type"] == "ccq.run.finished":
-                return api.call("GET", f"/api/v1/runs/{run_id}")["run"]
-        time.sleep(0.2)
-    sys.exit(f"demo: run {run_id} did not finish in 300 s")
+    """Print the run's events live from its WebSocket stream; return the finished run.
+
+    The stream starts at the run's first event and closes after its last, so this sees
+    the whole run even when it finished before the socket opened.
+    """
+    url = api.base.replace("http", "ws", 1) + f"/api/v1/runs/{run_id}/stream"
+    headers = {"Authorization": api.http.headers["Authorization"]}
+    with connect(url, additional_headers=headers, proxy=None, open_timeout=30) as ws:
+        try:
+            while True:
+                event = json.loads(ws.recv(timeout=300))
+                if "tail" not in event and (line := describe(event)) is not None:
+                    print(f"    {line}")
+        except ConnectionClosedOK:
+            pass  # code 1000: the run finished
+        except TimeoutError:
+            sys.exit(f"demo: run {run_id} sent nothing for 300 s")
+    return api.call("GET", f"/api/v1/runs/{run_id}")["run"]
 
 
 def main() -> None:
