@@ -40,7 +40,7 @@ DELETED_STREAM_TTL_SECONDS = 60
 RUN_FINISHED = "ccq.run.finished"
 SESSION_DELETED = "ccq.session.deleted"
 
-_STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
 
 
 class InvalidCursor(ValueError):
@@ -53,7 +53,7 @@ MAX_ID_PART = 2**63 - 1
 
 def parse_stream_id(value: str) -> tuple[int, int]:
     """``"<ms>-<n>"`` as numbers, the order Redis gives stream IDs."""
-    match = _STREAM_ID.match(value)
+    match = _STREAM_ID.fullmatch(value)
     if match is None or max(int(match[1]), int(match[2])) > MAX_ID_PART:
         raise InvalidCursor("must be an event id like 1700000000000-0")
     return int(match[1]), int(match[2])
