@@ -126,6 +126,6 @@ def api_post(
     response = requests.post(
         f"{api.url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
     )
-    assert response.status_code == status, response.text
+    assert response.status_code == status, f"POST {path}: {response.status_code} {response.text}"
     reply: dict[str, Any] = response.json()
     return reply

@@ -16,6 +16,7 @@ from orchestrator.models import Run, Session
 from orchestrator.settings import Settings
 from tests.api_helpers import auth, message_count, wait_run
 from tests.processes import WorkerProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,10 +72,15 @@ def test_a_run_records_its_events_in_order(
     run = wait_run(client, headers, created["run"]["id"])
     assert run["status"] == "succeeded", run
 
-    events = client.get(f"/api/v1/runs/{run['id']}/events", headers=headers).json["events"]  # type: ignore[index]
+    def whole() -> list[Any] | None:
+        # ccq.run.finished is published, then stored, right after the run's row commits.
+        path = f"/api/v1/runs/{run['id']}/events"
+        events: list[Any] = client.get(path, headers=headers).json["events"]  # type: ignore[index]
+        return events if events[-1]["type"] == "ccq.run.finished" else None
+
+    events = wait_for(whole, timeout=30, interval=0.1, what="the run's last event")
     types = [e["type"] for e in events]
-    assert types[0] == "ccq.run.started"
-    assert types[-1] == "ccq.run.finished"
+    assert types[:2] == ["ccq.run.queued", "ccq.run.started"]
     assert "result" in types
     assert "system" in types
     assert [e["seq"] for e in events] == list(range(len(events)))
