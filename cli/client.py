@@ -66,6 +66,7 @@ class ApiClient:
 
     def __init__(self, base_url: str, token: str, http: requests.Session | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.token = token  # live tails send it on their WebSocket handshake
         self._http = http or requests.Session()
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._http.headers["Accept"] = "application/json"

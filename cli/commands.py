@@ -1,324 +1,45 @@
-"""The `ccq` client commands: run prompts and manage sessions through the HTTP API.
+"""The `ccq` client commands: run prompts, follow them and manage sessions via the API.
 
-`run`, `send`, `sessions`, `show`, `cancel`, `stop` and `rm` talk to the API only (never
-to the database or Docker), so they work from any machine that can reach it. The
-formatting functions at the top are pure (dicts in, strings out) so they are unit-tested
-without a server; the commands below them do the I/O.
+`run`, `send`, `tail`, `sessions`, `show`, `cancel`, `stop` and `rm` talk to the API only
+(HTTP, and WebSockets for live tails; never the database or Docker), so they work from
+any machine that can reach it. What they print is formatted by the pure functions in
+cli/render.py; live tails are followed by cli/tail.py.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NoReturn, ParamSpec, TypeVar
 
 import click
 
 from cli.client import MAX_WAIT_SECONDS, ApiClient, ApiError, ApiUnreachable, JsonObject
+from cli.render import (
+    RUN_FINISHED,
+    TailView,
+    format_api_error,
+    format_unreachable,
+    run_details,
+    run_summary,
+    session_details,
+    sessions_table,
+)
+from cli.tail import Follower, Kind, TailError, TailTimeout
 from orchestrator.settings import Settings, load_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 FINAL_RUN_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
-EVENTS_PAGE = 500
 POLL_FIRST, POLL_MAX = 0.2, 1.0
-FINISH_GRACE = 10.0
-TOOL_INPUT_CHARS = 200
-TOOL_RESULT_CHARS = 160
-
-_STATUS_COLORS = {
-    "succeeded": "green",
-    "idle": "green",
-    "queued": "cyan",
-    "running": "cyan",
-    "starting": "cyan",
-    "cancelled": "yellow",
-    "stopped": "yellow",
-    "failed": "red",
-    "timed_out": "red",
-}
-
-
-# --- pure formatting ------------------------------------------------------------------
-
-
-def paint(text: str, color: bool, **styles: Any) -> str:
-    """``click.style`` only when colors are on, so piped output stays plain text."""
-    return click.style(text, **styles) if color else text
-
-
-def paint_status(status: str, color: bool) -> str:
-    return paint(status, color, fg=_STATUS_COLORS.get(status))
-
-
-def format_cost(usd: float | None) -> str:
-    if usd is None:
-        return "-"
-    return "$0" if usd == 0 else f"${usd:.4f}"
-
-
-def format_duration(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes}m{rest:02d}s"
-
-
-def format_age(iso: str | None, now: datetime) -> str:
-    """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``: a table wants the gist, not a timestamp."""
-    if not iso:
-        return "-"
-    then = datetime.fromisoformat(iso)
-    if then.tzinfo is None:  # the API writes UTC; be lenient with a naive timestamp
-        then = then.replace(tzinfo=UTC)
-    seconds = max(0, int((now - then).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
-def format_time(iso: str | None) -> str:
-    """An API timestamp as ``2026-01-31 12:00:00 UTC`` (whole seconds, always UTC)."""
-    if not iso:
-        return "-"
-    then = datetime.fromisoformat(iso)
-    if then.tzinfo is not None:
-        then = then.astimezone(UTC)
-    return then.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def format_api_error(error: ApiError) -> str:
-    """``ccq: <message>`` then one indented line per detail the message does not repeat."""
-    lines = [f"ccq: {error.message}"]
-    details = error.details
-    if isinstance(details, list):
-        for item in details:
-            if isinstance(item, dict) and "field" in item:
-                line = f"{item['field']}: {item.get('reason', '')}"
-                if line != error.message:
-                    lines.append(f"  {line}")
-    elif isinstance(details, dict):
-        lines += [f"  {key}: {value}" for key, value in details.items()]
-    if error.status == 401:
-        lines.append("  (pass --token or set CCQ_TOKEN; `ccq token --sub NAME` mints one)")
-    return "\n".join(lines)
-
-
-def format_unreachable(url: str, reason: str) -> str:
-    return f"ccq: cannot reach the ccq API at {url} ({reason}; is `make up` running?)"
-
-
-def run_summary(run: JsonObject, color: bool = False) -> str:
-    """One line for stderr after a run: what `ccq send` needs next, and what it cost."""
-    turns = run.get("num_turns")
-    parts = [
-        f"session {run['session_id']}",
-        f"run {run['id']} {paint_status(run['status'], color)}",
-        format_cost(run.get("total_cost_usd")),
-        _plural(turns, "turn") if isinstance(turns, int) else "- turns",
-        format_duration(run.get("duration_ms")),
-    ]
-    line = "  ".join(parts)
-    if run.get("error"):
-        line += "\n" + paint(f"error: {run['error']}", color, fg="red")
-    return line
-
-
-def sessions_table(sessions: list[JsonObject], now: datetime, color: bool = False) -> str:
-    """ID, STATUS, RUNS, COST, LAST ACTIVE; padded before styling so columns line up."""
-    if not sessions:
-        return "no sessions"
-    header = ("ID", "STATUS", "RUNS", "COST", "LAST ACTIVE")
-    rows = [
-        (
-            s["id"],
-            s["status"],
-            str(s.get("runs_count", 0)),
-            format_cost(s.get("total_cost_usd")),
-            format_age(s.get("last_active_at") or s.get("created_at"), now),
-        )
-        for s in sessions
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...], styled: bool) -> str:
-        padded = [c.ljust(w) for c, w in zip(cells, widths, strict=True)]
-        if styled:
-            padded[1] = paint_status(cells[1], color) + " " * (widths[1] - len(cells[1]))
-        return "  ".join(padded).rstrip()
-
-    head = paint(line(header, styled=False), color, bold=True)
-    return "\n".join([head, *(line(r, styled=True) for r in rows)])
-
-
-def _fields(pairs: list[tuple[str, str]]) -> list[str]:
-    width = max(len(k) for k, _ in pairs)
-    return [f"  {k.ljust(width)}  {v}" for k, v in pairs]
-
-
-def run_details(run: JsonObject, color: bool = False) -> str:
-    """A run in readable form: state, cost, timings, error, then its result text."""
-    status = paint_status(run["status"], color)
-    # The CLI says "success" even for a run that failed on a model API error: noise.
-    if run.get("subtype") and run["subtype"] != "success":
-        status += f" ({run['subtype']})"
-    pairs = [
-        ("status", status),
-        ("session", run["session_id"]),
-        ("cost", format_cost(run.get("total_cost_usd"))),
-        ("turns", str(run.get("num_turns") if run.get("num_turns") is not None else "-")),
-        ("duration", format_duration(run.get("duration_ms"))),
-        ("created", format_time(run.get("created_at"))),
-        ("started", format_time(run.get("started_at"))),
-        ("finished", format_time(run.get("finished_at"))),
-    ]
-    if run.get("attempts", 1) not in (None, 0, 1):
-        pairs.append(("attempts", str(run["attempts"])))
-    if run.get("error"):
-        pairs.append(("error", paint(str(run["error"]), color, fg="red")))
-    lines = [paint(f"run {run['id']} (#{run.get('seq', '?')})", color, bold=True), *_fields(pairs)]
-    if run.get("result"):
-        lines += ["", *run["result"].splitlines()]
-    return "\n".join(lines)
-
-
-def session_details(session: JsonObject, now: datetime, color: bool = False) -> str:
-    """A session in readable form, then its last run's summary if it has one."""
-    pairs = [
-        ("status", paint_status(session["status"], color)),
-        ("model", session.get("model") or "default"),
-        ("runs", str(session.get("runs_count", 0))),
-        ("cost", format_cost(session.get("total_cost_usd"))),
-        ("created", format_time(session.get("created_at"))),
-        ("last active", format_age(session.get("last_active_at"), now)),
-    ]
-    for key in ("parent_id", "batch_id"):
-        if session.get(key):
-            pairs.append((key.removesuffix("_id"), session[key]))
-    for key in ("options", "metadata"):
-        if session.get(key):
-            pairs.append((key, _one_line(json.dumps(session[key], sort_keys=True), 200)))
-    lines = [paint(f"session {session['id']}", color, bold=True), *_fields(pairs)]
-    last = session.get("last_run")
-    if last:
-        lines += ["", "last " + run_details(last, color)]
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class StreamState:
-    """What the event printer must remember between events.
-
-    Attributes:
-        mid_line: the output so far ends inside a line (inline text deltas), so the next
-            whole line must start with a newline.
-        streamed_text: text deltas arrived since the last ``assistant`` message, whose
-            text blocks would only repeat them.
-    """
-
-    mid_line: bool = False
-    streamed_text: bool = False
-
-
-def _text_delta(data: JsonObject) -> str | None:
-    event = data.get("event")
-    if not isinstance(event, dict) or event.get("type") != "content_block_delta":
-        return None
-    delta = event.get("delta")
-    if isinstance(delta, dict) and delta.get("type") == "text_delta":
-        text = delta.get("text")
-        return text if isinstance(text, str) else None
-    return None
-
-
-def _blocks(data: JsonObject) -> list[JsonObject]:
-    message = data.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
-
-
-def _tool_result_text(block: JsonObject) -> str:
-    content = block.get("content")
-    if isinstance(content, list):
-        return " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
-    return "" if content is None else str(content)
-
-
-def event_lines(event: JsonObject, streamed_text: bool, color: bool = False) -> list[str]:
-    """The whole lines an event shows (inline text deltas are not lines)."""
-    kind, data = event.get("type"), event.get("data") or {}
-    if kind == "assistant":
-        lines = []
-        for block in _blocks(data):
-            if block.get("type") == "text" and not streamed_text and block.get("text"):
-                lines.append(str(block["text"]))
-            elif block.get("type") == "tool_use":
-                args = _one_line(json.dumps(block.get("input", {})), TOOL_INPUT_CHARS)
-                lines.append(paint(f"-> {block.get('name')} {args}", color, fg="cyan"))
-        return lines
-    if kind == "user":
-        lines = []
-        for block in _blocks(data):
-            if block.get("type") == "tool_result":
-                text = _one_line(_tool_result_text(block), TOOL_RESULT_CHARS)
-                prefix = "<- error: " if block.get("is_error") else "<- "
-                lines.append(paint(prefix + text, color, dim=True))
-        return lines
-    if kind == "system" and data.get("subtype") == "init":
-        version, model = data.get("claude_code_version"), data.get("model")
-        return [paint(f"Claude Code {version}, model {model}", color, dim=True)]
-    if kind == "system" and data.get("subtype") == "api_retry":
-        attempt, most = data.get("attempt", "?"), data.get("max_retries", "?")
-        return [paint(f"model API retry {attempt}/{most}", color, fg="yellow")]
-    if kind in ("ccq.stderr", "ccq.raw") and data.get("line"):
-        return [paint(f"{kind.removeprefix('ccq.')}: {data['line']}", color, dim=True)]
-    return []
-
-
-def render_event(
-    state: StreamState, event: JsonObject, color: bool = False
-) -> tuple[StreamState, str]:
-    """The text to write for one event (as is, no newline added) and the next state."""
-    data = event.get("data") or {}
-    if event.get("type") == "stream_event":
-        text = _text_delta(data)
-        if not text:
-            return state, ""
-        return StreamState(mid_line=not text.endswith("\n"), streamed_text=True), text
-    lines = event_lines(event, state.streamed_text, color)
-    out = "".join(line + "\n" for line in lines)
-    ends_block = event.get("type") == "assistant"
-    if state.mid_line and (lines or ends_block):
-        out = "\n" + out
-        state = replace(state, mid_line=False)
-    if ends_block:
-        state = replace(state, streamed_text=False)
-    return state, out
-
-
-def finish_stream(state: StreamState) -> str:
-    """What ends the stream cleanly: a newline if it stopped inside a line."""
-    return "\n" if state.mid_line else ""
 
 
 # --- connecting -----------------------------------------------------------------------
@@ -384,6 +105,8 @@ def reports_api_errors(command: Callable[P, R]) -> Callable[P, R]:
             _fail(format_api_error(exc))
         except ApiUnreachable as exc:
             _fail(format_unreachable(exc.url, exc.reason))
+        except TailError as exc:
+            _fail(f"ccq: {exc}")
 
     return wrapper
 
@@ -411,13 +134,13 @@ class _Deadline:
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
-        self._end = None if seconds is None else time.monotonic() + seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
 
     def remaining(self) -> float | None:
-        return None if self._end is None else max(0.0, self._end - time.monotonic())
+        return None if self.end is None else max(0.0, self.end - time.monotonic())
 
     def passed(self) -> bool:
-        return self._end is not None and time.monotonic() >= self._end
+        return self.end is not None and time.monotonic() >= self.end
 
 
 def _pause(delay: float, deadline: _Deadline) -> float:
@@ -437,35 +160,13 @@ def _poll_run(client: ApiClient, run: JsonObject, deadline: _Deadline) -> JsonOb
     return run
 
 
-class _Tail:
-    """Pages a run's events and writes them as they arrive."""
+def _notice(message: str) -> None:
+    """A word about the stream on stderr (it broke, it is back), apart from the output."""
+    click.echo(f"ccq: {message}", err=True)
 
-    def __init__(self, client: ApiClient, run_id: str, write: Callable[[str], None]) -> None:
-        self.client, self.run_id, self.write = client, run_id, write
-        self.state = StreamState()
-        self.after: str | None = None
-        self.finished = False
 
-    def drain(self, color: bool) -> int:
-        """Write every event available now; return how many there were."""
-        count = 0
-        while True:
-            page = self.client.run_events(self.run_id, after=self.after, limit=EVENTS_PAGE)
-            events: list[JsonObject] = page.get("events", [])
-            for event in events:
-                self.state, text = render_event(self.state, event, color)
-                if text:
-                    self.write(text)
-                self.finished = self.finished or event.get("type") == "ccq.run.finished"
-            self.after = page.get("next_after") or self.after
-            count += len(events)
-            if len(events) < EVENTS_PAGE:
-                return count
-
-    def close(self) -> None:
-        if text := finish_stream(self.state):
-            self.write(text)
-            self.state = StreamState()
+def _follower(client: ApiClient, kind: Kind, object_id: str, after: str | None = None) -> Follower:
+    return Follower(client.base_url, client.token, kind, object_id, after=after, notify=_notice)
 
 
 def _stream_run(
@@ -475,33 +176,22 @@ def _stream_run(
     write: Callable[[str], None],
     color: bool,
 ) -> JsonObject:
-    """Print the run's events until its ``ccq.run.finished`` event, then the finished run.
+    """Print the run's events from its live tail (which ends after the run's final
+    event), then return the finished run."""
+    view = TailView(color)
 
-    The worker records the final status before its last events reach PostgreSQL, so a
-    final status alone does not end the tail: it waits up to FINISH_GRACE seconds more
-    for the finished event. A run that never started (cancelled while queued) has none.
-    """
-    tail = _Tail(client, run["id"], write)
-    grace: _Deadline | None = None
-    delay = POLL_FIRST
+    def show(event: JsonObject, _raw: str) -> None:
+        if text := view.feed(event):
+            write(text)
+
     try:
-        while not tail.finished:
-            if tail.drain(color):
-                delay = POLL_FIRST
-                continue
-            if grace is None:
-                run = client.get_run(run["id"])
-                if run["status"] in FINAL_RUN_STATUSES:
-                    if not run.get("started_at"):
-                        return run
-                    grace = _Deadline(FINISH_GRACE)
-                elif deadline.passed():
-                    raise _StillRunning(run)
-            elif grace.passed():
-                break
-            delay = _pause(delay, grace or deadline)
+        _follower(client, Kind.RUN, run["id"]).follow(show, deadline=deadline.end)
+    except TailTimeout:
+        raise _StillRunning(client.get_run(run["id"])) from None
     finally:
-        tail.close()
+        if text := view.close():
+            write(text)
+    # The final event is published once the run's final state is committed.
     return _poll_run(client, client.get_run(run["id"]), deadline)
 
 
@@ -665,6 +355,75 @@ def send_command(
         _finish(client, run, WaitOptions(stream, as_json, timeout), deadline)
 
 
+@click.command("tail")
+@click.argument("object_id", metavar="SESSION|RUN", type=click.UUID)
+@click.option(
+    "--from-start",
+    is_flag=True,
+    help="A session from its first event, not from now on (a run's always starts there).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print each event as one line of JSON, for scripts."
+)
+@api_options
+@reports_api_errors
+def tail_command(
+    object_id: uuid.UUID, from_start: bool, as_json: bool, api_url: str | None, token: str | None
+) -> None:
+    """Follow a run to its end, or a session until Ctrl-C, as its events happen.
+
+    The connection is resumed by itself, from the last event, if it breaks. A run's tail
+    exits 0 if the run succeeded and 1 otherwise.
+    """
+    key = str(object_id)
+    with _client(api_url, token) as client:
+        kind = _run_or_session(client, key)
+        session = kind is Kind.SESSION
+        view = TailView(_stdout_color() and not as_json, headers=session, footers=True)
+        finished: list[JsonObject] = []
+
+        def show(event: JsonObject, raw: str) -> None:
+            if as_json:
+                click.echo(raw)  # flushes: a script sees each event as it comes
+            elif text := view.feed(event):
+                click.echo(text, nl=False)
+            if event.get("type") == RUN_FINISHED:
+                finished.append(event)
+
+        def opened(tail: JsonObject) -> None:
+            if session:
+                start = "its first event" if from_start else "now on"
+                _notice(f"following session {key} from {start} (Ctrl-C to stop)")
+
+        follower = _follower(client, kind, key, after="0-0" if session and from_start else None)
+        try:
+            follower.follow(show, on_open=opened)
+        except KeyboardInterrupt:
+            sys.exit(130)  # quietly: stopping a tail is how a session's tail ends
+        except BrokenPipeError:  # `ccq tail --json … | head`: the reader is gone
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        finally:
+            click.echo(view.close(), nl=False)
+        if session:
+            return  # the server ended it without a reason to give (it never should)
+        last = (finished[-1].get("data") or {}) if finished else client.get_run(key)
+    sys.exit(0 if last.get("status") == "succeeded" else 1)
+
+
+def _run_or_session(client: ApiClient, key: str) -> Kind:
+    """Whether ``key`` is one of the caller's runs or sessions (404 on both: an error)."""
+    for kind, get in ((Kind.RUN, client.get_run), (Kind.SESSION, client.get_session)):
+        try:
+            get(key)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            return kind
+    _fail(f"ccq: no session or run {key}")
+
+
 @click.command("sessions")
 @click.option(
     "--status",
@@ -778,6 +537,7 @@ def rm_command(session_id: uuid.UUID, api_url: str | None, token: str | None) ->
 COMMANDS = (
     run_command,
     send_command,
+    tail_command,
     sessions_command,
     show_command,
     cancel_command,

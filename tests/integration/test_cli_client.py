@@ -9,18 +9,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import requests
 
+from model_server.server import ModelServer
 from orchestrator.auth import mint_token
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL, message_count
-from tests.processes import ApiProcess
+from tests.processes import ApiProcess, WorkerProcess, stack_environment
+from tests.stream_helpers import history, run_history
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,6 +75,69 @@ class Ccq:
             text=True,
             cwd=self.cwd,
         )
+
+    def live(self, *args: str) -> Live:
+        return Live(self.popen(*args))
+
+
+class Live:
+    """A running `ccq` whose output is collected as it comes, for commands that go on."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        assert process.stdout is not None
+        assert process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(process.stdout, self._out), daemon=True),
+            threading.Thread(target=self._read, args=(process.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: IO[str], chunks: list[bytes]) -> None:
+        raw = stream.buffer  # type: ignore[attr-defined]
+        while chunk := raw.read1(65536):
+            chunks.append(chunk)
+
+    @property
+    def stdout(self) -> str:
+        return b"".join(self._out).decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self._err).decode(errors="replace")
+
+    def wait_for_output(self, text: str, *, err: bool = False, timeout: float = 120) -> None:
+        def shown() -> bool:
+            if text in (self.stderr if err else self.stdout):
+                return True
+            if self.process.poll() is not None:
+                raise AssertionError(f"ccq exited: {self.stdout}\n{self.stderr}")
+            return False
+
+        wait_for(shown, timeout=timeout, what=f"{text!r} from ccq")
+
+    def wait(self, timeout: float = 120) -> int:
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        return code
+
+    def interrupt(self) -> int:
+        """Ctrl-C."""
+        self.process.send_signal(signal.SIGINT)
+        return self.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.wait(timeout=30)
 
 
 @pytest.fixture
@@ -306,3 +373,181 @@ def test_invalid_options_are_the_apis_to_judge(ccq: Ccq) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("ccq: max_turns: ")
     _no_traceback(result)
+
+
+# --- ccq tail ---------------------------------------------------------------------------
+
+FOOTER = re.compile(r"^run ([0-9a-f-]{36}) (\w+)  \$(\S+)  (\d+|-) turns?$", re.MULTILINE)
+
+
+def _json_lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_tail_json_prints_exactly_the_runs_events(
+    ccq: Ccq, api: Api, api_server: ApiProcess, token: str
+) -> None:
+    run = api.post("/api/v1/sessions", {"prompt": "[[stream 5 0.05]] tailed"})["run"]
+
+    result = ccq("tail", run["id"], "--json")
+
+    assert result.returncode == 0, result.stderr
+    events = _json_lines(result.stdout)
+    assert events == run_history(api_server, run["id"], token)  # the same objects, in order
+    assert events[0]["type"] == "ccq.run.queued"
+    assert events[-1]["type"] == "ccq.run.finished"
+    assert result.stderr == ""
+
+
+def test_tail_shows_the_answer_tool_calls_and_the_cost(ccq: Ccq, api: Api) -> None:
+    prompt = '[[tool Bash {"command": "echo from-a-tool"}]] [[echo]] look'
+    run = api.post("/api/v1/sessions", {"prompt": prompt})["run"]
+
+    result = ccq("tail", run["id"])
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Claude Code ")  # the init line
+    assert '-> Bash {"command": "echo from-a-tool"}' in lines
+    assert any(line.startswith("<- ") for line in lines), result.stdout
+    footer = FOOTER.search(result.stdout)
+    assert footer is not None, result.stdout
+    assert footer.group(1, 2) == (run["id"], "succeeded")
+    assert footer.group(3).startswith("0.")  # the scripted model's usage has a cost
+    assert lines[-1] == footer.group(0)
+    assert "\x1b[" not in result.stdout  # not a terminal: no colors
+
+
+def test_tail_of_a_failed_run_shows_the_error_and_exits_1(ccq: Ccq, api: Api) -> None:
+    run = api.post("/api/v1/sessions", {"prompt": "[[error 500 the model broke]] hi"})["run"]
+
+    result = ccq("tail", run["id"])
+
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    footer = FOOTER.fullmatch(lines[-1])
+    assert footer is not None, result.stdout
+    assert footer.group(1, 2) == (run["id"], "failed")
+    # The CLI's own error message, once (the footer does not repeat it).
+    assert [line for line in lines if "the model broke" in line] == [lines[-2]]
+    assert lines[-2].startswith("API Error: 500 the model broke")
+
+
+def test_tail_session_live_shows_each_new_run_until_ctrl_c(
+    ccq: Ccq, api: Api, api_server: ApiProcess, token: str
+) -> None:
+    created = api.post("/api/v1/sessions", {"prompt": "before the tail"})
+    session_id, first = created["session"]["id"], created["run"]["id"]
+    api.wait_run(first)
+    tail = ccq.live("tail", session_id)
+    try:
+        tail.wait_for_output(f"following session {session_id} from now on", err=True)
+        second = api.post(f"/api/v1/sessions/{session_id}/runs", {"prompt": "while tailed"})["run"]
+        tail.wait_for_output(f"run {second['id']} succeeded")
+
+        code = tail.interrupt()
+    finally:
+        tail.kill()
+
+    assert code == 130
+    out = tail.stdout
+    assert first not in out  # live from now: nothing from before the tail
+    assert out.startswith(f"=== run {second['id']} (#2)\n"), out
+    assert re.search(r"^echo \(messages=\d+\): while tailed$", out, re.MULTILINE), out
+    assert "Traceback" not in tail.stderr
+    assert tail.stderr.splitlines() == [
+        f"ccq: following session {session_id} from now on (Ctrl-C to stop)"
+    ]
+
+
+def test_tail_session_from_start_json_replays_then_follows(
+    ccq: Ccq, api: Api, api_server: ApiProcess, token: str
+) -> None:
+    created = api.post("/api/v1/sessions", {"prompt": "first"})
+    session_id, first = created["session"]["id"], created["run"]["id"]
+    tail = ccq.live("tail", session_id, "--from-start", "--json")
+    try:
+        first_events = run_history(api_server, first, token)
+        tail.wait_for_output(first_events[-1]["id"])  # the first run, replayed or live
+        second = api.post(f"/api/v1/sessions/{session_id}/runs", {"prompt": "second"})["run"]
+        second_events = run_history(api_server, second["id"], token)
+        tail.wait_for_output(second_events[-1]["id"])
+
+        code = tail.interrupt()
+    finally:
+        tail.kill()
+
+    assert code == 130
+    session_events = history(api_server, f"/api/v1/sessions/{session_id}/events", token)
+    assert [e["id"] for e in _json_lines(tail.stdout)] == [e["id"] for e in session_events]
+    assert {e["run_id"] for e in session_events} == {first, second["id"]}
+
+
+def test_tail_ends_with_the_reason_when_the_session_is_deleted(ccq: Ccq, api: Api) -> None:
+    created = api.post("/api/v1/sessions", {"prompt": "short-lived"})
+    session_id = created["session"]["id"]
+    api.wait_run(created["run"]["id"])
+    tail = ccq.live("tail", session_id)
+    try:
+        tail.wait_for_output(f"following session {session_id}", err=True)
+        assert ccq("rm", session_id).returncode == 0
+        code = tail.wait(timeout=60)
+    finally:
+        tail.kill()
+
+    assert code == 1
+    assert tail.stderr.splitlines()[-1] == f"ccq: session {session_id} was deleted"
+
+
+def test_tail_of_an_unknown_or_someone_elses_id_says_so(
+    ccq: Ccq, api_url: str, settings: Settings
+) -> None:
+    mallory = Api(api_url, mint_token(settings, "mallory"))
+    theirs = mallory.post("/api/v1/sessions", {"prompt": "not yours"})
+    unknown = "00000000-0000-4000-8000-000000000000"
+
+    for object_id in (unknown, theirs["session"]["id"], theirs["run"]["id"]):
+        result = ccq("tail", object_id)
+        assert result.returncode == 1, object_id
+        assert result.stderr == f"ccq: no session or run {object_id}\n"
+        assert result.stdout == ""
+
+    not_an_id = ccq("tail", "yesterday")
+    assert not_an_id.returncode == 2
+    assert "is not a valid UUID" in not_an_id.stderr
+
+
+def test_tail_reconnects_across_an_api_restart_and_loses_or_repeats_nothing(
+    settings: Settings,
+    model_server: ModelServer,
+    worker: WorkerProcess,
+    token: str,
+    tmp_path: Path,
+) -> None:
+    # A server of its own: the restart must not disturb the other tests' server.
+    server = ApiProcess(stack_environment(settings, model_server), tmp_path / "api.log")
+    try:
+        server.wait_ready()
+        api = Api(server.url, token)
+        # 20 s of streaming: longer than the API's graceful shutdown (10 s), during which
+        # the old process keeps serving the tail it has.
+        run = api.post("/api/v1/sessions", {"prompt": "[[stream 400 0.05]] a long answer"})
+        run_id = run["run"]["id"]
+        tail = Ccq(server.url, token, tmp_path).live("tail", run_id, "--json")
+        try:
+            tail.wait_for_output('"chunk 5/400 "')
+            server.restart()
+            code = tail.wait(timeout=120)
+        finally:
+            tail.kill()
+
+        assert code == 0, tail.stderr
+        received = [e["id"] for e in _json_lines(tail.stdout)]
+        assert received == [e["id"] for e in run_history(server, run_id, token)]
+        assert "chunk 400/400" in tail.stdout
+        notes = tail.stderr.splitlines()
+        assert notes[0].startswith("ccq: "), notes
+        assert notes[0].endswith("; reconnecting"), notes
+        assert "ccq: reconnected" in notes
+    finally:
+        server.stop()

@@ -9,8 +9,9 @@ import click
 import pytest
 
 from cli.client import ApiError
-from cli.commands import (
+from cli.render import (
     StreamState,
+    TailView,
     finish_stream,
     format_age,
     format_api_error,
@@ -20,6 +21,7 @@ from cli.commands import (
     format_unreachable,
     render_event,
     run_details,
+    run_footer,
     run_summary,
     session_details,
     sessions_table,
@@ -199,6 +201,107 @@ def test_events_are_colored_only_when_asked() -> None:
 
 def test_a_malformed_event_prints_nothing() -> None:
     assert _render(_event("assistant", {"message": "oops"}), _event("stream_event", {})) == ""
+
+
+# --- a tail's view --------------------------------------------------------------------
+
+
+def _finished(**data: Any) -> dict[str, Any]:
+    base = {
+        "status": "succeeded",
+        "result": "done",
+        "is_error": False,
+        "error": None,
+        "total_cost_usd": 0.011148,
+        "num_turns": 1,
+    }
+    return _event("ccq.run.finished", {**base, **data})
+
+
+def _feed(view: TailView, *events: dict[str, Any]) -> str:
+    return "".join(view.feed(e) for e in events) + view.close()
+
+
+def test_a_plain_view_prints_what_render_event_prints() -> None:
+    events = [_event("ccq.run.started", {}), _delta("half a line"), _finished()]
+    assert _feed(TailView(), *events) == _render(*events) == "half a line\n"
+
+
+def test_a_run_tail_ends_with_the_runs_status_cost_and_turns() -> None:
+    out = _feed(
+        TailView(footers=True),
+        _event("ccq.run.queued", {"run_seq": 2}),
+        _event("ccq.run.started", {}),
+        _delta("echo: hi"),
+        _assistant({"type": "text", "text": "echo: hi"}),
+        _event("result", {"subtype": "success", "total_cost_usd": 0.011148}),
+        _finished(),
+    )
+    assert out == f"echo: hi\nrun {RUN_ID} succeeded  $0.0111  1 turn\n"
+
+
+def test_a_session_tail_opens_each_run_with_a_header() -> None:
+    out = _feed(
+        TailView(headers=True, footers=True),
+        _event("ccq.run.queued", {"run_seq": 2}),
+        _event("ccq.run.started", {}),
+        _delta("cut short"),
+        _finished(status="cancelled", num_turns=None, total_cost_usd=0),
+        _event("ccq.session.status", {"status": "stopped"}),
+    )
+    assert out.splitlines() == [
+        f"=== run {RUN_ID} (#2)",
+        "cut short",
+        f"run {RUN_ID} cancelled  $0  - turns",
+        "session stopped",
+    ]
+
+
+def test_a_header_without_the_queued_event_has_no_number() -> None:
+    out = _feed(TailView(headers=True), _event("ccq.run.started", {}))
+    assert out == f"=== run {RUN_ID}\n"
+
+
+def test_a_new_run_does_not_inherit_the_last_ones_streamed_text() -> None:
+    view = TailView()
+    # A run killed after a delta never sent the message that would end its text.
+    _feed(view, _event("ccq.run.started", {}), _delta("partial"), _finished(status="failed"))
+    out = _feed(view, _event("ccq.run.started", {}), _assistant({"type": "text", "text": "whole"}))
+    assert out == "whole\n"
+
+
+def test_a_failed_runs_footer_shows_its_error_in_red_on_a_terminal() -> None:
+    failed = _finished(status="failed", error="no output for 300 s", num_turns=3)
+    assert run_footer(failed) == (
+        f"run {RUN_ID} failed  $0.0111  3 turns\nerror: no output for 300 s"
+    )
+    colored = run_footer(failed, color=True)
+    assert click.style("error: no output for 300 s", fg="red") in colored
+    assert click.unstyle(colored) == run_footer(failed)
+
+
+def test_an_error_the_cli_reported_is_the_footers_error() -> None:
+    failed = _finished(status="failed", is_error=True, result="API Error: 500 boom")
+    assert run_footer(failed).splitlines()[1] == "error: API Error: 500 boom"
+
+
+def test_a_model_error_the_cli_reports_is_red_and_not_repeated_by_the_footer() -> None:
+    message = "API Error: 500 boom"
+    api_error = _event(
+        "assistant",
+        {
+            "type": "assistant",
+            "error": "server_error",
+            "is_api_error_message": True,
+            "message": {"content": [{"type": "text", "text": message}]},
+        },
+    )
+    failed = _finished(status="failed", is_error=True, result=message, num_turns=1)
+
+    plain = _feed(TailView(footers=True), _event("ccq.run.started", {}), api_error, failed)
+    assert plain == f"{message}\nrun {RUN_ID} failed  $0.0111  1 turn\n"
+    colored = _feed(TailView(True, footers=True), api_error, failed)
+    assert colored.startswith(click.style(message, fg="red") + "\n")
 
 
 # --- numbers and times ----------------------------------------------------------------

@@ -1,0 +1,397 @@
+"""The `ccq` client's pure formatting: events, runs, sessions, tables and errors.
+
+Dicts in, strings out, nothing written anywhere: the commands (cli/commands.py) do the
+I/O, and these are unit-tested without a server. Colors are ANSI styles added only when
+the caller says the output is a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from cli.client import ApiError, JsonObject
+
+TOOL_INPUT_CHARS = 200
+TOOL_RESULT_CHARS = 160
+
+_STATUS_COLORS = {
+    "succeeded": "green",
+    "idle": "green",
+    "queued": "cyan",
+    "running": "cyan",
+    "starting": "cyan",
+    "cancelled": "yellow",
+    "stopped": "yellow",
+    "failed": "red",
+    "timed_out": "red",
+}
+
+
+def paint(text: str, color: bool, **styles: Any) -> str:
+    """``click.style`` only when colors are on, so piped output stays plain text."""
+    return click.style(text, **styles) if color else text
+
+
+def paint_status(status: str, color: bool) -> str:
+    return paint(status, color, fg=_STATUS_COLORS.get(status))
+
+
+def format_cost(usd: float | None) -> str:
+    if usd is None:
+        return "-"
+    return "$0" if usd == 0 else f"${usd:.4f}"
+
+
+def format_duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def format_age(iso: str | None, now: datetime) -> str:
+    """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``: a table wants the gist, not a timestamp."""
+    if not iso:
+        return "-"
+    then = datetime.fromisoformat(iso)
+    if then.tzinfo is None:  # the API writes UTC; be lenient with a naive timestamp
+        then = then.replace(tzinfo=UTC)
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def format_time(iso: str | None) -> str:
+    """An API timestamp as ``2026-01-31 12:00:00 UTC`` (whole seconds, always UTC)."""
+    if not iso:
+        return "-"
+    then = datetime.fromisoformat(iso)
+    if then.tzinfo is not None:
+        then = then.astimezone(UTC)
+    return then.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def format_api_error(error: ApiError) -> str:
+    """``ccq: <message>`` then one indented line per detail the message does not repeat."""
+    lines = [f"ccq: {error.message}"]
+    details = error.details
+    if isinstance(details, list):
+        for item in details:
+            if isinstance(item, dict) and "field" in item:
+                line = f"{item['field']}: {item.get('reason', '')}"
+                if line != error.message:
+                    lines.append(f"  {line}")
+    elif isinstance(details, dict):
+        lines += [f"  {key}: {value}" for key, value in details.items()]
+    if error.status == 401:
+        lines.append("  (pass --token or set CCQ_TOKEN; `ccq token --sub NAME` mints one)")
+    return "\n".join(lines)
+
+
+def format_unreachable(url: str, reason: str) -> str:
+    return f"ccq: cannot reach the ccq API at {url} ({reason}; is `make up` running?)"
+
+
+def run_summary(run: JsonObject, color: bool = False) -> str:
+    """One line for stderr after a run: what `ccq send` needs next, and what it cost."""
+    turns = run.get("num_turns")
+    parts = [
+        f"session {run['session_id']}",
+        f"run {run['id']} {paint_status(run['status'], color)}",
+        format_cost(run.get("total_cost_usd")),
+        _plural(turns, "turn") if isinstance(turns, int) else "- turns",
+        format_duration(run.get("duration_ms")),
+    ]
+    line = "  ".join(parts)
+    if run.get("error"):
+        line += "\n" + paint(f"error: {run['error']}", color, fg="red")
+    return line
+
+
+def sessions_table(sessions: list[JsonObject], now: datetime, color: bool = False) -> str:
+    """ID, STATUS, RUNS, COST, LAST ACTIVE; padded before styling so columns line up."""
+    if not sessions:
+        return "no sessions"
+    header = ("ID", "STATUS", "RUNS", "COST", "LAST ACTIVE")
+    rows = [
+        (
+            s["id"],
+            s["status"],
+            str(s.get("runs_count", 0)),
+            format_cost(s.get("total_cost_usd")),
+            format_age(s.get("last_active_at") or s.get("created_at"), now),
+        )
+        for s in sessions
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...], styled: bool) -> str:
+        padded = [c.ljust(w) for c, w in zip(cells, widths, strict=True)]
+        if styled:
+            padded[1] = paint_status(cells[1], color) + " " * (widths[1] - len(cells[1]))
+        return "  ".join(padded).rstrip()
+
+    head = paint(line(header, styled=False), color, bold=True)
+    return "\n".join([head, *(line(r, styled=True) for r in rows)])
+
+
+def _fields(pairs: list[tuple[str, str]]) -> list[str]:
+    width = max(len(k) for k, _ in pairs)
+    return [f"  {k.ljust(width)}  {v}" for k, v in pairs]
+
+
+def run_details(run: JsonObject, color: bool = False) -> str:
+    """A run in readable form: state, cost, timings, error, then its result text."""
+    status = paint_status(run["status"], color)
+    # The CLI says "success" even for a run that failed on a model API error: noise.
+    if run.get("subtype") and run["subtype"] != "success":
+        status += f" ({run['subtype']})"
+    pairs = [
+        ("status", status),
+        ("session", run["session_id"]),
+        ("cost", format_cost(run.get("total_cost_usd"))),
+        ("turns", str(run.get("num_turns") if run.get("num_turns") is not None else "-")),
+        ("duration", format_duration(run.get("duration_ms"))),
+        ("created", format_time(run.get("created_at"))),
+        ("started", format_time(run.get("started_at"))),
+        ("finished", format_time(run.get("finished_at"))),
+    ]
+    if run.get("attempts", 1) not in (None, 0, 1):
+        pairs.append(("attempts", str(run["attempts"])))
+    if run.get("error"):
+        pairs.append(("error", paint(str(run["error"]), color, fg="red")))
+    lines = [paint(f"run {run['id']} (#{run.get('seq', '?')})", color, bold=True), *_fields(pairs)]
+    if run.get("result"):
+        lines += ["", *run["result"].splitlines()]
+    return "\n".join(lines)
+
+
+def session_details(session: JsonObject, now: datetime, color: bool = False) -> str:
+    """A session in readable form, then its last run's summary if it has one."""
+    pairs = [
+        ("status", paint_status(session["status"], color)),
+        ("model", session.get("model") or "default"),
+        ("runs", str(session.get("runs_count", 0))),
+        ("cost", format_cost(session.get("total_cost_usd"))),
+        ("created", format_time(session.get("created_at"))),
+        ("last active", format_age(session.get("last_active_at"), now)),
+    ]
+    for key in ("parent_id", "batch_id"):
+        if session.get(key):
+            pairs.append((key.removesuffix("_id"), session[key]))
+    for key in ("options", "metadata"):
+        if session.get(key):
+            pairs.append((key, _one_line(json.dumps(session[key], sort_keys=True), 200)))
+    lines = [paint(f"session {session['id']}", color, bold=True), *_fields(pairs)]
+    last = session.get("last_run")
+    if last:
+        lines += ["", "last " + run_details(last, color)]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What the event printer must remember between events.
+
+    Attributes:
+        mid_line: the output so far ends inside a line (inline text deltas), so the next
+            whole line must start with a newline.
+        streamed_text: text deltas arrived since the last ``assistant`` message, whose
+            text blocks would only repeat them.
+    """
+
+    mid_line: bool = False
+    streamed_text: bool = False
+
+
+def _text_delta(data: JsonObject) -> str | None:
+    event = data.get("event")
+    if not isinstance(event, dict) or event.get("type") != "content_block_delta":
+        return None
+    delta = event.get("delta")
+    if isinstance(delta, dict) and delta.get("type") == "text_delta":
+        text = delta.get("text")
+        return text if isinstance(text, str) else None
+    return None
+
+
+def _blocks(data: JsonObject) -> list[JsonObject]:
+    message = data.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _tool_result_text(block: JsonObject) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+    return "" if content is None else str(content)
+
+
+def event_lines(event: JsonObject, streamed_text: bool, color: bool = False) -> list[str]:
+    """The whole lines an event shows (inline text deltas are not lines)."""
+    kind, data = event.get("type"), event.get("data") or {}
+    if kind == "assistant":
+        lines = []
+        # The CLI reports a failed model request as an assistant message of its own.
+        failed = bool(data.get("is_api_error_message") or data.get("error"))
+        for block in _blocks(data):
+            if block.get("type") == "text" and not streamed_text and block.get("text"):
+                lines.append(paint(str(block["text"]), color and failed, fg="red"))
+            elif block.get("type") == "tool_use":
+                args = _one_line(json.dumps(block.get("input", {})), TOOL_INPUT_CHARS)
+                lines.append(paint(f"-> {block.get('name')} {args}", color, fg="cyan"))
+        return lines
+    if kind == "user":
+        lines = []
+        for block in _blocks(data):
+            if block.get("type") == "tool_result":
+                text = _one_line(_tool_result_text(block), TOOL_RESULT_CHARS)
+                prefix = "<- error: " if block.get("is_error") else "<- "
+                lines.append(paint(prefix + text, color, dim=True))
+        return lines
+    if kind == "system" and data.get("subtype") == "init":
+        version, model = data.get("claude_code_version"), data.get("model")
+        return [paint(f"Claude Code {version}, model {model}", color, dim=True)]
+    if kind == "system" and data.get("subtype") == "api_retry":
+        attempt, most = data.get("attempt", "?"), data.get("max_retries", "?")
+        return [paint(f"model API retry {attempt}/{most}", color, fg="yellow")]
+    if kind in ("ccq.stderr", "ccq.raw") and data.get("line"):
+        return [paint(f"{kind.removeprefix('ccq.')}: {data['line']}", color, dim=True)]
+    return []
+
+
+def render_event(
+    state: StreamState, event: JsonObject, color: bool = False
+) -> tuple[StreamState, str]:
+    """The text to write for one event (as is, no newline added) and the next state."""
+    data = event.get("data") or {}
+    if event.get("type") == "stream_event":
+        text = _text_delta(data)
+        if not text:
+            return state, ""
+        return StreamState(mid_line=not text.endswith("\n"), streamed_text=True), text
+    lines = event_lines(event, state.streamed_text, color)
+    out = "".join(line + "\n" for line in lines)
+    ends_block = event.get("type") == "assistant"
+    if state.mid_line and (lines or ends_block):
+        out = "\n" + out
+        state = replace(state, mid_line=False)
+    if ends_block:
+        state = replace(state, streamed_text=False)
+    return state, out
+
+
+def finish_stream(state: StreamState) -> str:
+    """What ends the stream cleanly: a newline if it stopped inside a line."""
+    return "\n" if state.mid_line else ""
+
+
+# --- a tail's view --------------------------------------------------------------------
+
+RUN_QUEUED = "ccq.run.queued"
+RUN_STARTED = "ccq.run.started"
+RUN_FINISHED = "ccq.run.finished"
+SESSION_STATUS = "ccq.session.status"
+
+
+def run_header(run_id: str, run_seq: int | None = None, color: bool = False) -> str:
+    """The line that opens a run in a session's tail."""
+    number = f" (#{run_seq})" if run_seq is not None else ""
+    return paint(f"=== run {run_id}{number}", color, bold=True)
+
+
+def run_footer(event: JsonObject, color: bool = False, result_shown: bool = False) -> str:
+    """How a run ended, from its ``ccq.run.finished`` event: status, cost, turns, error.
+
+    ``result_shown``: the output already ends with the run's result text, so a result that
+    is the CLI's error message is not repeated.
+    """
+    data = event.get("data") or {}
+    turns = data.get("num_turns")
+    parts = [
+        f"run {event.get('run_id')} {paint_status(str(data.get('status') or 'finished'), color)}",
+        format_cost(data.get("total_cost_usd")),
+        _plural(turns, "turn") if isinstance(turns, int) else "- turns",
+    ]
+    line = "  ".join(parts)
+    # A run the CLI ended with an error has no ccq error; its result is the CLI's message.
+    error = data.get("error") or (
+        data.get("result") if data.get("is_error") and not result_shown else None
+    )
+    if error:
+        line += "\n" + paint(f"error: {error}", color, fg="red")
+    return line
+
+
+class TailView:
+    """A tail's readable text, event by event: what :func:`render_event` shows, plus
+    the lines that frame runs. Pure: it returns text and writes nothing.
+
+    Args:
+        color: ANSI styles (the output is a terminal).
+        headers: open each run with :func:`run_header` and show the session's status
+            changes (a session's tail, where runs follow one another).
+        footers: end each run with :func:`run_footer` (`ccq tail`; `ccq run -s` prints
+            its own summary of the run instead).
+    """
+
+    def __init__(self, color: bool = False, *, headers: bool = False, footers: bool = False):
+        self.color, self.headers, self.footers = color, headers, footers
+        self.state = StreamState()
+        self._run_seqs: dict[str, int] = {}
+        self._last_text: str | None = None  # the last assistant message's text
+
+    def feed(self, event: JsonObject) -> str:
+        """The text to write for ``event`` (as is: it may end inside a line)."""
+        kind, data = event.get("type"), event.get("data") or {}
+        run_id = str(event.get("run_id"))
+        if kind == RUN_QUEUED and isinstance(data.get("run_seq"), int):
+            self._run_seqs[run_id] = data["run_seq"]
+        if kind == RUN_STARTED:
+            # A session runs one prompt at a time: whatever streamed before is over.
+            self.state = replace(self.state, streamed_text=False)
+            self._last_text = None
+            if self.headers:
+                return self._line(run_header(run_id, self._run_seqs.get(run_id), self.color))
+        if kind == RUN_FINISHED:
+            self._run_seqs.pop(run_id, None)
+            if not self.footers:
+                return self.close()
+            shown = data.get("result") is not None and data.get("result") == self._last_text
+            return self._line(run_footer(event, self.color, result_shown=shown))
+        if kind == "assistant":
+            texts = [str(b.get("text")) for b in _blocks(data) if b.get("type") == "text"]
+            self._last_text = "".join(texts) if texts else self._last_text
+        if kind == SESSION_STATUS and self.headers and data.get("status"):
+            return self._line(paint(f"session {data['status']}", self.color, dim=True))
+        self.state, text = render_event(self.state, event, self.color)
+        return text
+
+    def close(self) -> str:
+        """What ends the output cleanly: a newline if it stopped inside a line."""
+        text = finish_stream(self.state)
+        self.state = replace(self.state, mid_line=False)
+        return text
+
+    def _line(self, line: str) -> str:
+        return self.close() + line + "\n"
