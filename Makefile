@@ -53,6 +53,10 @@ lint: install ## ruff (lint and format check) and mypy
 test: image lint ## Bootstrap, build the image, then run every test against the real stack
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: image ## Benchmarks against their baselines (prints ratios, writes bench/results/latest.json)
+	@$(BIN)/python -m bench $(BENCH_ARGS)
+
 .PHONY: clean
 clean: down ## Remove the virtualenv and local state (keeps Docker images)
 	rm -rf $(VENV) .ccq .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,180 @@
+"""An isolated ccq stack for one benchmark run, removed afterwards whatever happens.
+
+Built like the integration tests' stack, from the same helpers (``tests.processes``): a
+scratch PostgreSQL database, Redis database 14, an instance name of its own (its
+containers and its Celery queue carry it, so a `make up` stack on the same machine is
+never touched), the scripted model server, and real `ccq api` and `ccq worker` processes.
+The API runs as `ccq api` does by default: one gevent process.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import docker
+import redis
+import requests
+
+from bench import BenchError
+from model_server.server import ModelServer
+from orchestrator import migrate
+from orchestrator.auth import mint_token
+from orchestrator.containers import LABEL_INSTANCE
+from orchestrator.settings import Settings, load_settings
+from tests.processes import (
+    ApiProcess,
+    WorkerProcess,
+    drop_database,
+    recreate_database,
+    stack_environment,
+)
+
+BENCH_REDIS_DB = 14
+# Kept after the run (git-ignored): what to read when a figure looks wrong.
+LOG_DIR = Path(__file__).resolve().parent / "results" / "logs"
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    env: dict[str, str] = field(repr=False)  # holds the JWT secret and the model key
+    api: ApiProcess
+    worker: WorkerProcess
+    model: ModelServer
+    docker: docker.DockerClient
+    redis: redis.Redis
+    token: str = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = requests.post(
+            f"{self.api.url}{path}", json=body, headers=self.headers, timeout=30
+        )
+        if response.status_code not in (200, 201, 202):
+            raise BenchError(f"POST {path}: {response.status_code} {response.text[:500]}")
+        reply: dict[str, Any] = response.json()
+        return reply
+
+    def delete(self, path: str) -> None:
+        response = requests.delete(f"{self.api.url}{path}", headers=self.headers, timeout=30)
+        if response.status_code not in (200, 202, 204):
+            raise BenchError(f"DELETE {path}: {response.status_code} {response.text[:500]}")
+
+    def ws_url(self, path: str) -> str:
+        return f"{self.api.ws_url}{path}"
+
+    def cli_environment(self) -> dict[str, str]:
+        """What the worker gives the CLI (RunExecutor._cli_environment, from the same
+        variables): the model server's URL and the credential. Never printed."""
+        sources = {
+            "ANTHROPIC_BASE_URL": ("CCQ_ANTHROPIC_BASE_URL",),
+            "ANTHROPIC_API_KEY": ("ANTHROPIC_API_KEY", "CCQ_ANTHROPIC_API_KEY"),
+            "CLAUDE_CODE_OAUTH_TOKEN": ("CLAUDE_CODE_OAUTH_TOKEN", "CCQ_CLAUDE_CODE_OAUTH_TOKEN"),
+        }
+        env: dict[str, str] = {}
+        for name, variables in sources.items():
+            value = next((self.env[v] for v in variables if self.env.get(v)), None)
+            if value:
+                env[name] = value
+        return env
+
+    def log_problems(self) -> dict[str, list[str]]:
+        """Warnings, errors and tracebacks the API and the worker logged (last 20 each)."""
+        found: dict[str, list[str]] = {}
+        for name, path in (("api", self.api.log_path), ("worker", self.worker.log_path)):
+            lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+            bad = [
+                line
+                for line in lines
+                if any(word in line for word in ("WARNING", "ERROR", "CRITICAL", "Traceback"))
+            ]
+            found[name] = bad[-20:]
+        return found
+
+
+def _remove_containers(client: docker.DockerClient, instance: str) -> None:
+    for container in client.containers.list(
+        all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+    ):
+        container.remove(force=True)
+
+
+def _flush(client: redis.Redis) -> None:
+    client.flushdb()
+
+
+@contextmanager
+def running_stack(*, worker_concurrency: int = 2) -> Iterator[Stack]:
+    """Start the stack; on the way out (an error and Ctrl-C included) stop the processes,
+    remove the instance's containers, drop the database, flush the Redis database and
+    delete the data directory, in that order."""
+    base = load_settings(env_file=None)
+    suffix = secrets.token_hex(6)
+    instance = f"bench-{suffix}"
+    database = f"ccq_bench_{suffix}"
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    for old in LOG_DIR.glob("*.log"):
+        old.unlink()
+    with ExitStack() as cleanup:  # callbacks run last-registered first
+        workdir = Path(tempfile.mkdtemp(prefix=f"ccq-{instance}-"))
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+
+        redis_url = redis_url_with_db(base.redis_url, BENCH_REDIS_DB)
+        redis_client = redis.Redis.from_url(redis_url)
+        cleanup.callback(redis_client.close)
+        redis_client.flushdb()
+        cleanup.callback(_flush, redis_client)
+
+        cleanup.callback(drop_database, base.database_url, database)
+        database_url = recreate_database(base.database_url, database)
+        migrate.upgrade(database_url)
+
+        docker_client = docker.from_env(timeout=120)
+        cleanup.callback(docker_client.close)
+        cleanup.callback(_remove_containers, docker_client, instance)
+
+        settings = load_settings(
+            env_file=None,
+            database_url=database_url,
+            redis_url=redis_url,
+            data_dir=workdir / "data",
+            jwt_secret=secrets.token_hex(20),
+            instance=instance,
+        )
+        model = ModelServer(host="0.0.0.0", port=0).start()  # noqa: S104 - containers reach it
+        cleanup.callback(model.stop)
+        env = stack_environment(settings, model)
+
+        worker = WorkerProcess(env, "bench-worker", LOG_DIR / "worker.log", worker_concurrency)
+        cleanup.callback(worker.stop)
+        api = ApiProcess(env, LOG_DIR / "api.log")
+        cleanup.callback(api.stop)
+        worker.wait_ready()
+        api.wait_ready()
+
+        yield Stack(
+            settings=settings,
+            env=env,
+            api=api,
+            worker=worker,
+            model=model,
+            docker=docker_client,
+            redis=redis_client,
+            token=mint_token(settings, "bench"),
+        )
