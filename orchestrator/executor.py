@@ -202,6 +202,7 @@ class RunExecutor:
         dirs = SessionDirs.for_session(self.settings.data_dir, str(claimed.session_id))
         result: CliRunResult | None = None
         error: str | None = None
+        resume = False
         try:
             container = self.runtime.ensure_running(
                 SessionContainerSpec(
@@ -230,7 +231,7 @@ class RunExecutor:
         except Exception as exc:  # the run must end recorded, whatever broke
             log.exception("run %s failed outside the CLI", claimed.run_id)
             error = f"{type(exc).__name__}: {exc}"
-        return self._record(claimed, result, error, sink)
+        return self._record(claimed, result, error, sink, resumed=resume)
 
     @staticmethod
     def _forward(sink: RunEventSink, event: CliEvent) -> None:
@@ -258,6 +259,8 @@ class RunExecutor:
         result: CliRunResult | None,
         error: str | None,
         sink: RunEventSink,
+        *,
+        resumed: bool,
     ) -> str:
         """Commit the run's outcome with its events so far, then announce it.
 
@@ -275,7 +278,7 @@ class RunExecutor:
                 run.result_text = o.result_text
                 run.result_subtype = o.subtype
                 run.is_error = o.is_error
-                run.total_cost_usd = o.total_cost_usd
+                run.total_cost_usd = _run_cost(o.total_cost_usd, session, resumed)
                 run.usage = o.usage
                 run.num_turns = o.num_turns
                 run.duration_ms = o.duration_ms
@@ -321,6 +324,19 @@ class RunExecutor:
                 session.id, run.id, next_run_seq(db, run.id), RUN_FINISHED, run_finished_data(run)
             )
         )
+
+
+def _run_cost(reported: Decimal | None, session: Session, resumed: bool) -> Decimal | None:
+    """This run's own cost from the CLI's ``total_cost_usd``.
+
+    A resumed CLI (2.1.x) restores the conversation's running total and reports that,
+    not the run's spend; the session's total so far is exactly that running total (it is
+    the sum of the earlier runs' costs), so the difference is this run's.
+    """
+    if reported is None:
+        return None
+    already = (session.total_cost_usd or Decimal(0)) if resumed else Decimal(0)
+    return max(Decimal(0), reported - already)
 
 
 def _final_status(result: CliRunResult | None, error: str | None) -> RunStatus:

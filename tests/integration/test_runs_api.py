@@ -14,7 +14,7 @@ from api.extensions import EXTENSION_KEY, Services
 from orchestrator.auth import mint_token
 from orchestrator.models import Run, Session
 from orchestrator.settings import Settings
-from tests.api_helpers import auth, message_count, wait_run
+from tests.api_helpers import auth, get_json, message_count, post_json, wait_run
 from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 
@@ -222,3 +222,26 @@ def test_session_options_keep_only_the_cli_knobs(client: FlaskClient, settings: 
     assert session["options"] == {"max_turns": 3, "allowed_tools": ["Read"]}
     assert session["model"] == "claude-sonnet-5-5"
     assert session["metadata"] == {"team": "a"}
+
+
+def test_a_resumed_run_costs_its_own_spend_not_the_conversations_running_total(
+    client: FlaskClient, settings: Settings, worker: WorkerProcess
+) -> None:
+    """The CLI reports a resumed conversation's running total; ccq records each run's part."""
+    headers = auth(settings)
+    created = post_json(client, "/api/v1/sessions", {"prompt": "[[stream 400]] long"}, headers, 201)
+    session_id = created["session"]["id"]
+    long = wait_run(client, headers, created["run"]["id"])
+    queued = post_json(
+        client, f"/api/v1/sessions/{session_id}/runs", {"prompt": "short"}, headers, 202
+    )
+    short = wait_run(client, headers, queued["run"]["id"])
+    assert (long["status"], short["status"]) == ("succeeded", "succeeded")
+
+    # 400 chunks of output cost far more than a short echo, even with the longer context.
+    assert 0 < short["total_cost_usd"] < long["total_cost_usd"]
+    events = get_json(client, f"/api/v1/runs/{short['id']}/events?limit=5000", headers)["events"]
+    reported = next(e["data"]["total_cost_usd"] for e in events if e["type"] == "result")
+    assert reported == pytest.approx(long["total_cost_usd"] + short["total_cost_usd"])
+    session = get_json(client, f"/api/v1/sessions/{session_id}", headers)["session"]
+    assert session["total_cost_usd"] == pytest.approx(reported)
