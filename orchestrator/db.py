@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,3 +50,9 @@ def ping(engine: Engine) -> None:
     """Raise if PostgreSQL cannot answer a trivial query."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+# Row locks for updates that never change a key: FOR NO KEY UPDATE. Inserting an event
+# takes FOR KEY SHARE on its run and session rows (the foreign keys); plain FOR UPDATE
+# would conflict with that and let an event insert and a run claim deadlock.
+ROW_LOCK: dict[str, Any] = {"key_share": True}

@@ -27,7 +27,7 @@ from orchestrator.containers import (
     SessionContainerSpec,
     SessionDirs,
 )
-from orchestrator.db import session_scope
+from orchestrator.db import ROW_LOCK, session_scope
 from orchestrator.events import (
     RUN_FINISHED,
     PendingEvent,
@@ -104,8 +104,8 @@ class RunExecutor:
             if run is None:
                 return None, None, "missing"
             # Lock order everywhere: session row, then run row.
-            session = db.get(Session, run.session_id, with_for_update=True)
-            db.refresh(run, with_for_update=True)
+            session = db.get(Session, run.session_id, with_for_update=ROW_LOCK)
+            db.refresh(run, with_for_update=ROW_LOCK)
             assert session is not None
             if RunStatus(run.status).is_final:
                 return None, None, run.status
@@ -268,8 +268,8 @@ class RunExecutor:
         row final and its history complete.
         """
         with session_scope(self.session_factory) as db:
-            session = db.get(Session, claimed.session_id, with_for_update=True)
-            run = db.get(Run, claimed.run_id, with_for_update=True)
+            session = db.get(Session, claimed.session_id, with_for_update=ROW_LOCK)
+            run = db.get(Run, claimed.run_id, with_for_update=ROW_LOCK)
             if session is None or run is None:
                 return "deleted"  # the session was deleted while the run was going
             status = _final_status(result, error)

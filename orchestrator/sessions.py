@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
+from orchestrator.db import ROW_LOCK
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.events import (
     RUN_FINISHED,
@@ -45,7 +46,7 @@ class SessionService:
         """The owner's session, or :class:`NotFoundError` (also for other owners' IDs)."""
         query = select(Session).where(Session.id == session_id, Session.owner == self.owner)
         if for_update:
-            query = query.with_for_update()
+            query = query.with_for_update(**ROW_LOCK)
         session = self.db.scalars(query).one_or_none()
         if session is None:
             raise NotFoundError(f"session {session_id} not found")
@@ -198,7 +199,7 @@ class SessionService:
         """
         run = self.get_run(run_id)
         self.get(run.session_id, for_update=True)  # lock order: session, then run
-        self.db.refresh(run, with_for_update=True)
+        self.db.refresh(run, with_for_update=ROW_LOCK)
         if RunStatus(run.status).is_final:
             raise ConflictError(f"run {run_id} has already finished ({run.status})")
         run.cancel_requested = True
@@ -229,7 +230,7 @@ class SessionService:
                 Run.session_id == session.id, Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
             )
             .order_by(Run.seq)
-            .with_for_update()
+            .with_for_update(**ROW_LOCK)
         ).all()
         for run in pending:
             run.cancel_requested = True

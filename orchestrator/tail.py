@@ -4,13 +4,15 @@ Redis holds the newest entries of each session stream; PostgreSQL holds all of t
 moment later. A tail reads Redis with blocking ``XREAD`` calls and turns to PostgreSQL
 only for what Redis no longer has:
 
-* Trimming removes a stream's oldest entries only, so when the cursor entry still exists
-  after an ``XREAD`` returned, nothing between the cursor and what it returned was lost.
-  The check runs in the same pipeline right after the ``XREAD``.
-* Otherwise (the cursor was trimmed, the stream expired or Redis lost it, or the cursor
-  came from history) the events between the cursor and the first returned entry come
-  from PostgreSQL first. Entries that old were persisted long ago: the worker flushes
-  every half second, and a run's last events commit with its final state.
+* Trimming removes a stream's oldest entries only (keeping at least ``STREAM_MAXLEN``).
+  An ``XREAD`` that returns less than a full batch proves the cursor is among the newest
+  entries, so nothing after it was trimmed: the usual live read is one command.
+* After a full batch the tail checks that its cursor entry still exists (if it exists
+  now, it existed during the read). If not, the events between the cursor and the first
+  entry read come from PostgreSQL first. Entries that old were persisted long ago: the
+  worker flushes every half second, and a run's events commit with its final state.
+* At the start, and on each idle read, a stream that begins after the cursor (expired,
+  lost with Redis, or a cursor from history) is filled from PostgreSQL the same way.
 
 The reader keeps nothing but a cursor and one batch, so a slow consumer costs memory for
 one batch and Redis keeps the rest.
@@ -33,6 +35,7 @@ from sqlalchemy.orm import sessionmaker
 from orchestrator.events import (
     MAX_ID_PART,
     RUN_FINISHED,
+    STREAM_MAXLEN,
     WireEvent,
     format_stream_id,
     parse_stream_id,
@@ -121,6 +124,9 @@ class EventTail:
         block_seconds: float = 10.0,
         max_lag_seconds: float | None = None,
     ) -> None:
+        if batch >= STREAM_MAXLEN:
+            # The proof that a short read saw no trimming needs a stream longer than a batch.
+            raise ValueError(f"batch must be smaller than the stream cap ({STREAM_MAXLEN})")
         self.client = client
         self.session_factory = session_factory
         self.session_id = session_id
@@ -138,27 +144,32 @@ class EventTail:
         return format_stream_id(self.cursor)
 
     def __iter__(self) -> Iterator[list[TailEvent]]:
-        first = self._first_entry()
-        yield from self._history(before=first)
+        yield from self._history(before=self._first_entry())
         caught_up = False
         while True:
             cursor = self.after
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xread({self._key: cursor}, count=self.batch, block=self.block_ms)
-            pipe.xrange(self._key, min=cursor, max=cursor)
-            reply, cursor_entry = pipe.execute()
-            entries = reply[0][1] if reply else []
+            reply: Any = self.client.xread(
+                {self._key: cursor}, count=self.batch, block=self.block_ms
+            )
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []
             if not entries:
                 caught_up = True
+                # Idle: if the stream was lost or expired meanwhile, what it held is in
+                # PostgreSQL (cheap, and only once per block interval).
+                yield from self._history(before=self._first_entry())
                 yield []
                 continue
-            first_id = _entry_id(entries[0])
-            if not cursor_entry:
-                yield from self._history(before=parse_stream_id(first_id))
             if len(entries) < self.batch:
+                # Fewer than a batch after the cursor: it is among the newest entries,
+                # which trimming never reaches. One command per read in the usual case.
                 caught_up = True
-            elif caught_up:
-                self._check_lag()
+            else:
+                if caught_up:
+                    self._check_lag()
+                # A full batch may mean the cursor fell out of the stream; if it still
+                # exists now it existed during the read, and nothing between was lost.
+                if not self.client.xrange(self._key, min=cursor, max=cursor):
+                    yield from self._history(before=parse_stream_id(_entry_id(entries[0])))
             yield self._take(entries)
 
     # --- helpers --------------------------------------------------------------------------

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from orchestrator import db
-from orchestrator.db import session_scope
+from orchestrator.db import ROW_LOCK, session_scope
 from orchestrator.events import WireEvent, persist_events, publish, stream_key
 from orchestrator.sessions import NewSession, SessionService
 from orchestrator.settings import Settings
@@ -107,9 +107,9 @@ def test_the_cursor_trimmed_between_two_reads_is_bridged_from_postgresql(
     batches = iter(tail)
     first = next(batches)  # events 0..9 from Redis
     more = _append(redis_client, factory, session_id, 40, first_seq=40)
-    redis_client.xtrim(
-        stream_key(session_id), maxlen=5, approximate=False
-    )  # the cursor (event 9) is gone
+    # The cursor (event 9) is gone; like Redis' own trimming (STREAM_MAXLEN), this keeps
+    # more entries than a batch.
+    redis_client.xtrim(stream_key(session_id), maxlen=20, approximate=False)
 
     received = list(first)
     for batch in batches:
@@ -212,3 +212,25 @@ def test_replaying_history_far_behind_is_not_too_slow(
     batches = iter(tail)
     received = next(batches) + next(batches)
     assert [e.id for e in received] == ["1000000-0", "1000001-1", "3601000000-2", "3601000001-3"]
+
+
+def test_storing_an_event_never_waits_for_a_lock_on_its_session_or_run(
+    factory: sessionmaker[DbSession], session_id: uuid.UUID
+) -> None:
+    """Claims and cancels lock the rows they update; an event insert only key-shares them.
+
+    With plain FOR UPDATE the two conflict, and an event insert racing a run claim
+    deadlocked (seen in CI); FOR NO KEY UPDATE lets the insert through at once.
+    """
+    with session_scope(factory) as dbs:
+        run, _ = SessionService(dbs, "alice").queue_run(session_id, "locked")
+        run_id = run.id
+    with factory() as locker:
+        service = SessionService(locker, "alice")
+        service.get(session_id, for_update=True)  # as queue_run, cancel and claims do
+        locker.refresh(service.get_run(run_id), with_for_update=ROW_LOCK)
+        with session_scope(factory) as writer:
+            writer.execute(text("SET LOCAL lock_timeout = '2s'"))  # fail, do not hang
+            event = WireEvent("1-0", str(session_id), str(run_id), 9, "test.tick", {})
+            persist_events(writer, [event])
+        locker.rollback()
