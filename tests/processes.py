@@ -70,45 +70,33 @@ def stack_environment(settings: Settings, model_server: ModelServer) -> dict[str
     }
 
 
-class WorkerProcess:
-    """A real `ccq worker` subprocess (Celery, prefork pool) on the test stack."""
+class CcqProcess:
+    """A `ccq` subprocess with its output in ``log_path``, restartable with the same
+    arguments (a host restart, a deploy, a crash)."""
 
-    def __init__(
-        self, env: dict[str, str], name: str, log_path: Path, concurrency: int = 4
-    ) -> None:
-        self.name = name
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        self._argv = argv
         self._env = env
-        self._argv = [
-            CCQ,
-            "worker",
-            f"--hostname={name}@%h",
-            f"--concurrency={concurrency}",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ]
         self._starts = 0
         self._start()
 
     def _start(self) -> None:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self._argv, env=self._env, stdout=self._log, stderr=subprocess.STDOUT
+            self._argv,
+            env=self._env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.log_path.parent,  # no .ccq/ccq.env here: the environment says it all
         )
         self._starts += 1
 
     def wait_ready(self, timeout: float = 60) -> None:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            # Celery logs "ready." once per start; the log file spans restarts.
-            return self.log_path.read_bytes().count(b"ready.") >= self._starts
-
-        wait_for(ready, timeout=timeout, what=f"worker {self.name} to be ready")
+        raise NotImplementedError
 
     def restart(self) -> None:
-        """Stop the process and start the same worker again (a worker host restart)."""
+        """Stop the process and start it again, then wait until it is ready."""
         self.stop()
         self._start()
         self.wait_ready()
@@ -124,26 +112,42 @@ class WorkerProcess:
         self._log.close()
 
 
-class ApiProcess:
+class WorkerProcess(CcqProcess):
+    """A real `ccq worker` subprocess (Celery, prefork pool) on the test stack."""
+
+    def __init__(
+        self, env: dict[str, str], name: str, log_path: Path, concurrency: int = 4
+    ) -> None:
+        self.name = name
+        argv = [
+            CCQ,
+            "worker",
+            f"--hostname={name}@%h",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        super().__init__(argv, env, log_path)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            # Celery logs "ready." once per start; the log file spans restarts.
+            return self.log_path.read_bytes().count(b"ready.") >= self._starts
+
+        wait_for(ready, timeout=timeout, what=f"worker {self.name} to be ready")
+
+
+class ApiProcess(CcqProcess):
     """A real `ccq api` process (gunicorn, gevent) on a free port of the test stack."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._env = {**env, "CCQ_API_PORT": str(self.port)}
-        self._start()
-
-    def _start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [CCQ, "api"],
-            env=self._env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.log_path.parent,  # no .ccq/ccq.env here: the environment says it all
-        )
+        super().__init__([CCQ, "api"], {**env, "CCQ_API_PORT": str(self.port)}, log_path)
 
     def wait_ready(self, timeout: float = 60) -> None:
         def healthy() -> bool:
@@ -155,19 +159,3 @@ class ApiProcess:
                 return False
 
         wait_for(healthy, timeout=timeout, what="the API to answer /healthz")
-
-    def restart(self) -> None:
-        """Stop the process and start it again on the same port (a deploy, a crash)."""
-        self.stop()
-        self._start()
-        self.wait_ready()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
