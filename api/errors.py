@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, jsonify
+from psycopg.errors import DeadlockDetected, SerializationFailure
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -97,8 +98,13 @@ def register_error_handlers(app: Flask) -> None:
     def _dependency_down(exc: Exception) -> tuple[Response, int]:
         # Redis or PostgreSQL unreachable: the client may retry; nothing half-written stays.
         log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
-        name = "redis" if isinstance(exc, redis.RedisError) else "postgresql"
-        body = error_body(DependencyDown.code, f"{name} is unavailable; retry later")
+        if isinstance(getattr(exc, "orig", None), DeadlockDetected | SerializationFailure):
+            # A deadlock or serialization failure: the database is fine, the request lost.
+            message = "a concurrent change conflicted with this request; retry it"
+        else:
+            name = "redis" if isinstance(exc, redis.RedisError) else "postgresql"
+            message = f"{name} is unavailable; retry later"
+        body = error_body(DependencyDown.code, message)
         return jsonify(body), DependencyDown.status
 
     @app.errorhandler(Exception)

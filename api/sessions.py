@@ -29,10 +29,11 @@ from api.schemas import (
 from api.validation import parse_body
 from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
-from orchestrator.events import InvalidCursor, WireEvent, parse_stream_id, publish_pending
+from orchestrator.events import WireEvent, publish_pending
 from orchestrator.history import EventHistory
 from orchestrator.models import Run, RunStatus
 from orchestrator.sessions import NewSession, SessionService
+from orchestrator.stream_ids import InvalidCursor, parse_stream_id
 
 log = logging.getLogger(__name__)
 

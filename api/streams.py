@@ -43,9 +43,10 @@ from api.auth import current_owner
 from api.errors import Unauthorized
 from api.extensions import TAIL_BLOCK_SECONDS, Services, get_services
 from orchestrator.errors import NotFoundError
-from orchestrator.events import SESSION_DELETED, InvalidCursor, format_stream_id, parse_stream_id
+from orchestrator.events import SESSION_DELETED
 from orchestrator.models import Run, RunStatus
 from orchestrator.sessions import SessionService
+from orchestrator.stream_ids import InvalidCursor, format_stream_id, parse_stream_id
 from orchestrator.tail import EventTail, Position, TailEvent, TailTooSlow, live_start, run_start
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import docker
 import redis
@@ -27,24 +26,24 @@ from bench import BenchError
 from model_server.server import ModelServer
 from orchestrator import migrate
 from orchestrator.auth import mint_token
+from orchestrator.claude_cli import cli_environment
 from orchestrator.containers import LABEL_INSTANCE
 from orchestrator.settings import Settings, load_settings
 from tests.processes import (
+    SCRIPTED_MODEL_KEY,
     ApiProcess,
     WorkerProcess,
+    container_base_url,
     drop_database,
     recreate_database,
+    redis_url_with_db,
+    remove_containers,
     stack_environment,
 )
 
 BENCH_REDIS_DB = 14
 # Kept after the run (git-ignored): what to read when a figure looks wrong.
 LOG_DIR = Path(__file__).resolve().parent / "results" / "logs"
-
-
-def redis_url_with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 @dataclass
@@ -80,19 +79,8 @@ class Stack:
         return f"{self.api.ws_url}{path}"
 
     def cli_environment(self) -> dict[str, str]:
-        """What the worker gives the CLI (RunExecutor._cli_environment, from the same
-        variables): the model server's URL and the credential. Never printed."""
-        sources = {
-            "ANTHROPIC_BASE_URL": ("CCQ_ANTHROPIC_BASE_URL",),
-            "ANTHROPIC_API_KEY": ("ANTHROPIC_API_KEY", "CCQ_ANTHROPIC_API_KEY"),
-            "CLAUDE_CODE_OAUTH_TOKEN": ("CLAUDE_CODE_OAUTH_TOKEN", "CCQ_CLAUDE_CODE_OAUTH_TOKEN"),
-        }
-        env: dict[str, str] = {}
-        for name, variables in sources.items():
-            value = next((self.env[v] for v in variables if self.env.get(v)), None)
-            if value:
-                env[name] = value
-        return env
+        """What the worker gives a run's CLI, from the same settings. Never printed."""
+        return cli_environment(self.settings)
 
     def log_problems(self) -> dict[str, list[str]]:
         """Warnings, errors and tracebacks the API and the worker logged (last 20 each)."""
@@ -106,17 +94,6 @@ class Stack:
             ]
             found[name] = bad[-20:]
         return found
-
-
-def _remove_containers(client: docker.DockerClient, instance: str) -> None:
-    for container in client.containers.list(
-        all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
-    ):
-        container.remove(force=True)
-
-
-def _flush(client: redis.Redis) -> None:
-    client.flushdb()
 
 
 @contextmanager
@@ -139,7 +116,7 @@ def running_stack(*, worker_concurrency: int = 2) -> Iterator[Stack]:
         redis_client = redis.Redis.from_url(redis_url)
         cleanup.callback(redis_client.close)
         redis_client.flushdb()
-        cleanup.callback(_flush, redis_client)
+        cleanup.callback(redis_client.flushdb)
 
         cleanup.callback(drop_database, base.database_url, database)
         database_url = recreate_database(base.database_url, database)
@@ -147,8 +124,10 @@ def running_stack(*, worker_concurrency: int = 2) -> Iterator[Stack]:
 
         docker_client = docker.from_env(timeout=120)
         cleanup.callback(docker_client.close)
-        cleanup.callback(_remove_containers, docker_client, instance)
+        cleanup.callback(remove_containers, docker_client, f"{LABEL_INSTANCE}={instance}")
 
+        model = ModelServer(host="0.0.0.0", port=0).start()  # noqa: S104 - containers reach it
+        cleanup.callback(model.stop)
         settings = load_settings(
             env_file=None,
             database_url=database_url,
@@ -156,9 +135,9 @@ def running_stack(*, worker_concurrency: int = 2) -> Iterator[Stack]:
             data_dir=workdir / "data",
             jwt_secret=secrets.token_hex(20),
             instance=instance,
+            anthropic_base_url=container_base_url(model),
+            anthropic_api_key=SCRIPTED_MODEL_KEY,
         )
-        model = ModelServer(host="0.0.0.0", port=0).start()  # noqa: S104 - containers reach it
-        cleanup.callback(model.stop)
         env = stack_environment(settings, model)
 
         worker = WorkerProcess(env, "bench-worker", LOG_DIR / "worker.log", worker_concurrency)

@@ -35,6 +35,7 @@ from websockets.exceptions import (
 from websockets.sync.client import ClientConnection, connect
 
 from cli.client import JsonObject
+from orchestrator.stream_ids import InvalidCursor, parse_stream_id
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 10.0
@@ -48,7 +49,6 @@ CLOSE_TIMEOUT = 2.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 _RESUME_AFTER = re.compile(r"after=(\d+-\d+)")
-_EVENT_ID = re.compile(r"^(\d+)-(\d+)$")
 
 
 class Kind(StrEnum):
@@ -143,8 +143,10 @@ def on_refused(status: int) -> Decision:
 
 
 def _position(event_id: object) -> tuple[int, int] | None:
-    match = _EVENT_ID.match(event_id) if isinstance(event_id, str) else None
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    try:
+        return parse_stream_id(event_id) if isinstance(event_id, str) else None
+    except InvalidCursor:
+        return None
 
 
 def is_after(event_id: object, cursor: str | None) -> bool:

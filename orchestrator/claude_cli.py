@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from orchestrator.settings import Settings
+
 CLAUDE_BINARY = "claude"
 WORKSPACE = "/workspace"
 
@@ -30,6 +32,19 @@ class CliOptions:
     disallowed_tools: tuple[str, ...] = ()
     mcp_config_path: str | None = None
     permission_mode: str = "bypassPermissions"
+
+
+def cli_environment(settings: Settings) -> dict[str, str]:
+    """What a run's CLI process gets from the worker: where the model is, and the
+    credential (into that process only, never the container's configuration)."""
+    env: dict[str, str] = {}
+    if settings.anthropic_base_url:
+        env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
+    if settings.anthropic_api_key is not None:
+        env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.get_secret_value()
+    if settings.claude_code_oauth_token is not None:
+        env["CLAUDE_CODE_OAUTH_TOKEN"] = settings.claude_code_oauth_token.get_secret_value()
+    return env
 
 
 def build_command(session_id: str, *, resume: bool, options: CliOptions) -> list[str]:

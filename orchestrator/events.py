@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ from sqlalchemy.orm import sessionmaker
 
 from orchestrator.db import session_scope
 from orchestrator.models import Event, Run
+from orchestrator.stream_ids import parse_stream_id
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +39,6 @@ DELETED_STREAM_TTL_SECONDS = 60
 
 RUN_FINISHED = "ccq.run.finished"
 SESSION_DELETED = "ccq.session.deleted"
-
-_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
-
-
-class InvalidCursor(ValueError):
-    """An ``after`` value that is not an event ID."""
-
-
-# PostgreSQL keeps both parts as BIGINT; Redis never comes near this within a millisecond.
-MAX_ID_PART = 2**63 - 1
-
-
-def parse_stream_id(value: str) -> tuple[int, int]:
-    """``"<ms>-<n>"`` as numbers, the order Redis gives stream IDs."""
-    match = _STREAM_ID.fullmatch(value)
-    if match is None or max(int(match[1]), int(match[2])) > MAX_ID_PART:
-        raise InvalidCursor("must be an event id like 1700000000000-0")
-    return int(match[1]), int(match[2])
-
-
-def format_stream_id(position: tuple[int, int]) -> str:
-    return f"{position[0]}-{position[1]}"
 
 
 def stream_key(session_id: uuid.UUID | str) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.cancellation import cancel_signalled
-from orchestrator.claude_cli import CliEvent, CliOptions, build_command
+from orchestrator.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.containers import (
     SessionContainerSpec,
@@ -221,7 +221,7 @@ class RunExecutor:
                 run_id=str(claimed.run_id),
                 argv=build_command(str(claimed.session_id), resume=resume, options=claimed.options),
                 prompt=claimed.prompt,
-                env=self._cli_environment(),
+                env=cli_environment(self.settings),
                 on_event=lambda e: self._forward(sink, e),
                 silence_timeout=self.settings.run_silence_timeout,
                 time_limit=self.settings.run_time_limit,
@@ -236,17 +236,6 @@ class RunExecutor:
     @staticmethod
     def _forward(sink: RunEventSink, event: CliEvent) -> None:
         sink.emit(event.type, event.data)
-
-    def _cli_environment(self) -> dict[str, str]:
-        s = self.settings
-        env: dict[str, str] = {}
-        if s.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = s.anthropic_base_url
-        if s.anthropic_api_key is not None:
-            env["ANTHROPIC_API_KEY"] = s.anthropic_api_key.get_secret_value()
-        if s.claude_code_oauth_token is not None:
-            env["CLAUDE_CODE_OAUTH_TOKEN"] = s.claude_code_oauth_token.get_secret_value()
-        return env
 
     def _cancel_requested(self, run_id: uuid.UUID) -> bool:
         return cancel_signalled(self.redis, run_id)

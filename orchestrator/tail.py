@@ -33,16 +33,14 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from orchestrator.events import (
-    MAX_ID_PART,
     RUN_FINISHED,
     STREAM_MAXLEN,
     WireEvent,
-    format_stream_id,
-    parse_stream_id,
     stream_key,
 )
 from orchestrator.history import EventHistory
 from orchestrator.models import Event
+from orchestrator.stream_ids import MAX_ID_PART, format_stream_id, parse_stream_id
 
 Position = tuple[int, int]
 

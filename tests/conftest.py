@@ -23,6 +23,8 @@ from tests.processes import (
     WorkerProcess,
     drop_database,
     recreate_database,
+    redis_url_with_db,
+    remove_containers,
     stack_environment,
 )
 
@@ -51,7 +53,7 @@ def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Ite
     database = "ccq_" + test_instance.replace("-", "_")
     database_url = recreate_database(base_settings.database_url, database)
     migrate.upgrade(database_url)
-    redis_url = base_settings.redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
+    redis_url = redis_url_with_db(base_settings.redis_url, TEST_REDIS_DB)
     yield load_settings(
         env_file=None,
         database_url=database_url,
@@ -88,8 +90,7 @@ def _remove_test_containers(
 ) -> Iterator[None]:
     yield
     for label in (f"ccq.test={test_label}", f"ccq.instance={test_instance}"):
-        for container in docker_client.containers.list(all=True, filters={"label": label}):
-            container.remove(force=True)
+        remove_containers(docker_client, label)
 
 
 @pytest.fixture(scope="session")

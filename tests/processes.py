@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import docker
 import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -21,6 +23,19 @@ from orchestrator.settings import Settings
 from tests.waiting import free_port, wait_for
 
 CCQ = str(Path(sys.executable).with_name("ccq"))
+# The CLI insists on a credential; the scripted model server ignores it.
+SCRIPTED_MODEL_KEY = "test-key"
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    """``url`` pointing at Redis database ``db`` (whatever database it named, if any)."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+
+
+def remove_containers(client: docker.DockerClient, label: str) -> None:
+    """Remove every container (running or not) carrying ``label`` (``name=value``)."""
+    for container in client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True)
 
 
 def _admin_url(database_url: str) -> str:
@@ -66,7 +81,7 @@ def stack_environment(settings: Settings, model_server: ModelServer) -> dict[str
         "CCQ_JWT_SECRET": secret.get_secret_value(),
         "CCQ_ANTHROPIC_BASE_URL": container_base_url(model_server),
         "CCQ_RUN_SILENCE_TIMEOUT": "8",
-        "ANTHROPIC_API_KEY": "test-key",
+        "ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY,
     }
 
 

@@ -14,7 +14,7 @@ from orchestrator.claude_cli import CliEvent, CliOptions, build_command
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
 from orchestrator.settings import Settings
-from tests.processes import container_base_url
+from tests.processes import SCRIPTED_MODEL_KEY, container_base_url
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,10 @@ def _run(
         run_id=str(uuid.uuid4()),
         argv=build_command(spec.session_id, resume=resume, options=CliOptions()),
         prompt=prompt,
-        env={"ANTHROPIC_BASE_URL": container_base_url(model), "ANTHROPIC_API_KEY": "test-key"},
+        env={
+            "ANTHROPIC_BASE_URL": container_base_url(model),
+            "ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY,
+        },
         on_event=events.append,
         silence_timeout=silence_timeout,
         time_limit=300,

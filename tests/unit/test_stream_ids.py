@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from orchestrator.events import InvalidCursor, WireEvent, format_stream_id, parse_stream_id
+from orchestrator.events import WireEvent
+from orchestrator.stream_ids import InvalidCursor, format_stream_id, parse_stream_id
 from orchestrator.tail import TailEvent, position_before
 
 SESSION = "3a4e0109-5de1-4ad0-9286-57bf952c75c1"
