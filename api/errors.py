@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from orchestrator.errors import ConflictError, NotFoundError
+from orchestrator.errors import ConflictError, ForbiddenError, LimitExceeded, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class InvalidInput(ApiError):
 
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
 
 
 class NotFound(ApiError):
@@ -79,6 +83,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ConflictError)
     def _conflict(exc: ConflictError) -> tuple[Response, int]:
         return jsonify(error_body(Conflict.code, exc.message, exc.details)), Conflict.status
+
+    @app.errorhandler(ForbiddenError)
+    def _forbidden(exc: ForbiddenError) -> tuple[Response, int]:
+        return jsonify(error_body(Forbidden.code, exc.message, exc.details)), Forbidden.status
+
+    @app.errorhandler(LimitExceeded)
+    def _limit_exceeded(exc: LimitExceeded) -> tuple[Response, int]:
+        # A structural limit of the session tree: retrying will not help, so not a 429.
+        return jsonify(error_body("limit_exceeded", exc.message, exc.details)), 409
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> tuple[Response, int]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.errors import InvalidInput, TooLarge
-from orchestrator.models import Run, Session
+from orchestrator.children import DEFAULT_THEN
+from orchestrator.models import Fanout, Run, Session
 
 MAX_PROMPT_BYTES = 256 * 1024
 
@@ -46,6 +48,25 @@ class CreateSession(CliOptionsBody):
     idempotency_key: Key | None = None
 
 
+class CreateChild(CliOptionsBody):
+    prompt: Prompt
+    metadata: Annotated[dict[str, Any], Field(max_length=100)] = {}
+    idempotency_key: Key | None = None
+
+
+class CreateFanout(CliOptionsBody):
+    """N prompts, one child each, and the parent's follow-up prompt (``then``)."""
+
+    prompts: Annotated[list[Prompt], Field(min_length=1, max_length=1000)]
+    then: Prompt = DEFAULT_THEN
+    metadata: Annotated[dict[str, Any], Field(max_length=100)] = {}
+    idempotency_key: Key | None = None
+
+
+class ChildrenQuery(Strict):
+    recursive: bool = False
+
+
 class CreateRun(Strict):
     prompt: Prompt
     idempotency_key: Key | None = None
@@ -59,11 +80,11 @@ class ListSessionsQuery(Strict):
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
-def check_prompt_size(prompt: str | None) -> None:
-    """Raises TooLarge (413) naming ``prompt`` past MAX_PROMPT_BYTES of UTF-8."""
+def check_prompt_size(prompt: str | None, field: str = "prompt") -> None:
+    """Raises TooLarge (413) naming ``field`` past MAX_PROMPT_BYTES of UTF-8."""
     if prompt is not None and len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
         reason = f"at most {MAX_PROMPT_BYTES} bytes of UTF-8"
-        raise TooLarge(f"prompt: {reason}", [{"field": "prompt", "reason": reason}])
+        raise TooLarge(f"{field}: {reason}", [{"field": field, "reason": reason}])
 
 
 def encode_cursor(created_at: datetime, session_id: uuid.UUID) -> str:
@@ -105,19 +126,45 @@ def run_json(run: Run) -> dict[str, Any]:
     }
 
 
-def session_json(session: Session, last_run: Run | None = None) -> dict[str, Any]:
+def session_json(
+    session: Session,
+    last_run: Run | None = None,
+    *,
+    tree_cost_usd: Decimal | None = None,
+    children_count: int = 0,
+) -> dict[str, Any]:
+    """A session; ``tree_cost_usd`` is its own cost plus its descendants' (own by default)."""
     return {
         "id": str(session.id),
         "status": session.status,
         "parent_id": str(session.parent_id) if session.parent_id else None,
         "root_id": str(session.root_id) if session.root_id else None,
+        "depth": session.depth,
         "batch_id": str(session.batch_id) if session.batch_id else None,
+        "fanout_id": str(session.fanout_id) if session.fanout_id else None,
         "model": session.model,
         "options": session.options,
         "metadata": session.meta,
         "runs_count": session.runs_count,
         "total_cost_usd": float(session.total_cost_usd),
+        "tree_cost_usd": float(
+            tree_cost_usd if tree_cost_usd is not None else session.total_cost_usd
+        ),
+        "children_count": children_count,
         "last_run": run_json(last_run) if last_run else None,
         "created_at": session.created_at.isoformat() if session.created_at else None,
         "last_active_at": session.last_active_at.isoformat() if session.last_active_at else None,
+    }
+
+
+def fanout_json(fanout: Fanout, child_ids: list[str]) -> dict[str, Any]:
+    return {
+        "id": str(fanout.id),
+        "session_id": str(fanout.session_id),
+        "status": fanout.status,
+        "child_ids": child_ids,
+        "followup_run_id": str(fanout.followup_run_id) if fanout.followup_run_id else None,
+        "then_chars": len(fanout.then_prompt),
+        "created_at": fanout.created_at.isoformat() if fanout.created_at else None,
+        "finished_at": fanout.finished_at.isoformat() if fanout.finished_at else None,
     }

@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from flask import Blueprint, request
-from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import update
 
-from api.auth import require_owner
-from api.errors import DependencyDown, InvalidInput
+from api.auth import Principal, require_owner, require_principal
+from api.describe import describe_sessions, scoped
+from api.dispatch import announce, dispatch_run
+from api.errors import InvalidInput
 from api.extensions import Services, get_services
 from api.schemas import (
     CreateRun,
@@ -29,10 +27,10 @@ from api.schemas import (
 from api.validation import parse_body
 from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
-from orchestrator.events import WireEvent, publish_pending
+from orchestrator.events import WireEvent
 from orchestrator.history import EventHistory
 from orchestrator.models import Run, RunStatus
-from orchestrator.sessions import NewSession, SessionService
+from orchestrator.sessions import NewSession, Removal, SessionService
 from orchestrator.stream_ids import InvalidCursor, parse_stream_id
 
 log = logging.getLogger(__name__)
@@ -40,44 +38,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1")
 
 Reply = tuple[dict[str, Any], int]
-
-
-def _announce(services: Services, service: SessionService) -> None:
-    """Publish the lifecycle events of a committed change (run queued, cancelled, ...)."""
-    publish_pending(services.redis, services.session_factory, service.outbox)
-
-
-def _dispatch(services: Services, service: SessionService, run: Run | None) -> None:
-    """Announce a committed change and queue its new run, in that order.
-
-    Only after the commit: the task must never find its row missing. If Redis is down at
-    this point, the run is marked failed (it would otherwise wait forever for a task that
-    was never sent) and the client gets a 503 it can retry.
-    """
-    try:
-        _announce(services, service)
-        if run is not None:
-            services.celery.send_task("ccq.run_prompt", args=[str(run.id)])
-    except (redis.RedisError, KombuOperationalError) as exc:
-        log.warning("could not queue run %s: %s", run.id if run else None, exc)
-        if run is not None:
-            _fail_unqueued(services, run.id)
-        raise DependencyDown(
-            "redis is unavailable: the run was not queued (it is marked failed); retry later"
-        ) from None
-
-
-def _fail_unqueued(services: Services, run_id: uuid.UUID) -> None:
-    with session_scope(services.session_factory) as db:
-        db.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
-            .values(
-                status=RunStatus.FAILED,
-                error="not queued: redis was unavailable",
-                finished_at=datetime.now(UTC),
-            )
-        )
 
 
 @bp.post("/sessions")
@@ -100,69 +60,68 @@ def create_session(owner: str) -> Reply:
         run = None
         if body.prompt is not None and created:
             run, _ = sessions.queue_run(session.id, body.prompt)
-    _dispatch(services, sessions, run)
+    dispatch_run(services, sessions, run)
     return {"session": session_json(session), "run": run_json(run) if run else None}, (
         201 if created else 200
     )
 
 
 @bp.get("/sessions/<uuid:session_id>")
-@require_owner
-def show_session(owner: str, session_id: uuid.UUID) -> Reply:
-    """A session with its state, cost, runs count and last run."""
+@require_principal
+def show_session(who: Principal, session_id: uuid.UUID) -> Reply:
+    """A session with its state, cost (own and tree), runs count and last run."""
     with get_services().session_factory() as db:
-        service = SessionService(db, owner)
-        session = service.get(session_id)
-        last = service.last_runs([session.id]).get(session.id)
-        return {"session": session_json(session, last)}, 200
+        service = scoped(db, who)
+        (described,) = describe_sessions(db, service, [service.get(session_id)])
+        return {"session": described}, 200
 
 
 @bp.post("/sessions/<uuid:session_id>/runs")
-@require_owner
-def queue_run(owner: str, session_id: uuid.UUID) -> Reply:
+@require_principal
+def queue_run(who: Principal, session_id: uuid.UUID) -> Reply:
     """Queue a prompt on the session (202); ``?wait=<s>`` answers 200 with the finished run."""
     body = parse_body(CreateRun)
     check_prompt_size(body.prompt)
     wait = _wait_seconds()
     services = get_services()
     with session_scope(services.session_factory) as db:
-        sessions = SessionService(db, owner)
+        sessions = scoped(db, who)
         run, created = sessions.queue_run(
             session_id, body.prompt, idempotency_key=body.idempotency_key
         )
-    _dispatch(services, sessions, run if created else None)
+    dispatch_run(services, sessions, run if created else None)
     if wait is not None:
-        run = _wait_until_final(services, owner, run, wait)
+        run = _wait_until_final(services, who, run, wait)
         if RunStatus(run.status).is_final:
             return {"run": run_json(run)}, 200
     return {"run": run_json(run)}, 202
 
 
 @bp.get("/runs/<uuid:run_id>")
-@require_owner
-def show_run(owner: str, run_id: uuid.UUID) -> Reply:
+@require_principal
+def show_run(who: Principal, run_id: uuid.UUID) -> Reply:
     with get_services().session_factory() as db:
-        return {"run": run_json(SessionService(db, owner).get_run(run_id))}, 200
+        return {"run": run_json(scoped(db, who).get_run(run_id))}, 200
 
 
 @bp.get("/runs/<uuid:run_id>/events")
-@require_owner
-def run_events(owner: str, run_id: uuid.UUID) -> Reply:
+@require_principal
+def run_events(who: Principal, run_id: uuid.UUID) -> Reply:
     """The run's events in stream order, after the ``after`` event ID, at most ``limit``."""
     after, limit = _history_page_args()
     with get_services().session_factory() as db:
-        SessionService(db, owner).get_run(run_id)
+        scoped(db, who).get_run(run_id)
         events = EventHistory(db).for_run(run_id, after=after, limit=limit)
     return _history_page(events, after)
 
 
 @bp.get("/sessions/<uuid:session_id>/events")
-@require_owner
-def session_events(owner: str, session_id: uuid.UUID) -> Reply:
+@require_principal
+def session_events(who: Principal, session_id: uuid.UUID) -> Reply:
     """The session's events (all its runs) in stream order, paged like a run's."""
     after, limit = _history_page_args()
     with get_services().session_factory() as db:
-        SessionService(db, owner).get(session_id)
+        scoped(db, who).get(session_id)
         events = EventHistory(db).for_session(session_id, after=after, limit=limit)
     return _history_page(events, after)
 
@@ -211,12 +170,12 @@ def _wait_seconds() -> float | None:
     return seconds
 
 
-def _wait_until_final(services: Services, owner: str, run: Run, seconds: float) -> Run:
+def _wait_until_final(services: Services, who: Principal, run: Run, seconds: float) -> Run:
     """Poll the run's row until it finishes or ``seconds`` pass (the caller asked to wait)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with services.session_factory() as db:
-            current = SessionService(db, owner).get_run(run.id)
+            current = scoped(db, who).get_run(run.id)
         if RunStatus(current.status).is_final:
             return current
         time.sleep(WAIT_POLL_SECONDS)
@@ -238,55 +197,71 @@ def list_sessions(owner: str) -> Reply:
             before=decode_cursor(query.cursor) if query.cursor else None,
         )
         page, more = rows[: query.limit], len(rows) > query.limit
-        last_runs = service.last_runs([s.id for s in page])
         return {
-            "sessions": [session_json(s, last_runs.get(s.id)) for s in page],
+            "sessions": describe_sessions(db, service, page),
             "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
         }, 200
 
 
-def _after_commit(services: Services, running: list[Run], task: str, session_id: uuid.UUID) -> None:
-    """Signal the executors of runs that were running, then hand the container work over."""
+def _signal_running(services: Services, running: list[Run]) -> None:
+    """Tell the executors of runs that were running to kill their CLI."""
     for run in running:
         signal_cancel(services.redis, run.id)
-    services.celery.send_task(task, args=[str(session_id)])
 
 
 @bp.post("/sessions/<uuid:session_id>/stop")
-@require_owner
-def stop_session(owner: str, session_id: uuid.UUID) -> Reply:
-    """Stop a session: pending runs are cancelled, the container stops; resumable."""
+@require_principal
+def stop_session(who: Principal, session_id: uuid.UUID) -> Reply:
+    """Stop a session and its descendants: pending runs are cancelled, containers stop;
+    resumable."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        sessions = SessionService(db, owner)
-        session, running = sessions.stop(session_id)
-    _announce(services, sessions)
-    _after_commit(services, running, "ccq.stop_session", session_id)
-    return {"session": session_json(session)}, 202
+        sessions = scoped(db, who)
+        session, running, stopped = sessions.stop(session_id)
+    announce(services, sessions)
+    _signal_running(services, running)
+    for member in stopped:
+        services.celery.send_task("ccq.stop_session", args=[str(member)])
+    return {"session": session_json(session), "stopped": [str(m) for m in stopped]}, 202
 
 
 @bp.delete("/sessions/<uuid:session_id>")
-@require_owner
-def delete_session(owner: str, session_id: uuid.UUID) -> Reply:
-    """Delete a session, its history, its container and its files."""
+@require_principal
+def delete_session(who: Principal, session_id: uuid.UUID) -> Reply:
+    """Delete a session and its descendants: history, containers and files."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        sessions = SessionService(db, owner)
-        running = sessions.delete(session_id)
-    _announce(services, sessions)
-    _after_commit(services, running, "ccq.delete_session", session_id)
-    return {"deleted": str(session_id)}, 202
+        sessions = scoped(db, who)
+        removal = sessions.delete(session_id)
+    announce(services, sessions)
+    _signal_running(services, removal.running)
+    _remove_files(services, removal)
+    return {"deleted": str(session_id), "descendants": [str(d) for d in removal.descendants]}, 202
+
+
+def _remove_files(services: Services, removal: Removal) -> None:
+    services.celery.send_task(
+        "ccq.delete_session",
+        args=[
+            str(removal.session_id),
+            [str(i) for i in removal.lineage],
+            [str(i) for i in removal.descendants],
+        ],
+    )
 
 
 @bp.post("/runs/<uuid:run_id>/cancel")
-@require_owner
-def cancel_run(owner: str, run_id: uuid.UUID) -> Reply:
-    """Cancel a run: a queued one never starts, a running one's CLI is killed."""
+@require_principal
+def cancel_run(who: Principal, run_id: uuid.UUID) -> Reply:
+    """Cancel a run: a queued one never starts, a running one's CLI is killed; the
+    session's descendants' runs are cancelled with it."""
     services = get_services()
     with session_scope(services.session_factory) as db:
-        sessions = SessionService(db, owner)
-        run = sessions.cancel_run(run_id)
-    _announce(services, sessions)
-    if run.status == RunStatus.RUNNING:
-        signal_cancel(services.redis, run.id)
+        sessions = scoped(db, who)
+        run, descendants_running = sessions.cancel_run(run_id)
+    announce(services, sessions)
+    _signal_running(
+        services,
+        [run, *descendants_running] if run.status == RunStatus.RUNNING else descendants_running,
+    )
     return {"run": run_json(run)}, 202

@@ -39,7 +39,7 @@ from simple_websocket import ConnectionClosed
 from sqlalchemy.exc import OperationalError
 from wsproto.events import Ping, TextMessage
 
-from api.auth import current_owner
+from api.auth import Principal, current_principal
 from api.errors import Unauthorized
 from api.extensions import TAIL_BLOCK_SECONDS, Services, get_services
 from orchestrator.errors import NotFoundError
@@ -98,27 +98,29 @@ class Scope:
 @sock.route("/sessions/<uuid:session_id>/stream", bp=bp)
 def session_stream(ws: Any, session_id: uuid.UUID) -> None:
     """A session's events: after ``?after=<event id>``, else from now on; never closes."""
-    _serve(ws, lambda svc, owner, after: _session_scope(svc, owner, session_id, after))
+    _serve(ws, lambda svc, who, after: _session_scope(svc, who, session_id, after))
 
 
 @sock.route("/runs/<uuid:run_id>/stream", bp=bp)
 def run_stream(ws: Any, run_id: uuid.UUID) -> None:
     """A run's events: after ``?after=``, else from its first; closes after its last."""
-    _serve(ws, lambda svc, owner, after: _run_scope(svc, owner, run_id, after))
+    _serve(ws, lambda svc, who, after: _run_scope(svc, who, run_id, after))
 
 
 def _session_scope(
-    services: Services, owner: str, session_id: uuid.UUID, after: Position | None
+    services: Services, who: Principal, session_id: uuid.UUID, after: Position | None
 ) -> Scope:
     with services.session_factory() as db:
-        SessionService(db, owner).get(session_id)
+        SessionService(db, who.owner, who.scope).get(session_id)
     cursor = after or live_start(services.stream_redis, services.session_factory, session_id)
     return Scope(session_id, None, cursor)
 
 
-def _run_scope(services: Services, owner: str, run_id: uuid.UUID, after: Position | None) -> Scope:
+def _run_scope(
+    services: Services, who: Principal, run_id: uuid.UUID, after: Position | None
+) -> Scope:
     with services.session_factory() as db:
-        run = SessionService(db, owner).get_run(run_id)
+        run = SessionService(db, who.owner, who.scope).get_run(run_id)
         cursor = after or run_start(db, run.id, run.created_at)
         return Scope(run.session_id, run.id, cursor)
 
@@ -133,7 +135,7 @@ def _parse_after() -> Position | None:
         raise StreamClosed(Close.INVALID_INPUT, f"after: {exc}") from None
 
 
-Resolve = Callable[[Services, str, Position | None], Scope]
+Resolve = Callable[[Services, Principal, Position | None], Scope]
 
 
 def _serve(ws: Any, resolve: Resolve) -> None:
@@ -142,12 +144,12 @@ def _serve(ws: Any, resolve: Resolve) -> None:
     tail: EventTail | None = None
     try:
         try:
-            owner = current_owner(allow_query_token=True)
+            who = current_principal(allow_query_token=True)
         except Unauthorized as exc:
             raise StreamClosed(Close.UNAUTHORIZED, exc.message) from None
         after = _parse_after()
         try:
-            scope = resolve(services, owner, after)
+            scope = resolve(services, who, after)
         except NotFoundError as exc:
             raise StreamClosed(Close.NOT_FOUND, exc.message) from None
         ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)

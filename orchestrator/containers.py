@@ -12,7 +12,7 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ LABEL_OWNER = "ccq.owner"
 LABEL_PARENT = "ccq.parent"
 
 CONTAINER_WORKSPACE = "/workspace"
+# Children's workspaces, inside their parent's.
+CHILDREN_DIR = "children"
 CONTAINER_CLAUDE_HOME = "/home/claude/.claude"
 CONTAINER_UID = 1000
 
@@ -49,15 +51,34 @@ class SessionDirs:
 
     @classmethod
     def for_session(cls, data_dir: Path, session_id: str) -> SessionDirs:
-        base = data_dir / "sessions" / session_id
-        return cls(workspace=base / "workspace", claude_home=base / "claude-home")
+        """A root session's directories."""
+        return cls.for_lineage(data_dir, [session_id])
+
+    @classmethod
+    def for_lineage(cls, data_dir: Path, lineage: Sequence[str]) -> SessionDirs:
+        """The directories of the last session of ``lineage`` (root first).
+
+        A child's workspace lies inside its parent's, at ``children/<child_id>``, so the
+        parent's container sees it as ``/workspace/children/<child_id>/``. Every session
+        keeps its Claude home under its own ID.
+        """
+        root, *descendants = lineage
+        workspace = data_dir / "sessions" / root / "workspace"
+        for session_id in descendants:
+            workspace = workspace / CHILDREN_DIR / session_id
+        claude_home = data_dir / "sessions" / lineage[-1] / "claude-home"
+        return cls(workspace=workspace, claude_home=claude_home)
 
     def create(self) -> None:
         for path in (self.workspace, self.claude_home):
+            missing = [p for p in (path, *path.parents) if not p.exists()]
             path.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
-                # The CLI runs as uid 1000 in the container and must own its files.
-                os.chown(path, CONTAINER_UID, CONTAINER_UID)
+                # The CLI runs as uid 1000 in the container and must own its files, and
+                # the `children` directories a parent's workspace gains on the way.
+                for made in missing:
+                    if made == path or made.name == CHILDREN_DIR:
+                        os.chown(made, CONTAINER_UID, CONTAINER_UID)
 
 
 @dataclass(frozen=True)

@@ -16,3 +16,11 @@ class NotFoundError(DomainError):
 
 class ConflictError(DomainError):
     """The object's state does not allow the operation."""
+
+
+class ForbiddenError(DomainError):
+    """The caller is known but may not do this (a session token outside its reach)."""
+
+
+class LimitExceeded(DomainError):
+    """A tree limit (depth, children per session, sessions per tree) would be passed."""

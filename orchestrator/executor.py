@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
+from orchestrator import session_tokens, tree
 from orchestrator.cancellation import cancel_signalled
 from orchestrator.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
@@ -41,6 +42,7 @@ from orchestrator.events import (
 from orchestrator.host import HostResources
 from orchestrator.locks import SessionLock, is_locked
 from orchestrator.models import Run, RunStatus, Session, SessionStatus
+from orchestrator.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,25 @@ class NotYourTurn(Exception):
     """An earlier run of the same session is still queued or running."""
 
 
+# A run's session token outlives the run's own time limit by this much at most; the
+# executor revokes it as soon as the run is recorded.
+TOKEN_TTL_MARGIN = timedelta(minutes=10)
+
+
 @dataclass(frozen=True)
 class ClaimedRun:
     run_id: uuid.UUID
     session_id: uuid.UUID
     owner: str
     parent_id: uuid.UUID | None
+    # Root first, this session last: where its workspace lies (children nest in parents).
+    lineage: list[uuid.UUID]
+    depth: int
     prompt: str
     options: CliOptions
     first_event_seq: int
+    # For the session's MCP tools during this run only; never logged (repr=False).
+    session_token: str = field(repr=False)
 
 
 def _cli_options(session: Session, run: Run) -> CliOptions:
@@ -72,6 +84,7 @@ def _cli_options(session: Session, run: Run) -> CliOptions:
         max_budget_usd=opts.get("max_budget_usd"),
         allowed_tools=tuple(opts.get("allowed_tools") or ()),
         disallowed_tools=tuple(opts.get("disallowed_tools") or ()),
+        mcp_config_path=MCP_CONFIG_PATH,
     )
 
 
@@ -145,15 +158,25 @@ class RunExecutor:
             run.started_at = datetime.now(UTC)
             session.status = SessionStatus.RUNNING
             session.last_active_at = run.started_at
+            session_tokens.revoke_run(db, run.id)  # a dead worker's delivery minted one
             # A taken-over run continues its event numbering after what was persisted.
             claimed = ClaimedRun(
                 run_id=run.id,
                 session_id=session.id,
                 owner=session.owner,
                 parent_id=session.parent_id,
+                lineage=tree.lineage(db, session.id),
+                depth=session.depth,
                 prompt=run.prompt,
                 options=_cli_options(session, run),
                 first_event_seq=next_run_seq(db, run.id),
+                session_token=session_tokens.mint(
+                    db,
+                    session_id=session.id,
+                    run_id=run.id,
+                    owner=session.owner,
+                    ttl=timedelta(seconds=self.settings.run_time_limit) + TOKEN_TTL_MARGIN,
+                ),
             )
             return claimed, session_lock, RunStatus.RUNNING
 
@@ -199,11 +222,21 @@ class RunExecutor:
             stream_ttl=int(self.settings.event_stream_ttl),
         )
         sink.emit("ccq.run.started", {"run_id": str(claimed.run_id)})
-        dirs = SessionDirs.for_session(self.settings.data_dir, str(claimed.session_id))
+        dirs = SessionDirs.for_lineage(self.settings.data_dir, [str(i) for i in claimed.lineage])
         result: CliRunResult | None = None
         error: str | None = None
         resume = False
         try:
+            dirs.create()
+            write_session_files(
+                dirs.claude_home,
+                SessionContext(
+                    session_id=str(claimed.session_id),
+                    parent_id=str(claimed.parent_id) if claimed.parent_id else None,
+                    depth=claimed.depth,
+                    max_depth=self.settings.max_depth,
+                ),
+            )
             container = self.runtime.ensure_running(
                 SessionContainerSpec(
                     session_id=str(claimed.session_id),
@@ -221,7 +254,7 @@ class RunExecutor:
                 run_id=str(claimed.run_id),
                 argv=build_command(str(claimed.session_id), resume=resume, options=claimed.options),
                 prompt=claimed.prompt,
-                env=cli_environment(self.settings),
+                env={**cli_environment(self.settings), **self._tool_environment(claimed)},
                 on_event=lambda e: self._forward(sink, e),
                 silence_timeout=self.settings.run_silence_timeout,
                 time_limit=self.settings.run_time_limit,
@@ -232,6 +265,14 @@ class RunExecutor:
             log.exception("run %s failed outside the CLI", claimed.run_id)
             error = f"{type(exc).__name__}: {exc}"
         return self._record(claimed, result, error, sink, resumed=resume)
+
+    def _tool_environment(self, claimed: ClaimedRun) -> dict[str, str]:
+        """What the session's MCP tools (children) need to call the API as this session."""
+        return {
+            "CCQ_API_URL": self.settings.api_url_for_containers,
+            "CCQ_SESSION_ID": str(claimed.session_id),
+            "CCQ_SESSION_TOKEN": claimed.session_token,
+        }
 
     @staticmethod
     def _forward(sink: RunEventSink, event: CliEvent) -> None:
@@ -261,6 +302,7 @@ class RunExecutor:
             run = db.get(Run, claimed.run_id, with_for_update=ROW_LOCK)
             if session is None or run is None:
                 return "deleted"  # the session was deleted while the run was going
+            session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
             status = _final_status(result, error)
             if result is not None:
                 o = result.outcome
@@ -306,6 +348,7 @@ class RunExecutor:
         run.status = status
         run.error = error
         run.finished_at = datetime.now(UTC)
+        session_tokens.revoke_run(db, run.id)
         if session.status != SessionStatus.STOPPED:
             session.status = SessionStatus.IDLE
         outbox.append(

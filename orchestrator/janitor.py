@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -34,11 +35,27 @@ class Janitor:
             return False
         return self.runtime.stop(str(session_id))
 
-    def delete_session(self, session_id: uuid.UUID) -> None:
-        """Remove the container and every file of a deleted session."""
-        self.runtime.remove(str(session_id))
-        dirs = SessionDirs.for_session(self.settings.data_dir, str(session_id))
-        shutil.rmtree(dirs.workspace.parent, ignore_errors=True)
+    def delete_session(
+        self,
+        session_id: uuid.UUID,
+        lineage: Sequence[uuid.UUID] = (),
+        descendants: Sequence[uuid.UUID] = (),
+    ) -> None:
+        """Remove the containers and every file of a deleted session and its descendants.
+
+        Args:
+            lineage: root first, the session last (a root session: empty or itself);
+                children's workspaces lie inside their parent's.
+            descendants: deleted with it; their workspaces lie inside its own.
+        """
+        path = [str(i) for i in lineage] or [str(session_id)]
+        shutil.rmtree(
+            SessionDirs.for_lineage(self.settings.data_dir, path).workspace, ignore_errors=True
+        )
+        for member in (session_id, *descendants):
+            self.runtime.remove(str(member))
+            # Each session's own directory: its Claude home (and a root's workspace).
+            shutil.rmtree(self.settings.data_dir / "sessions" / str(member), ignore_errors=True)
 
     def reap(self, now: datetime | None = None) -> dict[str, int]:
         """Stop containers idle past ``idle_timeout``; remove those with no session.

@@ -69,6 +69,12 @@ class RunStatus(StrEnum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+class FanoutStatus(StrEnum):
+    RUNNING = "running"  # children still going; the parent has not been resumed
+    FINISHED = "finished"  # every child ended; the parent's follow-up run is queued
+    CANCELLED = "cancelled"  # the parent was stopped, cancelled or deleted first
+
+
 class BatchStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -132,6 +138,11 @@ class Session(Base):
         ForeignKey("batches.id", ondelete="CASCADE"), index=True
     )
     batch_index: Mapped[int | None] = mapped_column(Integer)
+    # The fan-out that created this child, and its place among that fan-out's prompts.
+    fanout_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("fanouts.id", ondelete="SET NULL", use_alter=True), index=True
+    )
+    fanout_index: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default=SessionStatus.STARTING)
     model: Mapped[str | None] = mapped_column(String(200))
     # CLI options: append_system_prompt, max_turns, max_budget_usd, allowed_tools, ...
@@ -201,6 +212,47 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     session: Mapped[Session] = relationship(back_populates="runs")
+
+
+class Fanout(Base):
+    """N child sessions started together; their parent is resumed once all have ended."""
+
+    __tablename__ = "fanouts"
+    __table_args__ = (
+        CheckConstraint(_in("status", FanoutStatus), name="status"),
+        UniqueConstraint("session_id", "idempotency_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(200))
+    # The parent: it gets the follow-up run carrying every child's result.
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(20), default=FanoutStatus.RUNNING, index=True)
+    then_prompt: Mapped[str] = mapped_column(Text)
+    child_count: Mapped[int] = mapped_column(Integer)
+    followup_run_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL")
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SessionToken(Base):
+    """A bearer token the session's MCP tools use during one run; only its hash is kept."""
+
+    __tablename__ = "session_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = _now()
 
 
 class Event(Base):

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
+from orchestrator import tree
 from orchestrator.db import ROW_LOCK
-from orchestrator.errors import ConflictError, NotFoundError
+from orchestrator.errors import ConflictError, ForbiddenError, NotFoundError
 from orchestrator.events import (
     RUN_FINISHED,
     SESSION_DELETED,
@@ -19,7 +20,7 @@ from orchestrator.events import (
     next_run_seq,
     run_finished_data,
 )
-from orchestrator.models import Run, RunStatus, Session, SessionStatus
+from orchestrator.models import Fanout, FanoutStatus, Run, RunStatus, Session, SessionStatus
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,31 @@ class NewSession:
     idempotency_key: str | None = None
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What a delete leaves for the worker: containers and files of a whole subtree."""
+
+    session_id: uuid.UUID
+    # Root first, the deleted session last: where its workspace lies on disk.
+    lineage: list[uuid.UUID]
+    descendants: list[uuid.UUID]
+    running: list[Run]
+
+
 class SessionService:
-    """Sessions and their runs, scoped to one owner.
+    """Sessions and their runs, scoped to one owner and optionally to one session's tree.
+
+    With ``scope`` (a session token's session), only that session and its descendants
+    exist for the caller: anything else is :class:`NotFoundError`, as another owner's is.
 
     Lifecycle events the changes imply collect in ``outbox``; the caller publishes them
     (``events.publish_pending``) after its transaction commits.
     """
 
-    def __init__(self, db: DbSession, owner: str) -> None:
+    def __init__(self, db: DbSession, owner: str, scope: uuid.UUID | None = None) -> None:
         self.db = db
         self.owner = owner
+        self.scope = scope
         self.outbox: list[PendingEvent] = []
 
     def get(self, session_id: uuid.UUID, *, for_update: bool = False) -> Session:
@@ -48,17 +64,28 @@ class SessionService:
         if for_update:
             query = query.with_for_update(**ROW_LOCK)
         session = self.db.scalars(query).one_or_none()
-        if session is None:
+        if session is None or not self._in_scope(session.id):
             raise NotFoundError(f"session {session_id} not found")
         return session
+
+    def _in_scope(self, session_id: uuid.UUID) -> bool:
+        return self.scope is None or tree.is_within(self.db, self.scope, session_id)
 
     def get_run(self, run_id: uuid.UUID) -> Run:
         run = self.db.scalars(
             select(Run).where(Run.id == run_id, Run.owner == self.owner)
         ).one_or_none()
-        if run is None:
+        if run is None or not self._in_scope(run.session_id):
             raise NotFoundError(f"run {run_id} not found")
         return run
+
+    def require_owner_scope(self, action: str) -> None:
+        """Raises ForbiddenError when a session token asks for an owner-wide action."""
+        if self.scope is not None:
+            raise ForbiddenError(
+                f"a session token cannot {action}; it acts only on its own session and "
+                "its descendants"
+            )
 
     def create(self, spec: NewSession) -> tuple[Session, bool]:
         """Create a root session; with a known idempotency key, return the earlier one.
@@ -66,6 +93,7 @@ class SessionService:
         Returns:
             The session and whether it was created now.
         """
+        self.require_owner_scope("create root sessions")
         if spec.idempotency_key is not None:
             existing = self.db.scalars(
                 select(Session).where(
@@ -156,6 +184,7 @@ class SessionService:
         before: tuple[datetime, uuid.UUID] | None = None,
     ) -> list[Session]:
         """The owner's sessions, newest first; ``before`` is the last row of the previous page."""
+        self.require_owner_scope("list all sessions")
         query = select(Session).where(Session.owner == self.owner)
         if status is not None:
             query = query.where(Session.status == status)
@@ -190,22 +219,53 @@ class SessionService:
 
     # --- cancel, stop, delete ------------------------------------------------------------------
 
-    def cancel_run(self, run_id: uuid.UUID) -> Run:
+    def cancel_run(self, run_id: uuid.UUID) -> tuple[Run, list[Run]]:
         """Cancel a queued run at once, or flag a running one for its executor to kill.
+
+        The session's descendants go with it: their unfinished runs are cancelled and
+        their fan-outs (and the session's own) will not resume anyone.
+
+        Returns:
+            The run, and the descendants' runs that were running (signal their executors).
 
         Raises:
             NotFoundError: not the owner's run.
             ConflictError: the run has already finished.
         """
         run = self.get_run(run_id)
-        self.get(run.session_id, for_update=True)  # lock order: session, then run
+        session = self.get(run.session_id, for_update=True)  # lock order: session, then run
         self.db.refresh(run, with_for_update=ROW_LOCK)
         if RunStatus(run.status).is_final:
             raise ConflictError(f"run {run_id} has already finished ({run.status})")
         run.cancel_requested = True
         if run.status == RunStatus.QUEUED:
             self._cancel_queued(run)
-        return run
+        descendants = self._lock_descendants(session.id)
+        running = [r for child in descendants for r in self._cancel_pending(child)]
+        self._cancel_fanouts([session.id, *(child.id for child in descendants)])
+        return run, running
+
+    def _lock_descendants(self, session_id: uuid.UUID) -> list[Session]:
+        """The session's descendants, locked, parents before children."""
+        ids = tree.descendants(self.db, session_id)
+        if not ids:
+            return []
+        rows = self.db.scalars(
+            select(Session).where(Session.id.in_(ids)).with_for_update(**ROW_LOCK)
+        ).all()
+        by_id = {row.id: row for row in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def _cancel_fanouts(self, session_ids: list[uuid.UUID]) -> None:
+        """Fan-outs of these sessions still waiting on children will resume nobody."""
+        fanouts = self.db.scalars(
+            select(Fanout)
+            .where(Fanout.session_id.in_(session_ids), Fanout.status == FanoutStatus.RUNNING)
+            .with_for_update(**ROW_LOCK)
+        ).all()
+        for fanout in fanouts:
+            fanout.status = FanoutStatus.CANCELLED
+            fanout.finished_at = datetime.now(UTC)
 
     def _cancel_queued(self, run: Run, *, announce: bool = True) -> None:
         run.status = RunStatus.CANCELLED
@@ -240,28 +300,40 @@ class SessionService:
                 running.append(run)
         return running
 
-    def stop(self, session_id: uuid.UUID) -> tuple[Session, list[Run]]:
-        """Stop a session (resumable): pending runs are cancelled, its container stops.
+    def stop(self, session_id: uuid.UUID) -> tuple[Session, list[Run], list[uuid.UUID]]:
+        """Stop a session and its descendants (resumable): pending runs are cancelled,
+        containers stop, fan-outs waiting on children resume nobody.
 
         Returns:
-            The session and its runs that were running (their executors must be signalled).
+            The session, the runs that were running (their executors must be signalled)
+            and every stopped session's ID (their containers must stop).
         """
         session = self.get(session_id, for_update=True)
-        running = self._cancel_pending(session)
-        session.status = SessionStatus.STOPPED
-        self.outbox.append(
-            PendingEvent(session.id, None, 0, "ccq.session.status", {"status": session.status})
+        members = [session, *self._lock_descendants(session.id)]
+        running: list[Run] = []
+        for member in members:
+            running += self._cancel_pending(member)
+            member.status = SessionStatus.STOPPED
+            self.outbox.append(
+                PendingEvent(member.id, None, 0, "ccq.session.status", {"status": member.status})
+            )
+        self._cancel_fanouts([member.id for member in members])
+        return session, running, [member.id for member in members]
+
+    def delete(self, session_id: uuid.UUID) -> Removal:
+        """Delete a session, its descendants and their history; the caller has the worker
+        remove their containers and files (:class:`Removal`)."""
+        session = self.get(session_id, for_update=True)
+        descendants = self._lock_descendants(session.id)
+        removal = Removal(
+            session_id=session.id,
+            lineage=tree.lineage(self.db, session.id),
+            descendants=[child.id for child in descendants],
+            running=[],
         )
-        return session, running
-
-    def delete(self, session_id: uuid.UUID) -> list[Run]:
-        """Delete a session and its history; the caller removes its container and files.
-
-        Returns:
-            Its runs that were running (their executors must be signalled).
-        """
-        session = self.get(session_id, for_update=True)
-        running = self._cancel_pending(session, announce=False)  # its history goes too
-        self.db.delete(session)
-        self.outbox.append(PendingEvent(session.id, None, 0, SESSION_DELETED, {}))
-        return running
+        for member in [session, *descendants]:
+            # Their history goes too: no run.finished, only the session's deletion.
+            removal.running.extend(self._cancel_pending(member, announce=False))
+            self.outbox.append(PendingEvent(member.id, None, 0, SESSION_DELETED, {}))
+        self.db.delete(session)  # descendants, runs and events follow by ON DELETE CASCADE
+        return removal

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     # A live tail this far behind the newest event is told so and disconnected.
     tail_max_lag: PositiveSeconds = 120.0
 
+    # --- children and fan-out ----------------------------------------------------------
+    # A root session has depth 0; a child deeper than this is refused.
+    max_depth: int = Field(default=3, ge=0, le=20)
+    # Direct children of one session, and sessions in one tree (the root included).
+    max_children: int = Field(default=16, ge=1, le=1000)
+    max_tree_sessions: int = Field(default=64, ge=1, le=10_000)
+    # Where the MCP tools inside session containers reach the API (default: the
+    # Docker host's gateway name on CCQ_API_PORT; the API must listen on an address
+    # containers can reach, see the README).
+    container_api_url: str | None = None
+
     @field_validator(
         "anthropic_api_key",
         "claude_code_oauth_token",
@@ -102,6 +113,7 @@ class Settings(BaseSettings):
         "jwt_public_key",
         "extra_ca_file",
         "default_model",
+        "container_api_url",
         mode="before",
     )
     @classmethod
@@ -124,7 +136,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("anthropic_base_url")
+    @field_validator("anthropic_base_url", "container_api_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -151,6 +163,11 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def api_url_for_containers(self) -> str:
+        """The API as a session container sees it (its MCP tools call it)."""
+        return self.container_api_url or f"http://host.docker.internal:{self.api_port}"
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

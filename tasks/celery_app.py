@@ -32,7 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         "ccq",
         broker=settings.redis_url,
         backend=settings.redis_url,
-        include=["tasks.runs", "tasks.sessions"],
+        include=["tasks.runs", "tasks.sessions", "tasks.fanouts"],
     )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
     app.conf.update(
@@ -63,6 +63,7 @@ def make_celery(settings: Settings) -> Celery:
                 "task": "ccq.reap_containers",
                 "schedule": max(10.0, settings.idle_timeout / 4),
             },
+            "sweep": {"task": "ccq.sweep", "schedule": 60.0},
         },
     )
     app.conf.ccq_settings = settings

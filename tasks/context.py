@@ -8,10 +8,12 @@ from functools import cache
 import docker
 import redis
 from celery import current_app
+from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import db
 from orchestrator.containers import ContainerRuntime
 from orchestrator.executor import RunExecutor
+from orchestrator.fanout import FanoutJoin
 from orchestrator.host import HostResources
 from orchestrator.janitor import Janitor
 from tasks.celery_app import settings_of
@@ -21,6 +23,8 @@ from tasks.celery_app import settings_of
 class WorkerContext:
     executor: RunExecutor
     janitor: Janitor
+    fanouts: FanoutJoin
+    session_factory: sessionmaker[Session]
 
 
 @cache
@@ -33,4 +37,9 @@ def worker_context() -> WorkerContext:
         redis=redis.Redis.from_url(settings.redis_url),
         runtime=ContainerRuntime(docker.from_env(timeout=120)),
     )
-    return WorkerContext(executor=RunExecutor(host), janitor=Janitor(host))
+    return WorkerContext(
+        executor=RunExecutor(host),
+        janitor=Janitor(host),
+        fanouts=FanoutJoin(host.session_factory, host.redis),
+        session_factory=host.session_factory,
+    )

@@ -5,13 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import redis
 from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError
 
 from orchestrator.executor import NotYourTurn
 from tasks.context import worker_context
 
 # How often a run whose turn has not come looks again; it holds no worker slot meanwhile.
 TURN_RETRY_SECONDS = 1.0
+# PostgreSQL or Redis down: back off up to this. The task must not fail: as a fan-out's
+# chord member, a failed task would leave the parent waiting forever.
+OUTAGE_RETRY_MAX_SECONDS = 60.0
 
 
 # Results are kept: chords join on them, and a redelivery reports what it did.
@@ -24,3 +29,6 @@ def run_prompt(self: Task, run_id: str) -> dict[str, Any]:
         return worker_context().executor.execute(uuid.UUID(run_id))
     except NotYourTurn as exc:
         raise self.retry(countdown=TURN_RETRY_SECONDS, exc=exc) from None
+    except (OperationalError, redis.RedisError) as exc:
+        countdown = min(OUTAGE_RETRY_MAX_SECONDS, 2.0 ** min(self.request.retries, 6))
+        raise self.retry(countdown=countdown, exc=exc) from None

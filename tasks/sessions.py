@@ -17,9 +17,15 @@ def stop_session(session_id: str) -> dict[str, object]:
 
 
 @shared_task(name="ccq.delete_session", acks_late=True)
-def delete_session(session_id: str) -> dict[str, object]:
-    """Remove a deleted session's container and files."""
-    worker_context().janitor.delete_session(uuid.UUID(session_id))
+def delete_session(
+    session_id: str, lineage: list[str] | None = None, descendants: list[str] | None = None
+) -> dict[str, object]:
+    """Remove a deleted session's container and files, and its descendants'."""
+    worker_context().janitor.delete_session(
+        uuid.UUID(session_id),
+        [uuid.UUID(i) for i in lineage or ()],
+        [uuid.UUID(i) for i in descendants or ()],
+    )
     return {"session_id": session_id, "deleted": True}
 
 

@@ -19,6 +19,7 @@ from model_server.server import ModelServer
 from orchestrator import migrate
 from orchestrator.settings import Settings, load_settings
 from tests.processes import (
+    TEST_TREE_LIMITS,
     ApiProcess,
     WorkerProcess,
     drop_database,
@@ -27,6 +28,7 @@ from tests.processes import (
     remove_containers,
     stack_environment,
 )
+from tests.waiting import free_port
 
 TEST_REDIS_DB = 15
 TEST_JWT_SECRET = "test-secret-" + "x" * 32
@@ -61,6 +63,7 @@ def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Ite
         data_dir=data_dir,
         jwt_secret=TEST_JWT_SECRET,
         instance=test_instance,
+        **{k.removeprefix("CCQ_").lower(): v for k, v in TEST_TREE_LIMITS.items()},
     )
     drop_database(base_settings.database_url, database)
 
@@ -110,15 +113,23 @@ def model(model_server: ModelServer) -> ModelServer:
 
 
 @pytest.fixture(scope="session")
+def api_port() -> int:
+    """The port of the test run's API, known to its workers (their containers call it)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def api_server(
     settings: Settings,
     model_server: ModelServer,
     worker: WorkerProcess,
+    api_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiProcess]:
     """One real API process for the whole test run, beside the session's worker."""
     server = ApiProcess(
-        stack_environment(settings, model_server), tmp_path_factory.mktemp("api") / "api.log"
+        stack_environment(settings, model_server, api_port),
+        tmp_path_factory.mktemp("api") / "api.log",
     )
     try:
         server.wait_ready()
@@ -129,9 +140,11 @@ def api_server(
 
 @contextmanager
 def running_worker(
-    settings: Settings, model_server: ModelServer, log_dir: Path, name: str
+    settings: Settings, model_server: ModelServer, log_dir: Path, name: str, api_port: int
 ) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(stack_environment(settings, model_server), name, log_dir / "worker.log")
+    process = WorkerProcess(
+        stack_environment(settings, model_server, api_port), name, log_dir / "worker.log"
+    )
     try:
         process.wait_ready()
         yield process
@@ -141,11 +154,14 @@ def running_worker(
 
 @pytest.fixture(scope="session")
 def worker(
-    settings: Settings, model_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings,
+    model_server: ModelServer,
+    api_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     """One real worker for the whole session, as `make up` runs it."""
     with running_worker(
-        settings, model_server, tmp_path_factory.mktemp("worker"), "test-worker"
+        settings, model_server, tmp_path_factory.mktemp("worker"), "test-worker", api_port
     ) as process:
         yield process
 
@@ -155,10 +171,11 @@ def second_worker(
     settings: Settings,
     model_server: ModelServer,
     worker: WorkerProcess,
+    api_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     """Another worker host on the same stack, for ordering and redelivery tests."""
     with running_worker(
-        settings, model_server, tmp_path_factory.mktemp("worker2"), "test-worker-2"
+        settings, model_server, tmp_path_factory.mktemp("worker2"), "test-worker-2", api_port
     ) as process:
         yield process

@@ -68,12 +68,26 @@ def container_base_url(server: ModelServer) -> str:
     return f"http://host.docker.internal:{server.port}"
 
 
-def stack_environment(settings: Settings, model_server: ModelServer) -> dict[str, str]:
-    """The environment a ccq process needs to join this test stack."""
+# Small tree limits, so tests reach them with few sessions.
+TEST_TREE_LIMITS = {"CCQ_MAX_DEPTH": "2", "CCQ_MAX_CHILDREN": "4", "CCQ_MAX_TREE_SESSIONS": "8"}
+
+
+def stack_environment(
+    settings: Settings, model_server: ModelServer, api_port: int | None = None
+) -> dict[str, str]:
+    """The environment a ccq process needs to join this test stack.
+
+    The API listens on every interface at ``api_port`` (a free one by default): session
+    containers reach it through the Docker host gateway, and workers tell their
+    containers that port.
+    """
     secret = settings.jwt_secret
     assert secret is not None
     return {
         **os.environ,
+        **TEST_TREE_LIMITS,
+        "CCQ_API_HOST": "0.0.0.0",  # noqa: S104 - session containers must reach it
+        "CCQ_API_PORT": str(api_port or free_port()),
         "CCQ_DATABASE_URL": settings.database_url,
         "CCQ_REDIS_URL": settings.redis_url,
         "CCQ_DATA_DIR": str(settings.data_dir),
@@ -159,10 +173,10 @@ class ApiProcess(CcqProcess):
     """A real `ccq api` process (gunicorn, gevent) on a free port of the test stack."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+        self.port = int(env["CCQ_API_PORT"])  # from stack_environment
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        super().__init__([CCQ, "api"], {**env, "CCQ_API_PORT": str(self.port)}, log_path)
+        super().__init__([CCQ, "api"], env, log_path)
 
     def wait_ready(self, timeout: float = 60) -> None:
         def healthy() -> bool:

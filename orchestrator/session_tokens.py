@@ -1,0 +1,80 @@
+"""Session-scoped tokens: what a session's MCP tools call the API with, during one run.
+
+A token is random (opaque, not a JWT): it is minted when a run is claimed, handed only
+to that run's CLI process, and revoked when the run is recorded, so it lives exactly as
+long as the tools that use it. Only its SHA-256 is stored; the operator's credentials
+and the owner's JWTs never enter a container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session as DbSession
+
+from orchestrator.models import SessionToken
+
+# Tells a session token from a JWT at a glance (a JWT starts with "eyJ").
+TOKEN_PREFIX = "ccqs_"  # noqa: S105 - a prefix, not a secret
+
+
+@dataclass(frozen=True)
+class TokenScope:
+    """Who a valid session token speaks for: the owner, within one session's tree."""
+
+    owner: str
+    session_id: uuid.UUID
+
+
+def is_session_token(token: str) -> bool:
+    return token.startswith(TOKEN_PREFIX)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def mint(
+    db: DbSession, *, session_id: uuid.UUID, run_id: uuid.UUID, owner: str, ttl: timedelta
+) -> str:
+    """A new token for one run of the session; the caller's transaction stores its hash."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    db.add(
+        SessionToken(
+            token_hash=_digest(token),
+            session_id=session_id,
+            run_id=run_id,
+            owner=owner,
+            expires_at=datetime.now(UTC) + ttl,
+        )
+    )
+    return token
+
+
+def resolve(db: DbSession, token: str) -> TokenScope | None:
+    """The scope of a live token; None for an unknown, revoked or expired one."""
+    row = db.scalars(
+        select(SessionToken).where(
+            SessionToken.token_hash == _digest(token),
+            SessionToken.expires_at > datetime.now(UTC),
+        )
+    ).one_or_none()
+    return None if row is None else TokenScope(owner=row.owner, session_id=row.session_id)
+
+
+def revoke_run(db: DbSession, run_id: uuid.UUID) -> None:
+    """Revoke the tokens of a run that has ended."""
+    db.execute(delete(SessionToken).where(SessionToken.run_id == run_id))
+
+
+def purge_expired(db: DbSession, now: datetime | None = None) -> int:
+    """Delete expired tokens (runs whose worker died before revoking them)."""
+    result = db.execute(
+        delete(SessionToken).where(SessionToken.expires_at <= (now or datetime.now(UTC)))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,353 @@
+"""Children and fan-out on the real stack: the real CLI calls ccq's MCP tools, which call
+the real API with the run's session token; the scripted model server drives the calls."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+from orchestrator import session_tokens
+from orchestrator.auth import mint_token
+from orchestrator.containers import LABEL_SESSION, SessionDirs
+from orchestrator.db import make_engine, make_session_factory, session_scope
+from orchestrator.settings import Settings
+from tests.api_helpers import FINAL
+from tests.processes import ApiProcess, WorkerProcess
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def tool(name: str, arguments: dict[str, Any]) -> str:
+    """A prompt making the scripted model call a ccq MCP tool (or any tool) once."""
+    return f"[[tool {name} {json.dumps(arguments)}]]"
+
+
+def ccq_tool(name: str, arguments: dict[str, Any]) -> str:
+    return tool(f"mcp__ccq__{name}", arguments)
+
+
+def bash(command: str) -> str:
+    return tool("Bash", {"command": command})
+
+
+class Api:
+    """The real API over HTTP, as one token sees it."""
+
+    def __init__(self, server: ApiProcess, token: str) -> None:
+        self.url = f"{server.url}/api/v1"
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        response = requests.request(
+            method, self.url + path, json=body, headers=self.headers, timeout=30
+        )
+        assert response.status_code == status, f"{method} {path}: {response.text}"
+        return response.json()
+
+    def get(self, path: str, status: int = 200) -> Any:
+        return self.call("GET", path, status=status)
+
+    def post(self, path: str, body: Any, status: int) -> Any:
+        return self.call("POST", path, body, status)
+
+    def session(self, prompt: str) -> tuple[str, str]:
+        reply = self.post("/sessions", {"prompt": prompt}, 201)
+        return reply["session"]["id"], reply["run"]["id"]
+
+    def child(self, parent_id: str, prompt: str) -> tuple[str, str]:
+        reply = self.post(f"/sessions/{parent_id}/children", {"prompt": prompt}, 201)
+        return reply["session"]["id"], reply["run"]["id"]
+
+    def prompt(self, session_id: str, prompt: str) -> str:
+        run_id: str = self.post(f"/sessions/{session_id}/runs", {"prompt": prompt}, 202)["run"][
+            "id"
+        ]
+        return run_id
+
+    def wait_run(self, run_id: str, timeout: float = 180) -> dict[str, Any]:
+        def final() -> dict[str, Any] | None:
+            run: dict[str, Any] = self.get(f"/runs/{run_id}")["run"]
+            return run if run["status"] in FINAL else None
+
+        return wait_for(final, timeout=timeout, interval=0.2, what=f"run {run_id} to finish")
+
+    def wait_fanout(self, fanout_id: str, timeout: float = 180) -> dict[str, Any]:
+        def resumed() -> dict[str, Any] | None:
+            fanout: dict[str, Any] = self.get(f"/fanouts/{fanout_id}")["fanout"]
+            return fanout if fanout["followup_run_id"] else None
+
+        return wait_for(resumed, timeout=timeout, interval=0.2, what=f"fanout {fanout_id}")
+
+
+@pytest.fixture(scope="module")
+def alice(api_server: ApiProcess, settings: Settings, worker: WorkerProcess) -> Api:
+    return Api(api_server, mint_token(settings, "alice"))
+
+
+@pytest.fixture(scope="module")
+def mallory(api_server: ApiProcess, settings: Settings) -> Api:
+    return Api(api_server, mint_token(settings, "mallory"))
+
+
+def test_delegate_runs_three_children_in_parallel_and_resumes_the_parent_once(
+    alice: Api,
+) -> None:
+    # Each child writes a file in its own workspace and answers with what it wrote.
+    prompts = [f"[[sleep 1]] {bash(f'echo {word} | tee note.txt')}" for word in WORDS]
+    parent_id, first_run = alice.session(
+        ccq_tool("delegate", {"prompts": prompts, "then": "Summarise what your children wrote."})
+    )
+
+    delegated = alice.wait_run(first_run)
+    assert delegated["status"] == "succeeded", delegated
+    assert "tool result:" in delegated["result"]  # the tool answered, not an error
+    tree = alice.get(f"/sessions/{parent_id}/children")
+    children = tree["children"]
+    assert len(children) == 3
+    fanout_id = children[0]["fanout_id"]
+    assert {c["fanout_id"] for c in children} == {fanout_id}
+
+    fanout = alice.wait_fanout(fanout_id)
+    followup = alice.wait_run(fanout["followup_run_id"])
+    assert followup["status"] == "succeeded", followup
+    # The parent's answer reflects every child's result (the scripted model echoes).
+    for child, word in zip(_in_prompt_order(alice, fanout_id), WORDS, strict=True):
+        assert f"tool result: {word}" in followup["result"]
+        assert child["id"] in followup["result"]
+        assert child["last_run"]["status"] == "succeeded"
+
+    runs = [alice.get(f"/runs/{c['last_run']['id']}")["run"] for c in children]
+    assert max(r["started_at"] for r in runs) < min(r["finished_at"] for r in runs), (
+        "the three children never ran at the same time"
+    )
+    parent = alice.get(f"/sessions/{parent_id}")["session"]
+    assert parent["runs_count"] == 2  # resumed exactly once
+    children_cost = sum(c["total_cost_usd"] for c in children)
+    assert parent["tree_cost_usd"] == pytest.approx(parent["total_cost_usd"] + children_cost)
+
+    # The parent reads a child's file directly, under /workspace/children/<child_id>/.
+    first_child = _in_prompt_order(alice, fanout_id)[0]
+    read = alice.wait_run(
+        alice.prompt(parent_id, bash(f"cat /workspace/children/{first_child['id']}/note.txt"))
+    )
+    assert read["result"] == f"tool result: {WORDS[0]}", read
+
+
+WORDS = ["alpha", "beta", "gamma"]
+
+
+def _in_prompt_order(api: Api, fanout_id: str) -> list[dict[str, Any]]:
+    children: list[dict[str, Any]] = api.get(f"/fanouts/{fanout_id}")["children"]
+    return children
+
+
+def test_spawn_child_then_get_child_result(alice: Api) -> None:
+    parent_id, run_id = alice.session(ccq_tool("spawn_child", {"prompt": "hello from the child"}))
+    assert alice.wait_run(run_id)["status"] == "succeeded"
+    (child,) = alice.get(f"/sessions/{parent_id}/children")["children"]
+    assert child["parent_id"] == parent_id
+    assert child["depth"] == 1
+    alice.wait_run(child["last_run"]["id"])
+
+    asked = alice.wait_run(
+        alice.prompt(parent_id, ccq_tool("get_child_result", {"child_id": child["id"]}))
+    )
+    assert "echo (messages=1): hello from the child" in asked["result"], asked
+
+
+def test_get_child_result_on_an_unfinished_child_says_so(alice: Api) -> None:
+    parent_id, run_id = alice.session("a parent")
+    alice.wait_run(run_id)
+    # Answered first, then still streaming for 20 s: the child's run is unfinished while
+    # the parent asks, and its earlier run's result must not be passed off as the answer.
+    child_id, first = alice.child(parent_id, "first answer")
+    alice.wait_run(first)
+    slow = alice.prompt(child_id, "[[stream 100 0.2]]")
+    wait_for(
+        lambda: alice.get(f"/runs/{slow}")["run"]["status"] == "running",
+        timeout=60,
+        what="the child's second run to start",
+    )
+
+    asked = alice.wait_run(
+        alice.prompt(parent_id, ccq_tool("get_child_result", {"child_id": child_id}))
+    )
+    assert "has NOT finished" in asked["result"], asked
+    assert "first answer" not in asked["result"]
+    alice.post(f"/runs/{slow}/cancel", {}, 202)
+    assert alice.wait_run(slow)["status"] == "cancelled"
+
+
+def test_the_depth_limit_reaches_the_model_as_a_tool_error(alice: Api, settings: Settings) -> None:
+    assert settings.max_depth == 2  # the test stack's limit (tests/processes.py)
+    root_id, _run_id = alice.session("root")
+    child_id, _ = alice.child(root_id, "child")
+    grandchild_id, grandchild_run = alice.child(
+        child_id, ccq_tool("spawn_child", {"prompt": "one level too deep"})
+    )
+
+    ran = alice.wait_run(grandchild_run)
+    assert ran["status"] == "succeeded", ran  # the run completes; the tool call failed
+    assert ran["result"].startswith("tool error:"), ran["result"]
+    assert "depth limit" in ran["result"]
+    assert "409" in ran["result"]
+
+    refused = alice.post(f"/sessions/{grandchild_id}/children", {"prompt": "x"}, 409)
+    assert refused["error"]["code"] == "limit_exceeded"
+    assert refused["error"]["details"][0]["field"] == "depth"
+    assert alice.get(f"/sessions/{grandchild_id}/children")["children"] == []
+
+
+def test_fanout_past_the_children_limit_creates_nothing(alice: Api, settings: Settings) -> None:
+    parent_id, _ = alice.session("a parent")
+    too_many = ["x"] * (settings.max_children + 1)
+    refused = alice.post(f"/sessions/{parent_id}/fanout", {"prompts": too_many}, 409)
+    assert refused["error"]["details"][0]["field"] == "children"
+    assert alice.get(f"/sessions/{parent_id}/children")["children"] == []
+
+
+def test_fanout_input_errors_name_the_field(alice: Api) -> None:
+    parent_id, _ = alice.session("a parent")
+    empty = alice.post(f"/sessions/{parent_id}/fanout", {"prompts": []}, 400)
+    assert empty["error"]["details"][0]["field"] == "prompts"
+    blank = alice.post(f"/sessions/{parent_id}/fanout", {"prompts": ["ok", ""]}, 400)
+    assert blank["error"]["details"][0]["field"] == "prompts.1"
+    huge = alice.post(f"/sessions/{parent_id}/fanout", {"prompts": ["x" * 300_000]}, 413)
+    assert huge["error"]["details"][0]["field"] == "prompts.0"
+    assert alice.get(f"/sessions/{parent_id}/children")["children"] == []
+
+
+def test_a_failed_child_still_resumes_the_parent(alice: Api) -> None:
+    parent_id, _ = alice.session("a parent")
+    started = alice.post(
+        f"/sessions/{parent_id}/fanout",
+        {"prompts": ["all good", "[[error 500 the child broke]]"], "then": "Report."},
+        202,
+    )
+    good, bad = started["fanout"]["child_ids"]
+
+    followup = alice.wait_run(alice.wait_fanout(started["fanout"]["id"])["followup_run_id"])
+    assert followup["status"] == "succeeded"
+    assert alice.get(f"/sessions/{bad}")["session"]["last_run"]["status"] == "failed"
+    text = followup["result"]
+    assert text.index(good) < text.index("Status: succeeded") < text.index(bad)
+    assert "Status: failed" in text[text.index(bad) :]
+
+
+def test_stopping_a_parent_stops_its_descendants_and_cancels_their_runs(alice: Api) -> None:
+    parent_id, _ = alice.session("a parent")
+    child_id, child_run = alice.child(parent_id, "[[stream 200 0.2]]")
+    wait_for(
+        lambda: alice.get(f"/runs/{child_run}")["run"]["status"] == "running",
+        timeout=60,
+        what="the child's run to start",
+    )
+
+    stopped = alice.post(f"/sessions/{parent_id}/stop", {}, 202)
+    assert set(stopped["stopped"]) == {parent_id, child_id}
+    assert alice.wait_run(child_run)["status"] == "cancelled"
+    assert alice.get(f"/sessions/{child_id}")["session"]["status"] == "stopped"
+
+
+def test_deleting_a_parent_removes_its_descendants_containers_and_files(
+    alice: Api, settings: Settings, docker_client: docker.DockerClient
+) -> None:
+    root_id, root_run = alice.session("root")
+    child_id, child_run = alice.child(root_id, bash("echo kept > file.txt"))
+    grandchild_id, grandchild_run = alice.child(child_id, "grandchild")
+    for run_id in (root_run, child_run, grandchild_run):
+        alice.wait_run(run_id)
+    tree_ids = [root_id, child_id, grandchild_id]
+    child_dirs = SessionDirs.for_lineage(settings.data_dir, [root_id, child_id])
+    assert (child_dirs.workspace / "file.txt").read_text() == "kept\n"
+    assert all(_container(docker_client, i) for i in tree_ids)
+
+    deleted = alice.call("DELETE", f"/sessions/{root_id}", status=202)
+    assert set(deleted["descendants"]) == {child_id, grandchild_id}
+
+    def gone() -> bool:
+        paths = [settings.data_dir / "sessions" / i for i in tree_ids]
+        return not any(_container(docker_client, i) for i in tree_ids) and not any(
+            p.exists() for p in paths
+        )
+
+    wait_for(gone, timeout=60, what="the tree's containers and files to be removed")
+    for session_id in tree_ids:
+        alice.get(f"/sessions/{session_id}", status=404)
+
+
+def _container(client: docker.DockerClient, session_id: str) -> bool:
+    return bool(
+        client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session_id}"})
+    )
+
+
+# --- session tokens -------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_session_factory(settings: Settings) -> Iterator[Any]:
+    engine = make_engine(settings)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_a_session_token_acts_only_within_its_own_tree(
+    alice: Api, api_server: ApiProcess, db_session_factory: Any
+) -> None:
+    root_id, root_run = alice.session("root")
+    child_id, child_run = alice.child(root_id, "child")
+    other_id, _ = alice.session("another tree of the same owner")
+    alice.wait_run(child_run)
+    with session_scope(db_session_factory) as db:
+        token = session_tokens.mint(
+            db,
+            session_id=uuid.UUID(child_id),
+            run_id=uuid.UUID(child_run),
+            owner="alice",
+            ttl=timedelta(minutes=5),
+        )
+    as_child = Api(api_server, token)
+
+    assert as_child.get(f"/sessions/{child_id}")["session"]["id"] == child_id
+    # Outside its tree: its parent, another tree, another owner's view: all unknown.
+    for path in (f"/sessions/{root_id}", f"/sessions/{other_id}", f"/runs/{root_run}"):
+        assert as_child.get(path, status=404)["error"]["code"] == "not_found"
+    as_child.post(f"/sessions/{other_id}/stop", {}, 404)
+    as_child.post(f"/sessions/{root_id}/children", {"prompt": "x"}, 404)
+    # Owner-wide endpoints are not for session tokens at all.
+    assert as_child.get("/sessions", status=403)["error"]["code"] == "forbidden"
+    as_child.post("/sessions", {"prompt": "x"}, 403)
+    # Its own subtree: it may spawn a child of its own.
+    grandchild = as_child.post(f"/sessions/{child_id}/children", {"prompt": "hi"}, 201)
+    assert grandchild["session"]["parent_id"] == child_id
+    alice.wait_run(grandchild["run"]["id"])
+
+    with session_scope(db_session_factory) as db:
+        session_tokens.revoke_run(db, uuid.UUID(child_run))
+    assert as_child.get(f"/sessions/{child_id}", status=401)["error"]["code"] == "unauthorized"
+
+
+def test_a_runs_session_token_is_revoked_when_the_run_ends(
+    alice: Api, api_server: ApiProcess
+) -> None:
+    session_id, run_id = alice.session(bash("printenv CCQ_SESSION_TOKEN"))
+    ran = alice.wait_run(run_id)
+    token = ran["result"].removeprefix("tool result: ").strip()
+    assert token.startswith(session_tokens.TOKEN_PREFIX), ran["result"]
+    Api(api_server, token).get(f"/sessions/{session_id}", status=401)
+
+
+def test_mallory_cannot_see_alices_tree(alice: Api, mallory: Api) -> None:
+    parent_id, _ = alice.session("alice's")
+    mallory.get(f"/sessions/{parent_id}/children", status=404)
+    mallory.post(f"/sessions/{parent_id}/fanout", {"prompts": ["x"]}, 404)
+    mallory.post(f"/sessions/{parent_id}/children", {"prompt": "x"}, 404)
