@@ -185,6 +185,26 @@ class ApiClient:
         run: JsonObject = self._call("POST", f"/api/v1/runs/{run_id}/cancel")["run"]
         return run
 
+    # --- children and fan-out -------------------------------------------------------------
+
+    def children(self, session_id: str, *, recursive: bool = True) -> JsonObject:
+        """``{"session", "children"}``: the session and its children; ``recursive`` nests
+        each child's own ``children`` down the whole tree."""
+        params = {"recursive": "true" if recursive else None}
+        return self._call("GET", f"/api/v1/sessions/{session_id}/children", params=params)
+
+    def fanout(self, session_id: str, prompts: list[str], then: str, **options: Any) -> JsonObject:
+        """``{"fanout", "children", "runs"}``: one child and run per prompt; ``then`` is
+        queued on the session once every child's run ended. ``options`` (``model``,
+        ``max_turns``) apply to the children; ``None`` values are left out."""
+        body: JsonObject = {"prompts": prompts, "then": then}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return self._call("POST", f"/api/v1/sessions/{session_id}/fanout", json=body)
+
+    def get_fanout(self, fanout_id: str) -> JsonObject:
+        """``{"fanout", "children"}``: where a fan-out is, with its children's sessions."""
+        return self._call("GET", f"/api/v1/fanouts/{fanout_id}")
+
 
 def _connection_reason(exc: requests.ConnectionError) -> str:
     """A short reason: requests nests urllib3's exceptions several levels deep."""
