@@ -45,7 +45,7 @@ class _Server(BaseApplication):  # type: ignore[misc]
 
 def gunicorn_options(settings: Settings, *, workers: int, connections: int) -> dict[str, Any]:
     return {
-        "bind": f"{settings.api_host}:{settings.api_port}",
+        "bind": [f"{host}:{settings.api_port}" for host in settings.api_hosts],
         "workers": workers,
         "worker_class": "gevent",
         "worker_connections": connections,

@@ -193,12 +193,15 @@ class ApiClient:
         params = {"recursive": "true" if recursive else None}
         return self._call("GET", f"/api/v1/sessions/{session_id}/children", params=params)
 
-    def fanout(self, session_id: str, prompts: list[str], then: str, **options: Any) -> JsonObject:
-        """``{"fanout", "children", "runs"}``: one child and run per prompt; ``then`` is
-        queued on the session once every child's run ended. ``options`` (``model``,
-        ``max_turns``) apply to the children; ``None`` values are left out."""
-        body: JsonObject = {"prompts": prompts, "then": then}
-        body.update({k: v for k, v in options.items() if v is not None})
+    def fanout(
+        self, session_id: str, prompts: list[str], then: str | None, **options: Any
+    ) -> JsonObject:
+        """``{"fanout", "children", "runs"}``: one child and run per prompt; ``then`` (or
+        the server's default) is queued on the session once every child's run ended.
+        ``options`` (``model``, ``max_turns``) apply to the children; ``None`` values are
+        left out."""
+        body: JsonObject = {"prompts": prompts, "then": then, **options}
+        body = {k: v for k, v in body.items() if v is not None}
         return self._call("POST", f"/api/v1/sessions/{session_id}/fanout", json=body)
 
     def get_fanout(self, fanout_id: str) -> JsonObject:

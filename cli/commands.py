@@ -690,9 +690,10 @@ def _follow_fanout(client: ApiClient, answer: JsonObject, as_json: bool) -> NoRe
 @click.option(
     "--then",
     metavar="TEXT",
-    required=True,
+    default=None,
     callback=_nonempty_then,
-    help="SESSION's prompt once every child finished (their results come with it).",
+    help="SESSION's prompt once every child finished (their results come with it); "
+    "default: the server's, asking to use the results and answer.",
 )
 @click.option("--model", metavar="MODEL", default=None, help="The children's model.")
 @click.option(
@@ -720,7 +721,7 @@ def fanout_command(
     session_id: uuid.UUID,
     prompts: tuple[str, ...],
     prompt_files: tuple[str, ...],
-    then: str,
+    then: str | None,
     model: str | None,
     max_turns: int | None,
     follow: bool,

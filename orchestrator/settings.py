@@ -70,7 +70,11 @@ class Settings(BaseSettings):
     jwt_issuer: str = "ccq"
 
     # --- processes ----------------------------------------------------------------------
-    api_host: str = "127.0.0.1"
+    # One address, or several separated by commas (e.g. loopback and the Docker bridge's
+    # gateway, so session containers reach the API without exposing it elsewhere).
+    api_host: str = Field(
+        default="127.0.0.1", pattern=r"^[0-9A-Za-z.:\[\]-]+(,[0-9A-Za-z.:\[\]-]+)*$"
+    )
     api_port: int = Field(default=8080, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -161,13 +165,20 @@ class Settings(BaseSettings):
         return self.anthropic_api_key is not None or self.claude_code_oauth_token is not None
 
     @property
+    def api_hosts(self) -> list[str]:
+        return self.api_host.split(",")
+
+    @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        """The API on its first address (loopback when listening everywhere)."""
+        host = self.api_hosts[0]
+        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.api_port}"  # noqa: S104
 
     @property
     def api_url_for_containers(self) -> str:
         """The API as a session container sees it (its MCP tools call it)."""
-        return self.container_api_url or f"http://host.docker.internal:{self.api_port}"
+        url = self.container_api_url or f"http://host.docker.internal:{self.api_port}"
+        return url.rstrip("/")
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

@@ -63,6 +63,13 @@ up() {
     say "using the Claude credential from the environment"
   fi
   "$BIN/ccq" db upgrade
+  if [[ -z ${CCQ_API_HOST:-} ]]; then
+    # Session containers' MCP tools call the API through the Docker bridge's gateway
+    # (host.docker.internal): listen there as well as on loopback, and nowhere else.
+    gateway=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}' 2>/dev/null || true)
+    export CCQ_API_HOST=127.0.0.1${gateway:+,$gateway}
+    say "api: listening on $CCQ_API_HOST"
+  fi
   start api "$BIN/ccq" api
   start worker "$BIN/ccq" worker --loglevel=INFO --concurrency=4 --hostname="ccq@%h"
   start beat "$BIN/ccq" beat --loglevel=INFO --schedule="$STATE/celerybeat-schedule"

@@ -339,7 +339,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[JsonObject]:
     calls: list[JsonObject] = []
 
     def fanout(
-        self: ApiClient, session_id: str, prompts: list[str], then: str, **options: Any
+        self: ApiClient, session_id: str, prompts: list[str], then: str | None, **options: Any
     ) -> JsonObject:
         calls.append({"session_id": session_id, "prompts": prompts, "then": then, **options})
         return _answer(len(prompts))
@@ -351,7 +351,6 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[JsonObject]:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--prompt", "a"], "Missing option '--then'"),
         (["--then", "go on"], "--prompt TEXT or --prompt-file FILE"),
         (
             ["--prompt", "a", "--prompt", "", "--then", "go on"],
@@ -388,6 +387,14 @@ def test_a_session_that_is_not_an_id_is_refused(sent: list[JsonObject]) -> None:
     result = _invoke("fanout", "nope", "--prompt", "a", "--then", "b")
     assert result.exit_code == 2
     assert "SESSION" in result.output
+
+
+def test_fanout_without_then_leaves_the_follow_up_prompt_to_the_server(
+    sent: list[JsonObject],
+) -> None:
+    result = _invoke("fanout", ROOT, "--prompt", "one")
+    assert result.exit_code == 0, result.output
+    assert sent[0]["then"] is None
 
 
 def test_fanout_sends_prompts_in_order_with_files_and_stdin(
