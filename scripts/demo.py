@@ -1,9 +1,12 @@
-"""`make demo`: one session answers two prompts through ccq, the second resumed.
+"""`make demo`: one session answers two prompts through ccq, the second resumed; then a
+parent delegates to three child sessions and summarises their work.
 
 Every prompt goes through the API (POST), becomes a Celery task, runs the real Claude
 Code CLI in the session's container, and is tailed here live over the run's WebSocket
-stream. Runs against the scripted model server unless a Claude credential is set, then
-against the real API.
+stream. The parent delegates through ccq's MCP tool `delegate` inside its container: a
+Celery chord runs the children in parallel and resumes the parent with their results.
+Runs against the scripted model server unless a Claude credential is set, then against
+the real API.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import requests
@@ -26,6 +30,7 @@ SCRIPTED = not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("CLAUDE_CO
 class Api:
     def __init__(self, base: str, token: str) -> None:
         self.base = base
+        self.token = token
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
 
@@ -78,6 +83,82 @@ def tail(api: Api, run_id: str) -> dict[str, Any]:
     return api.call("GET", f"/api/v1/runs/{run_id}")["run"]
 
 
+ANIMALS = {
+    "octopuses": "An octopus has three hearts.",
+    "honeybees": "Honeybees dance to tell each other where flowers are.",
+    "tardigrades": "Tardigrades survive years without water.",
+}
+
+
+def delegation_prompt() -> str:
+    """The parent's task: fan out one child per animal, then summarise."""
+    if not SCRIPTED:
+        return (
+            "Find one surprising fact each about octopuses, honeybees and tardigrades. "
+            "Call the ccq `delegate` tool once with three prompts, one per animal, each "
+            "asking the child to write its fact to fact.txt and reply with the fact; then "
+            "end your turn. When you are resumed, summarise the three facts in two sentences."
+        )
+    children = [
+        f"Write a fact about {animal} to fact.txt. "
+        + "[[tool Bash "
+        + json.dumps({"command": f"echo '{fact}' | tee fact.txt"})
+        + "]]"
+        for animal, fact in ANIMALS.items()
+    ]
+    arguments = {"prompts": children, "then": "Summarise your children's facts."}
+    return f"[[tool mcp__ccq__delegate {json.dumps(arguments)}]]"
+
+
+def wait_for_followup(api: Api, session_id: str, timeout: float = 600) -> str:
+    """The follow-up run the fan-out queues on the parent once every child ended."""
+    deadline = time.monotonic() + timeout
+    announced: set[str] = set()
+    while time.monotonic() < deadline:
+        children = api.call("GET", f"/api/v1/sessions/{session_id}/children")["children"]
+        for child in children:
+            run = child["last_run"] or {}
+            if (
+                run.get("status") not in (None, "queued", "running")
+                and child["id"] not in announced
+            ):
+                announced.add(child["id"])
+                print(f"    child {child['id']}: {run['status']} -> {run.get('result')!r}")
+        fanouts = {c["fanout_id"] for c in children if c["fanout_id"]}
+        for fanout_id in fanouts:
+            fanout = api.call("GET", f"/api/v1/fanouts/{fanout_id}")["fanout"]
+            if fanout["followup_run_id"]:
+                return str(fanout["followup_run_id"])
+        time.sleep(0.5)
+    sys.exit(f"demo: session {session_id} was not resumed within {timeout:.0f} s")
+
+
+def delegate(api: Api) -> bool:
+    prompt = delegation_prompt()
+    created = api.call("POST", "/api/v1/sessions", json={"prompt": prompt})
+    parent_id = created["session"]["id"]
+    print(f"\n[3] parent {parent_id} delegates to three children (MCP tool `delegate`)")
+    delegated = tail(api, created["run"]["id"])
+    print(f"  < {delegated['status']}; children running in parallel:")
+    followup_id = wait_for_followup(api, parent_id)
+    print(f"\n[4] the parent, resumed once with all three results (run {followup_id})")
+    summary = tail(api, followup_id)
+    result = summary["result"] or ""
+    lines = result.splitlines()
+    for line in lines[:12]:
+        print(f"  < {line}")
+    if len(lines) > 12:
+        print(f"  < ... ({len(lines) - 12} more lines)")
+    print("\n[5] the tree: ccq children " + parent_id)
+    ccq = os.path.join(os.path.dirname(sys.executable), "ccq")
+    subprocess.run(
+        [ccq, "children", parent_id],
+        check=True,
+        env={**os.environ, "CCQ_API_URL": api.base, "CCQ_TOKEN": api.token},
+    )
+    return delegated["status"] == "succeeded" and summary["status"] == "succeeded"
+
+
 def main() -> None:
     settings = load_settings()
     token = subprocess.run(
@@ -117,6 +198,8 @@ def main() -> None:
         )
     if first["status"] != "succeeded" or second["status"] != "succeeded":
         sys.exit("demo: a run did not succeed")
+    if not delegate(api):
+        sys.exit("demo: the delegation did not succeed")
 
 
 if __name__ == "__main__":

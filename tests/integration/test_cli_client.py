@@ -344,6 +344,51 @@ def test_stop_then_rm_a_session(ccq: Ccq, api: Api) -> None:
     assert api.get_status(f"/api/v1/sessions/{session_id}") == 404
 
 
+def test_fanout_follow_shows_the_children_then_the_parents_follow_up(ccq: Ccq, api: Api) -> None:
+    session_id, _, _ = _summary(ccq("run", "the parent").stderr)
+
+    result = ccq(
+        "fanout", session_id, "--prompt", "first child", "--prompt", "[[error 500 broken]]",
+        "--then", "Report back.", "-f",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "Report back." in result.stdout  # the follow-up's echo, streamed to stdout
+    assert result.stdout.index("first child") < result.stdout.index("Status: failed")
+    assert "[1/2]" in result.stderr
+    assert "[2/2]" in result.stderr
+    _no_traceback(result)
+
+
+def test_children_prints_the_tree_with_states_and_costs(ccq: Ccq, api: Api) -> None:
+    session_id, _, _ = _summary(ccq("run", "root").stderr)
+    child = api.post(f"/api/v1/sessions/{session_id}/children", {"prompt": "child"})
+    grandchild = api.post(
+        f"/api/v1/sessions/{child['session']['id']}/children", {"prompt": "grandchild"}
+    )
+    for reply in (child, grandchild):
+        api.wait_run(reply["run"]["id"])
+
+    result = ccq("children", session_id)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert session_id in lines[0]
+    assert "(tree $" in lines[0]
+    assert any(child["session"]["id"] in line and "└─" in line for line in lines)
+    assert any(grandchild["session"]["id"] in line and "   └─" in line for line in lines)
+    assert lines[-1].startswith("3 sessions:")
+    as_json = json.loads(ccq("children", session_id, "--json").stdout)
+    assert as_json["children"][0]["children"][0]["id"] == grandchild["session"]["id"]
+
+
+def test_children_of_an_unknown_session_says_so(ccq: Ccq) -> None:
+    result = ccq("children", "00000000-0000-0000-0000-000000000000")
+    assert result.returncode != 0
+    assert "not found" in result.stderr
+    _no_traceback(result)
+
+
 def test_a_bad_token_prints_the_apis_message(ccq: Ccq) -> None:
     result = ccq("sessions", env={"CCQ_TOKEN": "not-a-jwt"})
     assert result.returncode == 1

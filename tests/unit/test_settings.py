@@ -28,6 +28,11 @@ def test_defaults_work_for_a_local_run(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CCQ_JWT_ALGORITHM", "none"),
         ("CCQ_ANTHROPIC_BASE_URL", "ftp://models"),
         ("CCQ_CLAUDE_CODE_VERSION", "latest; rm -rf /"),
+        ("CCQ_API_HOST", "127.0.0.1, 10.0.0.1"),
+        ("CCQ_API_HOST", "0.0.0.0;rm"),
+        ("CCQ_CONTAINER_API_URL", "host.docker.internal:8080"),
+        ("CCQ_MAX_DEPTH", "-1"),
+        ("CCQ_MAX_CHILDREN", "0"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(
@@ -74,3 +79,18 @@ def test_an_empty_credential_counts_as_unset(monkeypatch: pytest.MonkeyPatch) ->
     settings = load_settings(env_file=None)
     assert not settings.has_claude_credentials
     assert settings.anthropic_base_url is None
+
+
+def test_the_api_may_listen_on_several_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CCQ_API_HOST", "127.0.0.1,172.17.0.1")
+    monkeypatch.setenv("CCQ_API_PORT", "9000")
+    monkeypatch.delenv("CCQ_CONTAINER_API_URL", raising=False)
+    settings = load_settings(env_file=None)
+    assert settings.api_hosts == ["127.0.0.1", "172.17.0.1"]
+    assert settings.api_url == "http://127.0.0.1:9000"
+    assert settings.api_url_for_containers == "http://host.docker.internal:9000"
+
+
+def test_containers_may_reach_the_api_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CCQ_CONTAINER_API_URL", "https://ccq.internal/")
+    assert load_settings(env_file=None).api_url_for_containers == "https://ccq.internal"
