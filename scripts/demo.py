@@ -143,12 +143,7 @@ def delegate(api: Api) -> bool:
     followup_id = wait_for_followup(api, parent_id)
     print(f"\n[4] the parent, resumed once with all three results (run {followup_id})")
     summary = tail(api, followup_id)
-    result = summary["result"] or ""
-    lines = result.splitlines()
-    for line in lines[:12]:
-        print(f"  < {line}")
-    if len(lines) > 12:
-        print(f"  < ... ({len(lines) - 12} more lines)")
+    print(f"  < {summary['status']}")
     print("\n[5] the tree: ccq children " + parent_id)
     ccq = os.path.join(os.path.dirname(sys.executable), "ccq")
     subprocess.run(
