@@ -325,15 +325,16 @@ class SessionService:
         remove their containers and files (:class:`Removal`)."""
         session = self.get(session_id, for_update=True)
         descendants = self._lock_descendants(session.id)
+        running: list[Run] = []
+        for member in [session, *descendants]:
+            # Their history goes too: no run.finished, only the session's deletion.
+            running += self._cancel_pending(member, announce=False)
+            self.outbox.append(PendingEvent(member.id, None, 0, SESSION_DELETED, {}))
         removal = Removal(
             session_id=session.id,
             lineage=tree.lineage(self.db, session.id),
             descendants=[child.id for child in descendants],
-            running=[],
+            running=running,
         )
-        for member in [session, *descendants]:
-            # Their history goes too: no run.finished, only the session's deletion.
-            removal.running.extend(self._cancel_pending(member, announce=False))
-            self.outbox.append(PendingEvent(member.id, None, 0, SESSION_DELETED, {}))
         self.db.delete(session)  # descendants, runs and events follow by ON DELETE CASCADE
         return removal
