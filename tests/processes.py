@@ -94,7 +94,9 @@ def stack_environment(
         "CCQ_INSTANCE": settings.instance,
         "CCQ_JWT_SECRET": secret.get_secret_value(),
         "CCQ_ANTHROPIC_BASE_URL": container_base_url(model_server),
-        "CCQ_RUN_SILENCE_TIMEOUT": "8",
+        # Each run's CLI starts ccq's MCP server before it prints anything; many cold
+        # starts at once on two cores must not look like a hung run.
+        "CCQ_RUN_SILENCE_TIMEOUT": "20",
         "ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY,
     }
 
