@@ -55,6 +55,14 @@ class TooLarge(ApiError):
     status, code = 413, "too_large"
 
 
+class TooManyRequests(ApiError):
+    status, code = 429, "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class DependencyDown(ApiError):
     status, code = 503, "dependency_unavailable"
 
@@ -74,7 +82,9 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
-        return jsonify(error_body(exc.code, exc.message, exc.details)), exc.status
+        response = jsonify(error_body(exc.code, exc.message, exc.details))
+        response.headers.update(getattr(exc, "headers", {}))
+        return response, exc.status
 
     @app.errorhandler(NotFoundError)
     def _not_found(exc: NotFoundError) -> tuple[Response, int]:

@@ -67,6 +67,31 @@ class ChildrenQuery(Strict):
     recursive: bool = False
 
 
+class BatchItemBody(CliOptionsBody):
+    prompt: Prompt
+    metadata: Annotated[dict[str, Any], Field(max_length=100)] = {}
+
+
+class BatchOptions(Strict):
+    """A batch's own options (the JSON body's, or an NDJSON upload's query string)."""
+
+    max_concurrency: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    notify_url: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
+    idempotency_key: Key | None = None
+
+
+class CreateBatch(BatchOptions):
+    # Items are checked one by one afterwards, so errors can name each item's index.
+    items: list[Any]
+    defaults: CliOptionsBody = CliOptionsBody()
+    metadata: Annotated[dict[str, Any], Field(max_length=100)] = {}
+
+
+class ListBatchesQuery(Strict):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
 class CreateRun(Strict):
     prompt: Prompt
     idempotency_key: Key | None = None

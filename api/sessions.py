@@ -8,11 +8,12 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, request
+from sqlalchemy.orm import Session as DbSession
 
 from api.auth import Principal, require_owner, require_principal
 from api.describe import describe_sessions, scoped
 from api.dispatch import announce, dispatch_run
-from api.errors import InvalidInput
+from api.errors import InvalidInput, TooManyRequests
 from api.extensions import Services, get_services
 from api.schemas import (
     CreateRun,
@@ -25,6 +26,7 @@ from api.schemas import (
     session_json,
 )
 from api.validation import parse_body
+from orchestrator.admission import pending_interactive
 from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
 from orchestrator.events import WireEvent
@@ -38,6 +40,24 @@ log = logging.getLogger(__name__)
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1")
 
 Reply = tuple[dict[str, Any], int]
+
+
+# What a 429 tells a client to wait: about one run's time.
+RETRY_AFTER_SECONDS = 30
+
+
+def check_pending_limit(db: DbSession, services: Services, owner: str) -> None:
+    """Raises 429 when the owner already has CCQ_MAX_PENDING_RUNS_PER_OWNER runs queued
+    or running outside batches (batches have their own concurrency)."""
+    limit = services.settings.max_pending_runs_per_owner
+    pending = pending_interactive(db, owner)
+    if pending >= limit:
+        raise TooManyRequests(
+            f"{pending} runs of yours are queued or running (the limit is {limit}, "
+            "CCQ_MAX_PENDING_RUNS_PER_OWNER); retry when some have finished",
+            RETRY_AFTER_SECONDS,
+            [{"field": "prompt", "reason": "too many runs pending", "limit": limit}],
+        )
 
 
 @bp.post("/sessions")
@@ -59,6 +79,7 @@ def create_session(owner: str) -> Reply:
         )
         run = None
         if body.prompt is not None and created:
+            check_pending_limit(db, services, owner)
             run, _ = sessions.queue_run(session.id, body.prompt)
     dispatch_run(services, sessions, run)
     return {"session": session_json(session), "run": run_json(run) if run else None}, (
@@ -85,6 +106,7 @@ def queue_run(who: Principal, session_id: uuid.UUID) -> Reply:
     wait = _wait_seconds()
     services = get_services()
     with session_scope(services.session_factory) as db:
+        check_pending_limit(db, services, who.owner)
         sessions = scoped(db, who)
         run, created = sessions.queue_run(
             session_id, body.prompt, idempotency_key=body.idempotency_key

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator import session_tokens, tree
+from orchestrator.admission import admit
 from orchestrator.cancellation import cancel_signalled
 from orchestrator.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
@@ -73,6 +74,8 @@ class ClaimedRun:
     first_event_seq: int
     # For the session's MCP tools during this run only; never logged (repr=False).
     session_token: str = field(repr=False)
+    # A batch item: its container stops as soon as the run ends (thousands would idle).
+    one_shot: bool = False
 
 
 def _cli_options(session: Session, run: Run) -> CliOptions:
@@ -150,6 +153,8 @@ class RunExecutor:
             )
             if earlier is not None:
                 raise NotYourTurn(f"run {earlier} of session {session.id} goes first")
+            if run.status == RunStatus.QUEUED:  # a taken-over run already holds its slot
+                admit(db, session, self.settings.max_runs_per_owner)
             session_lock = SessionLock(self.redis, session.id, holder)
             if not session_lock.acquire():
                 raise NotYourTurn(f"session {session.id} is busy")
@@ -177,6 +182,7 @@ class RunExecutor:
                     owner=session.owner,
                     ttl=timedelta(seconds=self.settings.run_time_limit) + TOKEN_TTL_MARGIN,
                 ),
+                one_shot=session.batch_id is not None,
             )
             return claimed, session_lock, RunStatus.RUNNING
 
@@ -200,6 +206,8 @@ class RunExecutor:
             return {"run_id": str(run_id), "status": status}
         try:
             final = self._execute_claimed(claimed)
+            if claimed.one_shot:
+                self.runtime.stop(str(claimed.session_id), timeout=1)
         finally:
             session_lock.release()
         return {"run_id": str(run_id), "status": final}

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     # Direct children of one session, and sessions in one tree (the root included).
     max_children: int = Field(default=16, ge=1, le=1000)
     max_tree_sessions: int = Field(default=64, ge=1, le=10_000)
+    # --- fairness --------------------------------------------------------------------------
+    # Runs of one owner executing at once; more wait in the queue without a worker slot.
+    max_runs_per_owner: int = Field(default=8, ge=1, le=10_000)
+    # Queued or running runs one owner may have outside batches; past it, 429.
+    max_pending_runs_per_owner: int = Field(default=200, ge=1, le=1_000_000)
+
     # Where the MCP tools inside session containers reach the API (default: the
     # Docker host's gateway name on CCQ_API_PORT; the API must listen on an address
     # containers can reach, see the README).

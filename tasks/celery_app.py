@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
+from kombu.entity import Queue
 
 from orchestrator import heartbeat
 from orchestrator.settings import Settings
@@ -32,12 +33,15 @@ def make_celery(settings: Settings) -> Celery:
         "ccq",
         broker=settings.redis_url,
         backend=settings.redis_url,
-        include=["tasks.runs", "tasks.sessions", "tasks.fanouts"],
+        include=["tasks.runs", "tasks.sessions", "tasks.fanouts", "tasks.batches"],
     )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
     app.conf.update(
         # One queue per ccq instance: deployments (and test runs) sharing a Redis stay apart.
+        # Batch items have a queue of their own: workers take from both in turn, so an
+        # interactive prompt is never behind thousands of batch items.
         task_default_queue=settings.instance,
+        task_queues=[Queue(name) for name in (settings.instance, batch_queue(settings))],  # type: ignore[no-untyped-call]
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -68,6 +72,10 @@ def make_celery(settings: Settings) -> Celery:
     )
     app.conf.ccq_settings = settings
     return app
+
+
+def batch_queue(settings: Settings) -> str:
+    return f"{settings.instance}.batch"
 
 
 def settings_of(app: Celery) -> Settings:

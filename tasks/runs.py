@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from typing import Any
 
@@ -9,11 +10,15 @@ import redis
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
+from orchestrator.admission import NoSlot
 from orchestrator.executor import NotYourTurn
 from tasks.context import worker_context
 
 # How often a run whose turn has not come looks again; it holds no worker slot meanwhile.
 TURN_RETRY_SECONDS = 1.0
+# A run waiting for its owner's (or batch's) concurrency slot: longer, with jitter, so a
+# big batch's waiting items do not all come back at once.
+SLOT_RETRY_SECONDS = (2.0, 5.0)
 # PostgreSQL or Redis down: back off up to this. The task must not fail: as a fan-out's
 # chord member, a failed task would leave the parent waiting forever.
 OUTAGE_RETRY_MAX_SECONDS = 60.0
@@ -29,6 +34,9 @@ def run_prompt(self: Task, run_id: str) -> dict[str, Any]:
         return worker_context().executor.execute(uuid.UUID(run_id))
     except NotYourTurn as exc:
         raise self.retry(countdown=TURN_RETRY_SECONDS, exc=exc) from None
+    except NoSlot as exc:
+        wait = random.uniform(*SLOT_RETRY_SECONDS)  # noqa: S311 - jitter, not a secret
+        raise self.retry(countdown=wait, exc=exc) from None
     except (OperationalError, redis.RedisError) as exc:
         countdown = min(OUTAGE_RETRY_MAX_SECONDS, 2.0 ** min(self.request.retries, 6))
         raise self.retry(countdown=countdown, exc=exc) from None

@@ -1,0 +1,272 @@
+"""Batches: submit up to 10,000 prompts at once, follow their progress, export results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from celery import chord
+from flask import Blueprint, Response, request, stream_with_context
+from kombu.exceptions import OperationalError as KombuOperationalError
+from pydantic import ValidationError
+
+from api.auth import require_owner
+from api.dispatch import fail_unqueued
+from api.errors import DependencyDown, InvalidInput, TooLarge, validation_details
+from api.extensions import Services, get_services
+from api.schemas import (
+    MAX_PROMPT_BYTES,
+    BatchItemBody,
+    BatchOptions,
+    CliOptionsBody,
+    CreateBatch,
+    ListBatchesQuery,
+    decode_cursor,
+    encode_cursor,
+)
+from api.sessions import Reply
+from api.validation import parse_body
+from orchestrator import batches
+from orchestrator.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch
+from orchestrator.cancellation import signal_cancel
+from orchestrator.db import session_scope
+from orchestrator.models import Batch
+from tasks.celery_app import batch_queue
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("batches", __name__, url_prefix="/api/v1")
+
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
+# A rejected batch lists at most this many item errors (and says how many there were).
+MAX_REPORTED_ERRORS = 100
+
+
+@bp.post("/batches")
+@require_owner
+def create_batch(owner: str) -> Reply:
+    """A batch from a JSON body (``items``, ``defaults``) or an NDJSON upload (one item per
+    line, batch options in the query string). Nothing is created unless every item is
+    valid; invalid items are reported by index."""
+    spec = _batch_from_request()
+    services = get_services()
+    with session_scope(services.session_factory) as db:
+        batch, run_ids, created = BatchService(db, owner).create(spec)
+    if created:
+        _start(services, batch, run_ids)
+    with services.session_factory() as db:
+        return {"batch": batch_json(batch, batches.progress(db, batch.id))}, (
+            201 if created else 200
+        )
+
+
+def _batch_from_request() -> NewBatch:
+    if request.mimetype in NDJSON_TYPES:
+        options = BatchOptions.model_validate(request.args.to_dict())
+        raw_items, defaults, metadata = _ndjson_items(), CliOptionsBody(), {}
+    else:
+        body = parse_body(CreateBatch)
+        options, raw_items, defaults, metadata = body, body.items, body.defaults, body.metadata
+    if options.notify_url is not None and not options.notify_url.startswith(
+        ("http://", "https://")
+    ):
+        reason = "must be an http:// or https:// URL"
+        raise InvalidInput(f"notify_url: {reason}", [{"field": "notify_url", "reason": reason}])
+    return NewBatch(
+        items=_items(raw_items, defaults),
+        max_concurrency=options.max_concurrency,
+        notify_url=options.notify_url,
+        idempotency_key=options.idempotency_key,
+        metadata=metadata,
+        defaults=defaults.model_dump(exclude_none=True, exclude_defaults=True),
+    )
+
+
+def _ndjson_items() -> list[Any]:
+    items: list[Any] = []
+    for number, line in enumerate(request.get_data().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            items.append(_BadLine(number + 1))
+    return items
+
+
+class _BadLine:
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+def _items(raw_items: list[Any], defaults: CliOptionsBody) -> list[BatchItem]:
+    """Every item checked; raises 413 past MAX_ITEMS, else 400 listing bad items by index."""
+    if len(raw_items) > MAX_ITEMS:
+        reason = f"at most {MAX_ITEMS} items per batch, got {len(raw_items)}"
+        raise TooLarge(f"items: {reason}", [{"field": "items", "reason": reason}])
+    if not raw_items:
+        reason = "a batch needs at least one item"
+        raise InvalidInput(f"items: {reason}", [{"field": "items", "reason": reason}])
+    base = defaults.model_dump(exclude_none=True)
+    items, errors = [], []
+    for index, raw in enumerate(raw_items):
+        if isinstance(raw, _BadLine):
+            errors.append(_item_error(index, "(line)", f"line {raw.line} is not valid JSON"))
+            continue
+        try:
+            item = BatchItemBody.model_validate({**base, **raw} if isinstance(raw, dict) else raw)
+        except ValidationError as exc:
+            errors += [_item_error(index, e["field"], e["reason"]) for e in validation_details(exc)]
+            continue
+        if len(item.prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
+            errors.append(_item_error(index, "prompt", f"at most {MAX_PROMPT_BYTES} bytes"))
+            continue
+        items.append(
+            BatchItem(
+                prompt=item.prompt,
+                model=item.model,
+                options=item.cli_options(),
+                metadata=item.metadata,
+            )
+        )
+    if errors:
+        first = errors[0]
+        raise InvalidInput(
+            f"{len(errors)} invalid item(s), nothing was created; first: item "
+            f"{first['index']}: {first['field']}: {first['reason']}",
+            errors[:MAX_REPORTED_ERRORS],
+        )
+    return items
+
+
+def _item_error(index: int, field: str, reason: str) -> dict[str, Any]:
+    return {"index": index, "field": f"items.{index}.{field}", "reason": reason}
+
+
+def _start(services: Services, batch: Batch, run_ids: list[uuid.UUID]) -> None:
+    """Every item's run as one chord whose callback closes the batch.
+
+    Items go to the instance's batch queue, which workers take from in turn with the
+    interactive one. If Redis is down, the items are marked failed and the client gets 503.
+    """
+    celery, queue = services.celery, batch_queue(services.settings)
+    header = [celery.signature("ccq.run_prompt", args=[str(r)], queue=queue) for r in run_ids]
+    callback = celery.signature("ccq.close_batch", args=[str(batch.id)], immutable=True)
+    try:
+        chord(header, app=celery)(callback)
+    except (redis.RedisError, KombuOperationalError) as exc:
+        log.warning("could not start batch %s: %s", batch.id, exc)
+        for run_id in run_ids:
+            fail_unqueued(services, run_id)
+        raise DependencyDown(
+            "redis is unavailable: the batch's items were not queued (they are marked "
+            "failed); retry later"
+        ) from None
+
+
+@bp.get("/batches/<uuid:batch_id>")
+@require_owner
+def show_batch(owner: str, batch_id: uuid.UUID) -> Reply:
+    """Counts by state, cost, progress and timings."""
+    with get_services().session_factory() as db:
+        batch = BatchService(db, owner).get(batch_id)
+        return {"batch": batch_json(batch, batches.progress(db, batch.id))}, 200
+
+
+@bp.get("/batches")
+@require_owner
+def list_batches(owner: str) -> Reply:
+    """The caller's batches, newest first, cursor-paged."""
+    query = ListBatchesQuery.model_validate(request.args.to_dict())
+    with get_services().session_factory() as db:
+        rows = BatchService(db, owner).page(
+            limit=query.limit + 1,
+            before=decode_cursor(query.cursor) if query.cursor else None,
+        )
+        page, more = rows[: query.limit], len(rows) > query.limit
+        return {
+            "batches": [batch_json(b, batches.progress(db, b.id)) for b in page],
+            "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+        }, 200
+
+
+@bp.get("/batches/<uuid:batch_id>/results")
+@require_owner
+def batch_results(owner: str, batch_id: uuid.UUID) -> Response:
+    """NDJSON, one line per item in item order, streamed in chunks from PostgreSQL."""
+    services = get_services()
+    with services.session_factory() as db:
+        BatchService(db, owner).get(batch_id)
+
+    def lines() -> Iterator[str]:
+        with services.session_factory() as db:
+            for item in batches.results(db, batch_id):
+                yield (
+                    json.dumps(
+                        {
+                            "index": item.index,
+                            "session_id": str(item.session_id),
+                            "run_id": str(item.run_id),
+                            "status": item.status,
+                            "result": item.result,
+                            "error": item.error,
+                            "total_cost_usd": _money(item.total_cost_usd),
+                        }
+                    )
+                    + "\n"
+                )
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
+@bp.post("/batches/<uuid:batch_id>/cancel")
+@require_owner
+def cancel_batch(owner: str, batch_id: uuid.UUID) -> Reply:
+    """Queued items never start (they are cancelled in this request's commit); running
+    ones are killed."""
+    services = get_services()
+    with session_scope(services.session_factory) as db:
+        batch, running = BatchService(db, owner).cancel(batch_id)
+    for run in running:
+        signal_cancel(services.redis, run.id)
+    services.celery.send_task("ccq.close_batch", args=[str(batch_id)])
+    with services.session_factory() as db:
+        return {"batch": batch_json(batch, batches.progress(db, batch.id))}, 202
+
+
+def _money(value: Any) -> float | None:
+    return float(value) if value is not None else None
+
+
+def batch_json(batch: Batch, progress: batches.BatchProgress) -> dict[str, Any]:
+    total = batch.total_items
+    done = progress.done
+    end = batch.finished_at or datetime.now(UTC)
+    started = progress.first_started_at
+    elapsed = (end - started).total_seconds() if started else None
+    eta = None
+    if batch.finished_at is None and elapsed is not None and done:
+        eta = round(elapsed / done * (total - done), 1)
+    return {
+        "id": str(batch.id),
+        "status": batch.status,
+        "total_items": total,
+        "counts": progress.counts,
+        "done": done,
+        "progress": round(done / total, 4) if total else 1.0,
+        "total_cost_usd": float(
+            batch.total_cost_usd if batch.finished_at else progress.total_cost_usd
+        ),
+        "max_concurrency": batch.max_concurrency,
+        "metadata": batch.meta,
+        "created_at": batch.created_at.isoformat() if batch.created_at else None,
+        "started_at": started.isoformat() if started else None,
+        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+        "elapsed_seconds": round(elapsed, 1) if elapsed is not None else None,
+        "eta_seconds": eta,
+    }

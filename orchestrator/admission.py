@@ -1,0 +1,60 @@
+"""Admission: whether a run may start now, so one owner's batch cannot take every slot.
+
+A run waits (its task retries later, holding no worker slot) while its owner already
+has ``CCQ_MAX_RUNS_PER_OWNER`` runs running, or its batch has ``max_concurrency``. The
+check runs in the claim's transaction under a per-owner advisory lock, so two claims of
+one owner cannot both take the last slot.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, literal, select
+from sqlalchemy.orm import Session as DbSession
+
+from orchestrator.models import Batch, Run, RunStatus, Session
+
+
+class NoSlot(Exception):
+    """The owner (or the run's batch) is at its concurrency limit; try again later."""
+
+
+def admit(db: DbSession, session: Session, max_runs_per_owner: int) -> None:
+    """Raises NoSlot unless ``session``'s next run may start now."""
+    db.execute(select(func.pg_advisory_xact_lock(func.hashtext(literal("ccq:" + session.owner)))))
+    running = db.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.owner == session.owner, Run.status == RunStatus.RUNNING)
+    )
+    if (running or 0) >= max_runs_per_owner:
+        raise NoSlot(f"owner has {running} runs running (CCQ_MAX_RUNS_PER_OWNER)")
+    if session.batch_id is None:
+        return
+    limit = db.scalar(select(Batch.max_concurrency).where(Batch.id == session.batch_id))
+    if limit is None:
+        return
+    in_batch = db.scalar(
+        select(func.count())
+        .select_from(Run)
+        .join(Session, Session.id == Run.session_id)
+        .where(Session.batch_id == session.batch_id, Run.status == RunStatus.RUNNING)
+    )
+    if (in_batch or 0) >= limit:
+        raise NoSlot(f"batch {session.batch_id} has {in_batch} runs running (max_concurrency)")
+
+
+def pending_interactive(db: DbSession, owner: str) -> int:
+    """The owner's queued or running runs outside batches (the hard limit's count)."""
+    return int(
+        db.scalar(
+            select(func.count())
+            .select_from(Run)
+            .join(Session, Session.id == Run.session_id)
+            .where(
+                Run.owner == owner,
+                Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+                Session.batch_id.is_(None),
+            )
+        )
+        or 0
+    )

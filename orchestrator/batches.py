@@ -1,0 +1,274 @@
+"""Batches: many independent prompts submitted together, each a session with one run.
+
+Creating a batch inserts every session and run in one transaction with bulk inserts (a
+10,000-item batch is two statements, not 20,000 flushes); a rejected batch creates
+nothing. The batch's state is derived from its runs' rows, so counts never drift.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy.orm import Session as DbSession
+
+from orchestrator.db import ROW_LOCK
+from orchestrator.errors import ConflictError, NotFoundError
+from orchestrator.models import Batch, BatchStatus, Run, RunStatus, Session, SessionStatus
+
+MAX_ITEMS = 10_000
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    prompt: str
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    items: list[BatchItem]
+    max_concurrency: int | None = None
+    notify_url: str | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Counts of the batch's item runs by state, their cost, and timings."""
+
+    counts: dict[str, int]
+    total_cost_usd: Decimal
+    first_started_at: datetime | None
+    last_finished_at: datetime | None
+
+    @property
+    def done(self) -> int:
+        return sum(n for state, n in self.counts.items() if RunStatus(state).is_final)
+
+    @property
+    def unfinished(self) -> int:
+        return self.counts.get(RunStatus.QUEUED, 0) + self.counts.get(RunStatus.RUNNING, 0)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    index: int
+    session_id: uuid.UUID
+    run_id: uuid.UUID
+    status: str
+    result: str | None
+    error: str | None
+    total_cost_usd: Decimal | None
+
+
+class BatchService:
+    """The owner's batches."""
+
+    def __init__(self, db: DbSession, owner: str) -> None:
+        self.db = db
+        self.owner = owner
+
+    def create(self, spec: NewBatch) -> tuple[Batch, list[uuid.UUID], bool]:
+        """The batch, its item runs' IDs in item order, and whether it was created now."""
+        if spec.idempotency_key is not None:
+            existing = self.db.scalars(
+                select(Batch).where(
+                    Batch.owner == self.owner, Batch.idempotency_key == spec.idempotency_key
+                )
+            ).one_or_none()
+            if existing is not None:
+                return existing, self.run_ids(existing.id), False
+        now = datetime.now(UTC)
+        batch = Batch(
+            id=uuid.uuid4(),
+            owner=self.owner,
+            status=BatchStatus.RUNNING,
+            defaults=spec.defaults,
+            total_items=len(spec.items),
+            max_concurrency=spec.max_concurrency,
+            notify_url=spec.notify_url,
+            idempotency_key=spec.idempotency_key,
+            meta=spec.metadata,
+        )
+        self.db.add(batch)
+        self.db.flush()
+        sessions: list[dict[str, Any]] = []
+        runs: list[dict[str, Any]] = []
+        run_ids: list[uuid.UUID] = []
+        for index, item in enumerate(spec.items):
+            session_id, run_id = uuid.uuid4(), uuid.uuid4()
+            run_ids.append(run_id)
+            sessions.append(
+                {
+                    "id": session_id,
+                    "owner": self.owner,
+                    "root_id": session_id,
+                    "depth": 0,
+                    "batch_id": batch.id,
+                    "batch_index": index,
+                    "status": SessionStatus.IDLE,
+                    "model": item.model,
+                    "options": item.options,
+                    "meta": item.metadata,
+                    "cli_started": False,
+                    "runs_count": 1,
+                    "total_cost_usd": Decimal(0),
+                    "last_active_at": now,
+                }
+            )
+            runs.append(
+                {
+                    "id": run_id,
+                    "session_id": session_id,
+                    "owner": self.owner,
+                    "seq": 1,
+                    "prompt": item.prompt,
+                    "options": {},
+                    "status": RunStatus.QUEUED,
+                    "attempts": 0,
+                    "cancel_requested": False,
+                }
+            )
+        self.db.execute(insert(Session), sessions)
+        self.db.execute(insert(Run), runs)
+        return batch, run_ids, True
+
+    def get(self, batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
+        query = select(Batch).where(Batch.id == batch_id, Batch.owner == self.owner)
+        if for_update:
+            query = query.with_for_update(**ROW_LOCK)
+        batch = self.db.scalars(query).one_or_none()
+        if batch is None:
+            raise NotFoundError(f"batch {batch_id} not found")
+        return batch
+
+    def page(self, *, limit: int, before: tuple[datetime, uuid.UUID] | None) -> list[Batch]:
+        query = select(Batch).where(Batch.owner == self.owner)
+        if before is not None:
+            query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(*before))
+        query = query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+        return list(self.db.scalars(query).all())
+
+    def run_ids(self, batch_id: uuid.UUID) -> list[uuid.UUID]:
+        return list(
+            self.db.scalars(
+                select(Run.id)
+                .join(Session, Session.id == Run.session_id)
+                .where(Session.batch_id == batch_id, Run.seq == 1)
+                .order_by(Session.batch_index)
+            ).all()
+        )
+
+    def cancel(self, batch_id: uuid.UUID) -> tuple[Batch, list[Run]]:
+        """Queued items never start; running ones are flagged for their executors to kill.
+
+        Returns:
+            The batch and its runs that were running (signal their executors).
+
+        Raises:
+            ConflictError: the batch has already finished.
+        """
+        batch = self.get(batch_id, for_update=True)
+        if batch.status != BatchStatus.RUNNING:
+            raise ConflictError(f"batch {batch_id} has already finished ({batch.status})")
+        batch.status = BatchStatus.CANCELLED
+        now = datetime.now(UTC)
+        pending = self.db.scalars(
+            select(Run)
+            .join(Session, Session.id == Run.session_id)
+            .where(
+                Session.batch_id == batch.id,
+                Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+            )
+            .with_for_update(of=Run, **ROW_LOCK)
+        ).all()
+        running = []
+        for run in pending:
+            run.cancel_requested = True
+            if run.status == RunStatus.QUEUED:
+                run.status, run.finished_at = RunStatus.CANCELLED, now
+            else:
+                running.append(run)
+        return batch, running
+
+
+def progress(db: DbSession, batch_id: uuid.UUID) -> BatchProgress:
+    """The batch's item runs by state, their cost so far and when they ran (one query)."""
+    rows = db.execute(
+        select(
+            Run.status,
+            func.count(),
+            func.coalesce(func.sum(Run.total_cost_usd), 0),
+            func.min(Run.started_at),
+            func.max(Run.finished_at),
+        )
+        .join(Session, Session.id == Run.session_id)
+        .where(Session.batch_id == batch_id, Run.seq == 1)
+        .group_by(Run.status)
+    ).all()
+    counts = {state.value: 0 for state in RunStatus}
+    cost, started, finished = Decimal(0), [], []
+    for status, count, status_cost, first, last in rows:
+        counts[status] = count
+        cost += Decimal(status_cost or 0)
+        started += [first] if first else []
+        finished += [last] if last else []
+    return BatchProgress(counts, cost, min(started, default=None), max(finished, default=None))
+
+
+def results(db: DbSession, batch_id: uuid.UUID, chunk: int = 500) -> Iterator[ItemResult]:
+    """Every item's outcome in item order, fetched in chunks (never all in memory)."""
+    after = -1
+    while True:
+        rows = db.execute(
+            select(
+                Session.batch_index,
+                Session.id,
+                Run.id,
+                Run.status,
+                Run.result_text,
+                Run.error,
+                Run.total_cost_usd,
+            )
+            .join(Run, (Run.session_id == Session.id) & (Run.seq == 1))
+            .where(Session.batch_id == batch_id, Session.batch_index > after)
+            .order_by(Session.batch_index)
+            .limit(chunk)
+        ).all()
+        for index, session_id, run_id, status, result, error, cost in rows:
+            yield ItemResult(index or 0, session_id, run_id, status, result, error, cost)
+        if len(rows) < chunk:
+            return
+        after = rows[-1][0] or 0
+
+
+def close(db: DbSession, batch_id: uuid.UUID) -> Batch | None:
+    """Finish the batch if every item has ended; None while some are still going.
+
+    Its final state: ``cancelled`` if it was cancelled, ``succeeded`` if every item
+    succeeded, else ``failed``. Safe to call any number of times.
+    """
+    batch = db.get(Batch, batch_id, with_for_update=ROW_LOCK)
+    if batch is None:
+        return None
+    if batch.finished_at is not None:
+        return batch
+    now = progress(db, batch.id)
+    if now.unfinished:
+        return None
+    if batch.status == BatchStatus.RUNNING:
+        all_good = now.counts.get(RunStatus.SUCCEEDED, 0) == batch.total_items
+        batch.status = BatchStatus.SUCCEEDED if all_good else BatchStatus.FAILED
+    batch.total_cost_usd = now.total_cost_usd
+    batch.finished_at = now.last_finished_at or datetime.now(UTC)
+    return batch

@@ -1,0 +1,582 @@
+"""Webhook notifications: a JSON POST to a batch's or session's ``notify_url`` when it ends.
+
+What lives here needs no Celery: URL validation, payloads, one delivery attempt, the
+backoff between attempts, and reading what to send from PostgreSQL. ``tasks/notify.py``
+schedules the attempts.
+
+One payload suits every common receiver as it is:
+
+- Slack incoming webhooks read ``text`` (mrkdwn; ``&``, ``<`` and ``>`` are escaped, so
+  nothing a run printed can become a link or an ``<!channel>`` ping);
+- Discord webhooks read ``content`` (at most 2000 characters), ``embeds`` and
+  ``allowed_mentions`` (none: an ``@everyone`` in a result pings nobody);
+- anything else reads the structured ``ccq`` object (``ccq.event`` says what it is).
+
+Webhook URLs embed secrets (Slack's and Discord's tokens are path segments), so a URL is
+never logged, raised or returned in full: :func:`redact_url` keeps only its origin.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import random
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DbSession
+
+from orchestrator.models import Batch, Run, RunStatus, Session
+
+MAX_URL_LENGTH = 2000
+USER_AGENT = "ccq-notify/1"
+# Discord rejects longer `content`; Slack truncates `text` past 40,000 but advises 4,000.
+DISCORD_CONTENT_MAX = 2000
+SLACK_TEXT_MAX = 3000
+# Discord embed limits (description 4096, field value 1024, 6000 in all) with headroom.
+EMBED_DESCRIPTION_MAX = 3000
+EMBED_FIELD_MAX = 1000
+# How much of a run's result and error the structured payload carries, and the text shows.
+RESULT_MAX = 4000
+ERROR_MAX = 1000
+SNIPPET_MAX = 1500
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_CAP_SECONDS = 300.0
+BACKOFF_JITTER = 0.1  # each delay is shortened by up to this fraction
+# A receiver's Retry-After is honoured up to this (longer waits are cut to it).
+RETRY_AFTER_MAX_SECONDS = 900.0
+PAYLOAD_VERSION = 1
+
+ELLIPSIS = "…"
+
+_STATUS_COLOURS = {
+    "succeeded": 0x2EB67D,
+    "failed": 0xE01E5A,
+    "timed_out": 0xECB22E,
+    "cancelled": 0x9E9E9E,
+}
+# The order counts are listed in after "succeeded"; unknown states follow, sorted.
+_COUNT_ORDER = ("failed", "timed_out", "cancelled", "running", "queued", "not_started")
+_LISTED_STATES = frozenset((*_COUNT_ORDER, "succeeded"))
+
+
+# --- URLs ----------------------------------------------------------------------------------
+
+
+def validate_notify_url(url: str) -> str:
+    """Return ``url`` if it is fit to be a webhook target; raise ``ValueError`` saying why.
+
+    Accepted: ``http``/``https``, a host, at most 2000 characters, no ``user:pass@``
+    (credentials belong in the path or query, as Slack and Discord put them), no
+    ``#fragment`` (never sent to the server, so always a mistake), no whitespace or
+    control characters.
+    """
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a malformed port
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain credentials (user:password@)")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if port == 0:
+        raise ValueError("must not use port 0")
+    if "#" in url:
+        raise ValueError("must not contain a fragment (#...)")
+    if parts.netloc.startswith("[") and not _is_ipv6(parts.hostname):
+        raise ValueError("is not a valid URL")
+    return url
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/…``: enough to say where, nothing of the secret path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "<invalid url>"
+    if not parts.scheme or not host:
+        return "<invalid url>"
+    if ":" in host:
+        host = f"[{host}]"
+    origin = f"{parts.scheme.lower()}://{host}{f':{port}' if port is not None else ''}"
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
+    return f"{origin}/{ELLIPSIS}" if hidden else f"{origin}/"
+
+
+# --- text helpers ------------------------------------------------------------------------
+
+
+def _utf16_units(ch: str) -> int:
+    return 2 if ord(ch) > 0xFFFF else 1
+
+
+def clip(text: str, limit: int, marker: str = ELLIPSIS) -> str:
+    """``text`` cut to at most ``limit`` characters, ending with ``marker`` if it was cut.
+
+    Lengths count UTF-16 code units (an emoji outside the BMP counts 2), which is at least
+    the number of code points: the result fits whichever of the two a receiver counts,
+    and a character is never split in half.
+    """
+    if limit <= 0:
+        return ""
+    total = sum(_utf16_units(ch) for ch in text)
+    if total <= limit:
+        return text
+    budget = limit - sum(_utf16_units(ch) for ch in marker)
+    if budget < 0:
+        return ""
+    used, end = 0, 0
+    for end, ch in enumerate(text):  # noqa: B007 - `end` is the cut position
+        units = _utf16_units(ch)
+        if used + units > budget:
+            break
+        used += units
+    return text[:end] + marker
+
+
+_PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
+
+
+def slack_escape(text: str) -> str:
+    """Escape what Slack's mrkdwn treats as markup: ``&``, ``<`` and ``>``."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clip_slack(escaped: str, limit: int) -> str:
+    """Clip escaped Slack text without leaving half an ``&amp;`` at the cut."""
+    clipped = clip(escaped, limit)
+    if clipped == escaped:
+        return escaped
+    return _PARTIAL_ENTITY.sub("", clipped[: -len(ELLIPSIS)]) + ELLIPSIS
+
+
+def short_id(value: uuid.UUID | str) -> str:
+    return str(value)[:8] + ELLIPSIS
+
+
+def format_cost(cost: Decimal | None) -> str:
+    if cost is None:
+        return "$?"
+    if 0 < cost < Decimal("0.01"):
+        return f"${cost:.4f}"
+    return f"${cost:.2f}"
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m12s``, ``2h05m``."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _cost_number(cost: Decimal | None) -> float | None:
+    # The API reports costs as JSON numbers too.
+    return float(cost) if cost is not None else None
+
+
+# --- payloads ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a batch notification says; ``counts`` maps item run states to how many."""
+
+    id: uuid.UUID
+    status: str
+    total_items: int
+    counts: Mapping[str, int]
+    total_cost_usd: Decimal
+    created_at: datetime | None
+    finished_at: datetime | None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run notification says (``result`` and ``error`` are clipped when built)."""
+
+    session_id: uuid.UUID
+    run_id: uuid.UUID
+    status: str
+    result: str | None
+    error: str | None
+    total_cost_usd: Decimal | None
+    finished_at: datetime | None
+    started_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _ordered_counts(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    known = [(state, counts.get(state, 0)) for state in _COUNT_ORDER]
+    extra = sorted((state, n) for state, n in counts.items() if state not in _LISTED_STATES)
+    return [(state, n) for state, n in known + extra if n > 0]
+
+
+def _name_of(metadata: Mapping[str, Any]) -> str | None:
+    name = metadata.get("name")
+    if isinstance(name, str) and name.strip():
+        return clip(" ".join(name.split()), 100)
+    return None
+
+
+def batch_headline(batch: BatchSummary) -> str:
+    """``ccq batch 1234abcd… succeeded: 198/200 succeeded, 2 failed, $0.43 in 3m12s``."""
+    name = _name_of(batch.metadata)
+    label = f"ccq batch {short_id(batch.id)}" + (f" ({name})" if name else "")
+    parts = [f"{batch.counts.get('succeeded', 0)}/{batch.total_items} succeeded"]
+    parts += [f"{n} {state.replace('_', ' ')}" for state, n in _ordered_counts(batch.counts)]
+    tail = format_cost(batch.total_cost_usd)
+    took = _duration(batch.created_at, batch.finished_at)
+    if took is not None:
+        tail += f" in {format_duration(took)}"
+    return f"{label} {batch.status.replace('_', ' ')}: {', '.join(parts)}, {tail}"
+
+
+def batch_payload(batch: BatchSummary) -> dict[str, Any]:
+    """The JSON body announcing a finished batch (Slack, Discord and generic alike)."""
+    headline = batch_headline(batch)
+    took = _duration(batch.created_at, batch.finished_at)
+    fields = [
+        {"name": "Items", "value": str(batch.total_items), "inline": True},
+        {"name": "Cost", "value": format_cost(batch.total_cost_usd), "inline": True},
+    ]
+    if took is not None:
+        fields.append({"name": "Duration", "value": format_duration(took), "inline": True})
+    by_state = [("succeeded", batch.counts.get("succeeded", 0)), *_ordered_counts(batch.counts)]
+    counts_line = ", ".join(f"{state.replace('_', ' ')}: {n}" for state, n in by_state)
+    fields.append({"name": "Items by state", "value": clip(counts_line, EMBED_FIELD_MAX)})
+    return {
+        "text": _clip_slack(slack_escape(headline), SLACK_TEXT_MAX),
+        "content": clip(headline, DISCORD_CONTENT_MAX),
+        "allowed_mentions": {"parse": []},
+        "embeds": [
+            _embed(
+                title=f"ccq batch {short_id(batch.id)} {batch.status}",
+                description=None,
+                status=batch.status,
+                fields=fields,
+                timestamp=batch.finished_at,
+            )
+        ],
+        "ccq": {
+            "version": PAYLOAD_VERSION,
+            "event": "batch.finished",
+            "batch": {
+                "id": str(batch.id),
+                "status": batch.status,
+                "total_items": batch.total_items,
+                "counts": dict(batch.counts),
+                "total_cost_usd": _cost_number(batch.total_cost_usd),
+                "created_at": _iso(batch.created_at),
+                "finished_at": _iso(batch.finished_at),
+                "duration_seconds": took,
+                "metadata": dict(batch.metadata),
+            },
+        },
+    }
+
+
+def run_headline(run: RunSummary) -> str:
+    """``ccq run 5678abcd… (session 1234abcd…) succeeded, $0.01 in 12s``."""
+    name = _name_of(run.metadata)
+    label = f"ccq run {short_id(run.run_id)} (session {short_id(run.session_id)}"
+    label += f", {name})" if name else ")"
+    tail = format_cost(run.total_cost_usd) if run.total_cost_usd is not None else ""
+    took = _duration(run.started_at, run.finished_at)
+    if took is not None:
+        tail += f" in {format_duration(took)}" if tail else f"in {format_duration(took)}"
+    return f"{label} {run.status.replace('_', ' ')}" + (f", {tail}" if tail else "")
+
+
+def run_payload(run: RunSummary) -> dict[str, Any]:
+    """The JSON body announcing a finished run of a session with a ``notify_url``."""
+    headline = run_headline(run)
+    result = clip(run.result, RESULT_MAX) if run.result is not None else None
+    error = clip(run.error, ERROR_MAX) if run.error is not None else None
+    detail = error if error and run.status != RunStatus.SUCCEEDED else (result or error or "")
+    snippet = clip(detail.strip(), SNIPPET_MAX)
+    text = slack_escape(headline) + (f"\n{slack_escape(snippet)}" if snippet else "")
+    content = headline + (f"\n{snippet}" if snippet else "")
+    fields = [{"name": "Status", "value": run.status, "inline": True}]
+    if run.total_cost_usd is not None:
+        fields.append({"name": "Cost", "value": format_cost(run.total_cost_usd), "inline": True})
+    took = _duration(run.started_at, run.finished_at)
+    if took is not None:
+        fields.append({"name": "Duration", "value": format_duration(took), "inline": True})
+    return {
+        "text": _clip_slack(text, SLACK_TEXT_MAX),
+        "content": clip(content, DISCORD_CONTENT_MAX),
+        "allowed_mentions": {"parse": []},
+        "embeds": [
+            _embed(
+                title=f"ccq run {short_id(run.run_id)} {run.status}",
+                description=clip(detail.strip(), EMBED_DESCRIPTION_MAX) or None,
+                status=run.status,
+                fields=fields,
+                timestamp=run.finished_at,
+            )
+        ],
+        "ccq": {
+            "version": PAYLOAD_VERSION,
+            "event": "run.finished",
+            "run": {
+                "id": str(run.run_id),
+                "session_id": str(run.session_id),
+                "status": run.status,
+                "result": result,
+                "result_truncated": result is not None and result != run.result,
+                "error": error,
+                "total_cost_usd": _cost_number(run.total_cost_usd),
+                "started_at": _iso(run.started_at),
+                "finished_at": _iso(run.finished_at),
+                "duration_seconds": took,
+            },
+        },
+    }
+
+
+def _embed(
+    *,
+    title: str,
+    description: str | None,
+    status: str,
+    fields: list[dict[str, Any]],
+    timestamp: datetime | None,
+) -> dict[str, Any]:
+    embed: dict[str, Any] = {
+        "title": clip(title, 256),
+        "color": _STATUS_COLOURS.get(status, 0x5865F2),
+        "fields": fields,
+    }
+    if description:
+        embed["description"] = description
+    if timestamp is not None:
+        embed["timestamp"] = timestamp.astimezone(UTC).isoformat()
+    return embed
+
+
+# --- delivery ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one POST.
+
+    Attributes:
+        ok: the receiver answered 2xx.
+        retry: another attempt may succeed (no answer, a timeout, 5xx, 408 or 429).
+        status: the HTTP status, None when no response came.
+        retry_after: seconds the receiver asked us to wait (429/503 ``Retry-After``).
+        reason: a short, URL-free description for logs ("HTTP 500", "timeout").
+    """
+
+    ok: bool
+    retry: bool
+    status: int | None = None
+    retry_after: float | None = None
+    reason: str = ""
+
+
+def _retryable_status(status: int) -> bool:
+    # 408 (the receiver timed out reading us) and 429 (rate limited) are worth another go.
+    return status >= 500 or status in (408, 429)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN, inf
+        return None
+    return max(0.0, seconds)
+
+
+def deliver(url: str, payload: dict[str, Any], *, timeout: float) -> DeliveryResult:
+    """POST ``payload`` as JSON to ``url`` once; never raises for network trouble.
+
+    Redirects are not followed (a webhook that moved is a configuration error, and
+    following one would re-send the body somewhere unvetted). The response body is never
+    read: only the status line and headers matter, so a slow or huge body cannot hold a
+    worker. ``timeout`` bounds the connect and each read separately.
+    """
+    try:
+        with requests.post(
+            url,
+            json=payload,
+            headers={"User-Agent": USER_AGENT},
+            timeout=(timeout, timeout),
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            status = response.status_code
+            retry_after = (
+                parse_retry_after(response.headers.get("Retry-After"))
+                if status in (429, 503)
+                else None
+            )
+    except requests.Timeout:
+        return DeliveryResult(ok=False, retry=True, reason="timeout")
+    except requests.ConnectionError:
+        return DeliveryResult(ok=False, retry=True, reason="connection failed")
+    except requests.RequestException as exc:
+        # An unusable URL or request: another attempt would fail the same way. Only the
+        # exception's type is kept: its message quotes the URL.
+        return DeliveryResult(ok=False, retry=False, reason=type(exc).__name__)
+    if 200 <= status < 300:
+        return DeliveryResult(ok=True, retry=False, status=status, reason=f"HTTP {status}")
+    reason = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+    return DeliveryResult(
+        ok=False,
+        retry=_retryable_status(status),
+        status=status,
+        retry_after=retry_after,
+        reason=reason,
+    )
+
+
+def backoff_seconds(attempt: int, *, rand: Callable[[], float] = random.random) -> float:
+    """The wait after failed attempt ``attempt`` (0-based): 2, 4, 8, … s, at most 300 s.
+
+    Each delay is shortened by up to 10 % at random (``rand`` returns [0, 1)), so many
+    notifications failing together do not come back in lockstep.
+    """
+    exponent = min(max(attempt, 0), 32)
+    delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0**exponent)
+    return delay * (1.0 - BACKOFF_JITTER * rand())
+
+
+def retry_delay(
+    attempt: int,
+    retry_after: float | None,
+    *,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """The receiver's ``Retry-After`` if it gave one (within 1 s … 15 min), else backoff."""
+    if retry_after is not None:
+        return min(RETRY_AFTER_MAX_SECONDS, max(1.0, retry_after))
+    return backoff_seconds(attempt, rand=rand)
+
+
+# --- what to send, from PostgreSQL --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notification ready to go: where (None if nobody asked) and what."""
+
+    url: str | None
+    finished: bool
+    payload: dict[str, Any]
+
+
+def batch_counts(db: DbSession, batch: Batch) -> dict[str, int]:
+    """The batch's items by the state of their run (items without a row: ``not_started``)."""
+    rows = db.execute(
+        select(Run.status, func.count())
+        .join(Session, Session.id == Run.session_id)
+        .where(Session.batch_id == batch.id, Run.seq == 1)
+        .group_by(Run.status)
+    ).all()
+    counts = {str(status): int(n) for status, n in rows}
+    missing = batch.total_items - sum(counts.values())
+    if missing > 0:
+        counts["not_started"] = missing
+    return counts
+
+
+def load_batch_notice(db: DbSession, batch_id: uuid.UUID) -> Notice | None:
+    """The batch's notification, or None if the batch does not exist."""
+    batch = db.get(Batch, batch_id)
+    if batch is None:
+        return None
+    summary = BatchSummary(
+        id=batch.id,
+        status=batch.status,
+        total_items=batch.total_items,
+        counts=batch_counts(db, batch),
+        total_cost_usd=batch.total_cost_usd,
+        created_at=batch.created_at,
+        finished_at=batch.finished_at,
+        metadata=batch.meta or {},
+    )
+    return Notice(
+        url=batch.notify_url, finished=batch.finished_at is not None, payload=batch_payload(summary)
+    )
+
+
+def load_run_notice(db: DbSession, run_id: uuid.UUID) -> Notice | None:
+    """The run's notification (to its session's ``notify_url``), or None if it is gone."""
+    row = db.execute(
+        select(Run, Session.notify_url, Session.meta)
+        .join(Session, Session.id == Run.session_id)
+        .where(Run.id == run_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    run, notify_url, metadata = row
+    summary = RunSummary(
+        session_id=run.session_id,
+        run_id=run.id,
+        status=run.status,
+        result=clip(run.result_text, RESULT_MAX) if run.result_text is not None else None,
+        error=clip(run.error, ERROR_MAX) if run.error is not None else None,
+        total_cost_usd=run.total_cost_usd,
+        finished_at=run.finished_at,
+        started_at=run.started_at,
+        metadata=metadata or {},
+    )
+    payload = run_payload(summary)
+    # Clipped above (a result can be megabytes); say whether the original was longer.
+    if summary.result != run.result_text:
+        payload["ccq"]["run"]["result_truncated"] = True
+    return Notice(url=notify_url, finished=RunStatus(run.status).is_final, payload=payload)
