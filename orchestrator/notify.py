@@ -580,3 +580,13 @@ def load_run_notice(db: DbSession, run_id: uuid.UUID) -> Notice | None:
     if summary.result != run.result_text:
         payload["ccq"]["run"]["result_truncated"] = True
     return Notice(url=notify_url, finished=RunStatus(run.status).is_final, payload=payload)
+
+
+def run_wants_notice(db: DbSession, run_id: uuid.UUID) -> bool:
+    """Whether the run has ended and its session asked for notifications (one lookup)."""
+    row = db.execute(
+        select(Run.status, Session.notify_url)
+        .join(Session, Session.id == Run.session_id)
+        .where(Run.id == run_id)
+    ).one_or_none()
+    return row is not None and bool(row.notify_url) and RunStatus(row.status).is_final

@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session as DbSession
 
@@ -49,6 +50,7 @@ from orchestrator.notify import (
     load_run_notice,
     redact_url,
     retry_delay,
+    run_wants_notice,
     validate_notify_url,
 )
 from tasks.context import worker_context
@@ -215,3 +217,41 @@ def notify_batch(self: Task, batch_id: str) -> dict[str, Any]:
 def notify_run(self: Task, run_id: str) -> dict[str, Any]:
     """POST a finished run's outcome to its session's ``notify_url`` (if it has one)."""
     return _notify(self, Kind.RUN, run_id)
+
+
+# --- for the code that finishes batches and runs ---------------------------------------
+
+
+def queue_batch_notification(batch_id: uuid.UUID | str, notify_url: str | None) -> bool:
+    """Queue ``ccq.notify_batch`` for a batch that has just been closed, if it has a URL.
+
+    Call it after the transaction that finished the batch committed. Calling it again
+    (a redelivered closer) is harmless: the task sends once. Never raises: a broker
+    outage loses the notification (with a warning) rather than failing the caller.
+    """
+    if not notify_url:
+        return False
+    try:
+        notify_batch.delay(str(batch_id))
+    except (redis.RedisError, KombuOperationalError) as exc:
+        log.warning("batch %s: notification not queued: %s", batch_id, type(exc).__name__)
+        return False
+    return True
+
+
+def queue_run_notification(run_id: uuid.UUID | str) -> bool:
+    """Queue ``ccq.notify_run`` if the run has ended and its session has a ``notify_url``.
+
+    One indexed lookup, so it can follow every run. Call it after the run's final state
+    committed (``run_prompt`` after the executor returned). Repeats are harmless; it never
+    raises (a run task, maybe a chord member, must not fail over a notification).
+    """
+    try:
+        with session_scope(worker_context().session_factory) as db:
+            wanted = run_wants_notice(db, uuid.UUID(str(run_id)))
+        if wanted:
+            notify_run.delay(str(run_id))
+    except (ValueError, OperationalError, redis.RedisError, KombuOperationalError) as exc:
+        log.warning("run %s: notification not queued: %s", run_id, type(exc).__name__)
+        return False
+    return wanted
