@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import batches, children, health, sessions, streams
+from api import batch_stream, batches, children, health, sessions, streams
 from api.errors import register_error_handlers
 from api.extensions import EXTENSION_KEY, Services
 from orchestrator.settings import Settings, load_settings
@@ -28,5 +28,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(children.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(streams.bp)
+    app.register_blueprint(batch_stream.bp)
     logging.basicConfig(level=settings.log_level)
     return app

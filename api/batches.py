@@ -6,7 +6,6 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -32,7 +31,8 @@ from api.schemas import (
 from api.sessions import Reply
 from api.validation import parse_body
 from orchestrator import batches
-from orchestrator.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch
+from orchestrator.batch_events import BATCH_PROGRESS, publish_batch
+from orchestrator.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch, batch_view
 from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
 from orchestrator.models import Batch
@@ -60,7 +60,7 @@ def create_batch(owner: str) -> Reply:
     if created:
         _start(services, batch, run_ids)
     with services.session_factory() as db:
-        return {"batch": batch_json(batch, batches.progress(db, batch.id))}, (
+        return {"batch": batch_view(batch, batches.progress(db, batch.id))}, (
             201 if created else 200
         )
 
@@ -72,11 +72,6 @@ def _batch_from_request() -> NewBatch:
     else:
         body = parse_body(CreateBatch)
         options, raw_items, defaults, metadata = body, body.items, body.defaults, body.metadata
-    if options.notify_url is not None and not options.notify_url.startswith(
-        ("http://", "https://")
-    ):
-        reason = "must be an http:// or https:// URL"
-        raise InvalidInput(f"notify_url: {reason}", [{"field": "notify_url", "reason": reason}])
     return NewBatch(
         items=_items(raw_items, defaults),
         max_concurrency=options.max_concurrency,
@@ -175,7 +170,7 @@ def show_batch(owner: str, batch_id: uuid.UUID) -> Reply:
     """Counts by state, cost, progress and timings."""
     with get_services().session_factory() as db:
         batch = BatchService(db, owner).get(batch_id)
-        return {"batch": batch_json(batch, batches.progress(db, batch.id))}, 200
+        return {"batch": batch_view(batch, batches.progress(db, batch.id))}, 200
 
 
 @bp.get("/batches")
@@ -190,7 +185,7 @@ def list_batches(owner: str) -> Reply:
         )
         page, more = rows[: query.limit], len(rows) > query.limit
         return {
-            "batches": [batch_json(b, batches.progress(db, b.id)) for b in page],
+            "batches": [batch_view(b, batches.progress(db, b.id)) for b in page],
             "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
         }, 200
 
@@ -234,39 +229,17 @@ def cancel_batch(owner: str, batch_id: uuid.UUID) -> Reply:
         batch, running = BatchService(db, owner).cancel(batch_id)
     for run in running:
         signal_cancel(services.redis, run.id)
+    publish_batch(
+        services.redis,
+        services.session_factory,
+        batch_id,
+        BATCH_PROGRESS,
+        int(services.settings.event_stream_ttl),
+    )
     services.celery.send_task("ccq.close_batch", args=[str(batch_id)])
     with services.session_factory() as db:
-        return {"batch": batch_json(batch, batches.progress(db, batch.id))}, 202
+        return {"batch": batch_view(batch, batches.progress(db, batch.id))}, 202
 
 
 def _money(value: Any) -> float | None:
     return float(value) if value is not None else None
-
-
-def batch_json(batch: Batch, progress: batches.BatchProgress) -> dict[str, Any]:
-    total = batch.total_items
-    done = progress.done
-    end = batch.finished_at or datetime.now(UTC)
-    started = progress.first_started_at
-    elapsed = (end - started).total_seconds() if started else None
-    eta = None
-    if batch.finished_at is None and elapsed is not None and done:
-        eta = round(elapsed / done * (total - done), 1)
-    return {
-        "id": str(batch.id),
-        "status": batch.status,
-        "total_items": total,
-        "counts": progress.counts,
-        "done": done,
-        "progress": round(done / total, 4) if total else 1.0,
-        "total_cost_usd": float(
-            batch.total_cost_usd if batch.finished_at else progress.total_cost_usd
-        ),
-        "max_concurrency": batch.max_concurrency,
-        "metadata": batch.meta,
-        "created_at": batch.created_at.isoformat() if batch.created_at else None,
-        "started_at": started.isoformat() if started else None,
-        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
-        "elapsed_seconds": round(elapsed, 1) if elapsed is not None else None,
-        "eta_seconds": eta,
-    }

@@ -74,7 +74,11 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic errors as ``[{"field": "a.b", "reason": "..."}]`` without echoing input."""
     return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "reason": err["msg"]}
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+            # A validator's ValueError reads "Value error, <reason>": the reason is enough.
+            "reason": err["msg"].removeprefix("Value error, "),
+        }
         for err in exc.errors(include_url=False, include_input=False)
     ]
 

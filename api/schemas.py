@@ -8,17 +8,20 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.errors import InvalidInput, TooLarge
 from orchestrator.children import DEFAULT_THEN
 from orchestrator.models import Fanout, Run, Session
+from orchestrator.notify import redact_url, validate_notify_url
 
 MAX_PROMPT_BYTES = 256 * 1024
 
 # The size limit is checked after parsing (check_prompt_size) so it can answer 413.
 Prompt = Annotated[str, StringConstraints(min_length=1)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# A webhook: http(s), a host, no credentials or fragment (see orchestrator.notify).
+NotifyUrl = Annotated[str, StringConstraints(min_length=1), AfterValidator(validate_notify_url)]
 ToolName = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^,\s]+( ?\S+)*$")
 ]
@@ -46,6 +49,7 @@ class CreateSession(CliOptionsBody):
     prompt: Prompt | None = None
     metadata: Annotated[dict[str, Any], Field(max_length=100)] = {}
     idempotency_key: Key | None = None
+    notify_url: NotifyUrl | None = None
 
 
 class CreateChild(CliOptionsBody):
@@ -76,7 +80,7 @@ class BatchOptions(Strict):
     """A batch's own options (the JSON body's, or an NDJSON upload's query string)."""
 
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    notify_url: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
+    notify_url: NotifyUrl | None = None
     idempotency_key: Key | None = None
 
 
@@ -170,6 +174,7 @@ def session_json(
         "model": session.model,
         "options": session.options,
         "metadata": session.meta,
+        "notify_url": redact_url(session.notify_url) if session.notify_url else None,
         "runs_count": session.runs_count,
         "total_cost_usd": float(session.total_cost_usd),
         "tree_cost_usd": float(

@@ -75,6 +75,7 @@ def create_session(owner: str) -> Reply:
                 options=body.cli_options(),
                 metadata=body.metadata,
                 idempotency_key=body.idempotency_key,
+                notify_url=body.notify_url,
             )
         )
         run = None

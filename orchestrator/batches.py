@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session as DbSession
 from orchestrator.db import ROW_LOCK
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.models import Batch, BatchStatus, Run, RunStatus, Session, SessionStatus
+from orchestrator.notify import redact_url
 
 MAX_ITEMS = 10_000
 
@@ -252,23 +253,60 @@ def results(db: DbSession, batch_id: uuid.UUID, chunk: int = 500) -> Iterator[It
         after = rows[-1][0] or 0
 
 
-def close(db: DbSession, batch_id: uuid.UUID) -> Batch | None:
-    """Finish the batch if every item has ended; None while some are still going.
+def close(db: DbSession, batch_id: uuid.UUID) -> tuple[Batch | None, bool]:
+    """Finish the batch if every item has ended.
+
+    Returns:
+        The batch (None if it was deleted) and whether this call finished it: False
+        while some items are still going, and for a batch that had already finished.
 
     Its final state: ``cancelled`` if it was cancelled, ``succeeded`` if every item
-    succeeded, else ``failed``. Safe to call any number of times.
+    succeeded, else ``failed``. Safe to call any number of times (the batch's row lock
+    lets exactly one caller finish it).
     """
     batch = db.get(Batch, batch_id, with_for_update=ROW_LOCK)
-    if batch is None:
-        return None
-    if batch.finished_at is not None:
-        return batch
+    if batch is None or batch.finished_at is not None:
+        return batch, False
     now = progress(db, batch.id)
     if now.unfinished:
-        return None
+        return batch, False
     if batch.status == BatchStatus.RUNNING:
         all_good = now.counts.get(RunStatus.SUCCEEDED, 0) == batch.total_items
         batch.status = BatchStatus.SUCCEEDED if all_good else BatchStatus.FAILED
     batch.total_cost_usd = now.total_cost_usd
     batch.finished_at = now.last_finished_at or datetime.now(UTC)
-    return batch
+    return batch, True
+
+
+def batch_view(batch: Batch, now: BatchProgress) -> dict[str, Any]:
+    """The batch as the API and its progress events show it (no secret: the webhook
+    URL is shown only as far as its host)."""
+    total, done = batch.total_items, now.done
+    started = now.first_started_at
+    end = batch.finished_at or datetime.now(UTC)
+    elapsed = (end - started).total_seconds() if started else None
+    eta = None
+    if batch.finished_at is None and elapsed is not None and done:
+        eta = round(elapsed / done * (total - done), 1)
+    cost = batch.total_cost_usd if batch.finished_at else now.total_cost_usd
+    return {
+        "id": str(batch.id),
+        "status": batch.status,
+        "total_items": total,
+        "counts": now.counts,
+        "done": done,
+        "progress": round(done / total, 4) if total else 1.0,
+        "total_cost_usd": float(cost or 0),
+        "max_concurrency": batch.max_concurrency,
+        "notify_url": redact_url(batch.notify_url) if batch.notify_url else None,
+        "metadata": batch.meta,
+        "created_at": _iso(batch.created_at),
+        "started_at": _iso(started),
+        "finished_at": _iso(batch.finished_at),
+        "elapsed_seconds": round(elapsed, 1) if elapsed is not None else None,
+        "eta_seconds": eta,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator import session_tokens, tree
+from orchestrator import batch_events, session_tokens, tree
 from orchestrator.admission import admit
 from orchestrator.cancellation import cancel_signalled
 from orchestrator.claude_cli import CliEvent, CliOptions, build_command, cli_environment
@@ -204,13 +204,23 @@ class RunExecutor:
         publish_pending(self.redis, self.session_factory, outbox)
         if claimed is None or session_lock is None:
             return {"run_id": str(run_id), "status": status}
+        if claimed.one_shot:
+            self._batch_item_changed(claimed.run_id)  # started
         try:
             final = self._execute_claimed(claimed)
             if claimed.one_shot:
                 self.runtime.stop(str(claimed.session_id), timeout=1)
         finally:
             session_lock.release()
+        if claimed.one_shot:
+            # Before the task returns, so the batch's closer (a chord callback) comes after.
+            self._batch_item_changed(claimed.run_id)  # ended
         return {"run_id": str(run_id), "status": final}
+
+    def _batch_item_changed(self, run_id: uuid.UUID) -> None:
+        batch_events.publish_item(
+            self.redis, self.session_factory, run_id, int(self.settings.event_stream_ttl)
+        )
 
     def _persist(self, events: list[WireEvent]) -> None:
         try:

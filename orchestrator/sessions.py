@@ -29,6 +29,8 @@ class NewSession:
     options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    # Receives a JSON POST whenever one of the session's runs ends.
+    notify_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class SessionService:
             options=spec.options,
             meta=spec.metadata,
             idempotency_key=spec.idempotency_key,
+            notify_url=spec.notify_url,
         )
         session.root_id = session.id
         self.db.add(session)

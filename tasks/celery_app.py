@@ -33,7 +33,7 @@ def make_celery(settings: Settings) -> Celery:
         "ccq",
         broker=settings.redis_url,
         backend=settings.redis_url,
-        include=["tasks.runs", "tasks.sessions", "tasks.fanouts", "tasks.batches"],
+        include=["tasks.runs", "tasks.sessions", "tasks.fanouts", "tasks.batches", "tasks.notify"],
     )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
     app.conf.update(

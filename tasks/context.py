@@ -16,6 +16,7 @@ from orchestrator.executor import RunExecutor
 from orchestrator.fanout import FanoutJoin
 from orchestrator.host import HostResources
 from orchestrator.janitor import Janitor
+from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
 
 
@@ -25,6 +26,8 @@ class WorkerContext:
     janitor: Janitor
     fanouts: FanoutJoin
     session_factory: sessionmaker[Session]
+    redis: redis.Redis
+    settings: Settings
 
 
 @cache
@@ -42,4 +45,6 @@ def worker_context() -> WorkerContext:
         janitor=Janitor(host),
         fanouts=FanoutJoin(host.session_factory, host.redis),
         session_factory=host.session_factory,
+        redis=host.redis,
+        settings=settings,
     )

@@ -12,7 +12,9 @@ from sqlalchemy.exc import OperationalError
 
 from orchestrator.admission import NoSlot
 from orchestrator.executor import NotYourTurn
+from orchestrator.models import RunStatus
 from tasks.context import worker_context
+from tasks.notify import queue_run_notification
 
 # How often a run whose turn has not come looks again; it holds no worker slot meanwhile.
 TURN_RETRY_SECONDS = 1.0
@@ -24,6 +26,9 @@ SLOT_RETRY_SECONDS = (2.0, 5.0)
 OUTAGE_RETRY_MAX_SECONDS = 60.0
 
 
+FINAL_STATES = frozenset(s.value for s in RunStatus if s.is_final)
+
+
 # Results are kept: chords join on them, and a redelivery reports what it did.
 @shared_task(
     bind=True, name="ccq.run_prompt", max_retries=None, acks_late=True, ignore_result=False
@@ -31,7 +36,7 @@ OUTAGE_RETRY_MAX_SECONDS = 60.0
 def run_prompt(self: Task, run_id: str) -> dict[str, Any]:
     """Execute one run of a session (idempotent: a redelivery never runs the CLI twice)."""
     try:
-        return worker_context().executor.execute(uuid.UUID(run_id))
+        outcome = worker_context().executor.execute(uuid.UUID(run_id))
     except NotYourTurn as exc:
         raise self.retry(countdown=TURN_RETRY_SECONDS, exc=exc) from None
     except NoSlot as exc:
@@ -40,3 +45,6 @@ def run_prompt(self: Task, run_id: str) -> dict[str, Any]:
     except (OperationalError, redis.RedisError) as exc:
         countdown = min(OUTAGE_RETRY_MAX_SECONDS, 2.0 ** min(self.request.retries, 6))
         raise self.retry(countdown=countdown, exc=exc) from None
+    if outcome["status"] in FINAL_STATES:
+        queue_run_notification(run_id)  # if its session has a notify_url; never raises
+    return outcome
