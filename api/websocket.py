@@ -100,12 +100,12 @@ def serving(ws: Any, send_timeout: float, resume_from: Callable[[], str | None])
     except NotFoundError as exc:
         close(ws, Close.NOT_FOUND, exc.message)
     except ClientStalled:
-        log.warning("stream client stalled for %.0f s; disconnected", send_timeout)
+        log.warning("tail client stalled for %.0f s; disconnected", send_timeout)
         abort(ws)
     except ConnectionClosed:
         pass  # the client left
     except (redis.RedisError, OperationalError) as exc:
-        log.warning("stream lost a dependency: %s", exc)
+        log.warning("tail lost a dependency: %s", exc)
         after = resume_from()
         close(
             ws,
@@ -113,7 +113,7 @@ def serving(ws: Any, send_timeout: float, resume_from: Callable[[], str | None])
             "event store unavailable" + (f"; resume with after={after}" if after else ""),
         )
     except Exception:
-        log.exception("stream failed")
+        log.exception("tail failed")
         close(ws, Close.INTERNAL, "internal error")
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis
 import requests
 from flask.testing import FlaskClient
 
@@ -15,9 +18,12 @@ from api.app import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator.auth import mint_token
 from orchestrator.settings import Settings
+from orchestrator.stream_ids import parse_stream_id
 from tests.api_helpers import FINAL
 from tests.processes import ApiProcess, WorkerProcess
+from tests.stream_helpers import Received, open_tail, read_until_closed
 from tests.waiting import wait_for
+from tests.webhooks import SECRET, ScriptedReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +32,8 @@ BIG = 200
 
 class Api:
     def __init__(self, server: ApiProcess, token: str) -> None:
+        self.server = server
+        self.token = token
         self.url = f"{server.url}/api/v1"
         self.headers = {"Authorization": f"Bearer {token}"}
 
@@ -58,6 +66,19 @@ class Api:
     def runs(self, batch_id: str) -> list[dict[str, Any]]:
         return [self.call("GET", f"/runs/{r['run_id']}")["run"] for r in self.results(batch_id)]
 
+    def stream(self, batch_id: str, after: str | None = None) -> Received:
+        """The batch's stream from ``after`` (else a snapshot of now) until it closes."""
+        path = f"/api/v1/batches/{batch_id}/stream"
+        with open_tail(self.server, path, self.token, after=after) as ws:
+            return read_until_closed(ws, timeout=600)
+
+
+@dataclass(frozen=True)
+class BigBatch:
+    id: str
+    # Its progress stream, followed from the moment it was created to its close.
+    stream: Future[Received]
+
 
 @pytest.fixture(scope="module")
 def alice(api_server: ApiProcess, settings: Settings, worker: WorkerProcess) -> Api:
@@ -70,23 +91,24 @@ def bob(api_server: ApiProcess, settings: Settings) -> Api:
 
 
 @pytest.fixture(scope="module")
-def big_batch(alice: Api) -> Iterator[str]:
+def big_batch(alice: Api) -> Iterator[BigBatch]:
     """A 200-item batch of one owner, submitted once for the tests that watch it."""
     items = [{"prompt": f"item {i}"} for i in range(BIG)]
     reply = alice.call("POST", "/batches", {"items": items, "metadata": {"n": BIG}}, 201)
     batch = reply["batch"]
     assert batch["total_items"] == BIG
     assert batch["counts"]["queued"] + batch["counts"]["running"] == BIG
-    yield batch["id"]
-    if not alice.batch(batch["id"])["finished_at"]:
-        alice.call("POST", f"/batches/{batch['id']}/cancel", {}, 202)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield BigBatch(batch["id"], pool.submit(alice.stream, batch["id"]))
+        if not alice.batch(batch["id"])["finished_at"]:
+            alice.call("POST", f"/batches/{batch['id']}/cancel", {}, 202)
 
 
 def test_another_owners_prompt_starts_within_one_run_of_a_big_batch(
-    big_batch: str, alice: Api, bob: Api
+    big_batch: BigBatch, alice: Api, bob: Api
 ) -> None:
     wait_for(
-        lambda: alice.batch(big_batch)["done"] >= 8,
+        lambda: alice.batch(big_batch.id)["done"] >= 8,
         timeout=300,
         interval=0.5,
         what="the batch to be well under way",
@@ -98,34 +120,73 @@ def test_another_owners_prompt_starts_within_one_run_of_a_big_batch(
         interval=0.2,
         what="bob's run to start",
     )
-    assert alice.batch(big_batch)["done"] < BIG, "the batch ended before bob's run started"
+    assert alice.batch(big_batch.id)["done"] < BIG, "the batch ended before bob's run started"
 
     # Ordered by events: batch items that started after bob's prompt was accepted and
     # before it started. The worker has already reserved one task per slot (4) and then
     # takes from the interactive and batch queues in turn, so at most 2 x 4 items go
     # first; a first-in-first-out queue would let the rest of the batch go first.
-    started = [r["started_at"] for r in alice.runs(big_batch) if r["started_at"]]
+    started = [r["started_at"] for r in alice.runs(big_batch.id) if r["started_at"]]
     went_first = [s for s in started if run["created_at"] < s < run["started_at"]]
     assert len(went_first) <= 8, f"{len(went_first)} batch items started before bob's prompt"
 
 
 def test_a_200_item_batch_completes_with_counts_results_and_cost(
-    big_batch: str, alice: Api
+    big_batch: BigBatch, alice: Api
 ) -> None:
-    batch = alice.wait_batch(big_batch)
+    batch = alice.wait_batch(big_batch.id)
 
     assert batch["status"] == "succeeded"
     assert batch["counts"]["succeeded"] == BIG
     assert batch["done"] == BIG
     assert batch["progress"] == 1.0
-    results = alice.results(big_batch)
+    results = alice.results(big_batch.id)
     assert [r["index"] for r in results] == list(range(BIG))  # each exactly once, in order
     assert all(r["status"] == "succeeded" for r in results)
     assert all(r["result"].endswith(f"item {r['index']}") for r in results)
     assert batch["total_cost_usd"] == pytest.approx(sum(r["total_cost_usd"] for r in results))
     assert batch["total_cost_usd"] > 0
     listed = alice.call("GET", "/batches")["batches"]
-    assert big_batch in [b["id"] for b in listed]
+    assert big_batch.id in [b["id"] for b in listed]
+
+
+def test_the_progress_stream_reports_every_item_and_ends_with_the_final_state(
+    big_batch: BigBatch, alice: Api
+) -> None:
+    batch = alice.wait_batch(big_batch.id)
+    received = big_batch.stream.result(timeout=120)
+
+    assert received.close_code == 1000
+    assert received.opening is not None
+    assert received.opening["batch_id"] == big_batch.id
+    snapshot, *live = received.events
+    assert snapshot["id"] is None  # a snapshot of the batch when the stream opened
+    assert snapshot["data"]["batch"]["total_items"] == BIG
+    final = live[-1]
+    assert final["type"] == "ccq.batch.finished"
+    assert final["data"]["batch"]["status"] == "succeeded"
+    assert final["data"]["batch"]["counts"] == batch["counts"]
+    assert final["data"]["batch"]["total_cost_usd"] == pytest.approx(batch["total_cost_usd"])
+    # Every item reported once when it started and once when it ended.
+    items = [e["data"]["item"] for e in live if e["data"]["item"]]
+    ended = sorted(i["index"] for i in items if i["status"] in FINAL)
+    started = sorted(i["index"] for i in items if i["status"] == "running")
+    assert ended == started == list(range(BIG))
+    # Live events are stream entries, in order, none repeated.
+    ids = [parse_stream_id(e["id"]) for e in live]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+    # Replayed from the middle: exactly what followed, then the close.
+    middle = len(live) // 2
+    replayed = alice.stream(big_batch.id, after=live[middle]["id"])
+    assert replayed.ids == [e["id"] for e in live[middle + 1 :]]
+    assert replayed.close_code == 1000
+    # Opened after the end: the final state at once.
+    late = alice.stream(big_batch.id)
+    assert [e["type"] for e in late.events] == ["ccq.batch.finished"]
+    assert late.events[0]["data"]["batch"]["counts"] == batch["counts"]
+    assert late.close_code == 1000
 
 
 def test_cancel_mid_batch_starts_nothing_after_the_cancel_and_states_add_up(
@@ -255,3 +316,73 @@ def test_interactive_prompts_past_the_hard_limit_get_429_with_retry_after(
         timeout=120,
         what="the first run to finish",
     )
+
+
+@pytest.fixture
+def receiver() -> Iterator[ScriptedReceiver]:
+    server = ScriptedReceiver()
+    yield server
+    server.close()
+
+
+def test_a_finished_batch_notifies_its_webhook_once_after_a_failed_first_attempt(
+    alice: Api, receiver: ScriptedReceiver, settings: Settings
+) -> None:
+    receiver.script = [(503, {})]
+    items = {"items": [{"prompt": "one"}, {"prompt": "two"}], "notify_url": receiver.hook("b")}
+    created = alice.call("POST", "/batches", items, 201)["batch"]
+    assert SECRET not in json.dumps(created)  # the webhook's secret is never shown
+    assert created["notify_url"] == f"{receiver.url}/…"
+
+    batch = alice.wait_batch(created["id"])
+    wait_for(
+        lambda: any(r.status == 200 for r in receiver.seen("b")),
+        timeout=120,
+        what="the notification to be accepted",
+    )
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_for(
+        lambda: client.get(f"ccq:notify:batch:{batch['id']}"),
+        timeout=30,
+        what="the delivery to be recorded",
+    )
+    client.close()
+
+    seen = receiver.seen("b")
+    assert [r.status for r in seen] == [503, 200]
+    body = seen[-1].body
+    assert body["ccq"]["batch"]["id"] == batch["id"]
+    assert body["ccq"]["batch"]["status"] == "succeeded"
+    assert body["text"]  # Slack's field
+    assert body["content"]  # Discord's
+
+
+def test_invalid_notify_urls_are_refused_naming_the_field(alice: Api) -> None:
+    for url, reason in [
+        ("ftp://example.com/x", "http"),
+        ("https://user:pw@example.com/x", "credentials"),
+        ("https://example.com/x#frag", "fragment"),
+    ]:
+        refused = alice.call(
+            "POST", "/batches", {"items": [{"prompt": "x"}], "notify_url": url}, 400
+        )["error"]
+        assert refused["details"][0]["field"] == "notify_url"
+        assert reason in refused["details"][0]["reason"]
+    refused = alice.call(
+        "POST", "/sessions", {"prompt": "x", "notify_url": "mailto:me@example.com"}, 400
+    )["error"]
+    assert refused["details"][0]["field"] == "notify_url"
+
+
+def test_a_sessions_notify_url_hears_of_each_finished_run(
+    alice: Api, receiver: ScriptedReceiver
+) -> None:
+    created = alice.call(
+        "POST", "/sessions", {"prompt": "tell me", "notify_url": receiver.hook("s")}, 201
+    )
+    assert SECRET not in json.dumps(created)
+
+    seen = wait_for(lambda: receiver.seen("s"), timeout=120, what="the run's notification")
+
+    assert seen[0].body["ccq"]["run"]["id"] == created["run"]["id"]
+    assert seen[0].body["ccq"]["run"]["status"] == "succeeded"

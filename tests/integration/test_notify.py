@@ -14,14 +14,10 @@ scheduled) has finished, and the receiver's count is final.
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -39,69 +35,11 @@ from orchestrator.notify import load_batch_notice, run_wants_notice
 from orchestrator.settings import Settings
 from tasks.notify import Kind, sending_key, sent_key
 from tests.processes import WorkerProcess
+from tests.webhooks import SECRET, ScriptedReceiver
 
 pytestmark = pytest.mark.integration
 
-SECRET = "SECRET-WEBHOOK-TOKEN"
 RESULT_TIMEOUT = 60.0
-
-
-@dataclass
-class Received:
-    path: str
-    status: int
-    body: dict[str, Any]
-    user_agent: str | None
-
-
-class ScriptedReceiver:
-    """Answers POSTs with the statuses of ``script`` in turn, then ``then`` forever."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str]]] = []
-        self.then = 200
-        self.received: list[Received] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                with receiver._lock:
-                    status, headers = (
-                        receiver.script.pop(0) if receiver.script else (receiver.then, {})
-                    )
-                    receiver.received.append(
-                        Received(self.path, status, body, self.headers.get("User-Agent"))
-                    )
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def hook(self, name: str) -> str:
-        return f"{self.url}/hooks/{name}/{SECRET}"
-
-    def seen(self, name: str) -> list[Received]:
-        with self._lock:
-            return [r for r in self.received if r.path == f"/hooks/{name}/{SECRET}"]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
