@@ -7,7 +7,8 @@ something that was not JSON) and :class:`ApiUnreachable` (no answer at all).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import requests
 
@@ -17,6 +18,10 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 # The API waits at most this long on `?wait=` (api.sessions.MAX_WAIT_SECONDS).
 MAX_WAIT_SECONDS = 300.0
+# A 10,000-item batch is checked, inserted and queued before the API answers.
+BATCH_UPLOAD_READ_TIMEOUT = 300.0
+# Results come in pieces as PostgreSQL gives them; lines are JSON objects, never split.
+RESULTS_CHUNK_BYTES = 64 * 1024
 
 
 class ApiError(Exception):
@@ -80,6 +85,44 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: JsonObject | None = None,
+        data: bytes | IO[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        read_timeout: float = READ_TIMEOUT,
+        stream: bool = False,
+    ) -> requests.Response:
+        """The API's answer to a success (its body unread with ``stream``); every failure
+        as ApiError or ApiUnreachable."""
+        url = self.base_url + path
+        try:
+            response = self._http.request(
+                method,
+                url,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                json=json,
+                data=data,
+                headers=headers,
+                timeout=(CONNECT_TIMEOUT, read_timeout),
+                stream=stream,
+            )
+        except requests.ConnectionError as exc:
+            raise ApiUnreachable(self.base_url, _connection_reason(exc)) from None
+        except requests.Timeout:
+            raise ApiUnreachable(self.base_url, "timed out") from None
+        except requests.RequestException as exc:
+            raise ApiUnreachable(self.base_url, type(exc).__name__) from None
+        if response.status_code >= 400:
+            error = _error_from(response)
+            response.close()
+            raise error
+        return response
+
     def _call(
         self,
         method: str,
@@ -89,32 +132,8 @@ class ApiClient:
         json: JsonObject | None = None,
         read_timeout: float = READ_TIMEOUT,
     ) -> JsonObject:
-        url = self.base_url + path
-        try:
-            response = self._http.request(
-                method,
-                url,
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                json=json,
-                timeout=(CONNECT_TIMEOUT, read_timeout),
-            )
-        except requests.ConnectionError as exc:
-            raise ApiUnreachable(self.base_url, _connection_reason(exc)) from None
-        except requests.Timeout:
-            raise ApiUnreachable(self.base_url, "timed out") from None
-        except requests.RequestException as exc:
-            raise ApiUnreachable(self.base_url, type(exc).__name__) from None
-        if response.status_code >= 400:
-            raise _error_from(response)
-        try:
-            body = response.json()
-        except ValueError:
-            raise ApiError(
-                response.status_code, "bad_response", "the API answered non-JSON"
-            ) from None
-        if not isinstance(body, dict):
-            raise ApiError(response.status_code, "bad_response", "the API answered non-object")
-        return body
+        response = self._request(method, path, params=params, json=json, read_timeout=read_timeout)
+        return _json_object(response)
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -207,6 +226,83 @@ class ApiClient:
     def get_fanout(self, fanout_id: str) -> JsonObject:
         """``{"fanout", "children"}``: where a fan-out is, with its children's sessions."""
         return self._call("GET", f"/api/v1/fanouts/{fanout_id}")
+
+    # --- batches ------------------------------------------------------------------------
+
+    def create_batch_ndjson(
+        self,
+        body: bytes | IO[bytes],
+        *,
+        max_concurrency: int | None = None,
+        notify_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[JsonObject, bool]:
+        """Submit a batch as NDJSON, one item object per line (a file is sent as it is
+        read, not loaded first); the options go in the query string.
+
+        Returns:
+            The batch, and whether it was created now (``False``: ``idempotency_key``
+            matched one submitted before, which is returned instead).
+        """
+        params = {
+            "max_concurrency": max_concurrency,
+            "notify_url": notify_url,
+            "idempotency_key": idempotency_key,
+        }
+        response = self._request(
+            "POST",
+            "/api/v1/batches",
+            params=params,
+            data=body,
+            headers={"Content-Type": "application/x-ndjson"},
+            read_timeout=BATCH_UPLOAD_READ_TIMEOUT,
+        )
+        batch: JsonObject = _json_object(response)["batch"]
+        return batch, response.status_code == 201
+
+    def get_batch(self, batch_id: str) -> JsonObject:
+        batch: JsonObject = self._call("GET", f"/api/v1/batches/{batch_id}")["batch"]
+        return batch
+
+    def list_batches(self, *, limit: int | None = None, cursor: str | None = None) -> JsonObject:
+        """One page: ``{"batches", "next_cursor"}``, newest first."""
+        return self._call("GET", "/api/v1/batches", params={"limit": limit, "cursor": cursor})
+
+    def cancel_batch(self, batch_id: str) -> JsonObject:
+        """The batch after the cancel: queued items are cancelled, running ones stopping."""
+        batch: JsonObject = self._call("POST", f"/api/v1/batches/{batch_id}/cancel")["batch"]
+        return batch
+
+    def batch_results(self, batch_id: str) -> Iterator[bytes]:
+        """The batch's results, one NDJSON line (without its newline) per item in item
+        order, as they arrive: a 10,000-item batch is never held in memory whole.
+
+        The request is made when iteration starts; a connection that breaks midway raises
+        ApiUnreachable then.
+        """
+        response = self._request(
+            "GET",
+            f"/api/v1/batches/{batch_id}/results",
+            headers={"Accept": "application/x-ndjson"},
+            stream=True,
+        )
+        with response:
+            try:
+                for line in response.iter_lines(chunk_size=RESULTS_CHUNK_BYTES):
+                    if line.strip():
+                        yield line
+            except requests.RequestException:
+                raise ApiUnreachable(self.base_url, "the connection broke mid-answer") from None
+
+
+def _json_object(response: requests.Response) -> JsonObject:
+    try:
+        body = response.json()
+    except ValueError:
+        raise ApiError(response.status_code, "bad_response", "the API answered non-JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(response.status_code, "bad_response", "the API answered non-object")
+    return body
 
 
 def _connection_reason(exc: requests.ConnectionError) -> str:

@@ -1,9 +1,10 @@
 """The `ccq` client commands: run prompts, follow them and manage sessions via the API.
 
-`run`, `send`, `tail`, `sessions`, `show`, `cancel`, `stop`, `rm`, `children` and
-`fanout` talk to the API only (HTTP, and WebSockets for live tails; never the database or
-Docker), so they work from any machine that can reach it. What they print is formatted by
-the pure functions in cli/render.py; live tails are followed by cli/tail.py.
+`run`, `send`, `tail`, `sessions`, `show`, `cancel`, `stop`, `rm`, `children`,
+`fanout` and `batch` (cli/batch.py) talk to the API only (HTTP, and WebSockets for live
+tails; never the database or Docker), so they work from any machine that can reach it.
+What they print is formatted by the pure functions in cli/render.py; live tails are
+followed by cli/tail.py.
 """
 
 from __future__ import annotations
@@ -770,5 +771,7 @@ COMMANDS = (
 
 def register(group: click.Group) -> None:
     """Add the client commands to the `ccq` group (called from cli/main.py)."""
-    for command in COMMANDS:
+    from cli.batch import batch_group  # cli/batch.py builds on this module's helpers
+
+    for command in (*COMMANDS, batch_group):
         group.add_command(command)

@@ -1,8 +1,9 @@
-"""Following a live tail: the API's WebSocket stream of a run's or a session's events.
+"""Following a live tail: the API's WebSocket stream of a run's or a session's events, or
+of a batch's progress.
 
-A :class:`Follower` connects to ``/api/v1/{runs,sessions}/<id>/stream``, hands each event
-to its caller in order and remembers the last event's ID (before the first event, where
-the stream said it starts). When the connection breaks it connects again with
+A :class:`Follower` connects to ``/api/v1/{runs,sessions,batches}/<id>/stream``, hands each
+event to its caller in order and remembers the last event's ID (before the first event,
+where the stream said it starts). When the connection breaks it connects again with
 ``?after=<that ID>``: the server sends everything after it, so nothing is lost and
 nothing repeats. Reconnections back off (0.5 s doubling to 10 s) and give up after
 ``GIVE_UP_SECONDS`` without progress.
@@ -56,6 +57,7 @@ class Kind(StrEnum):
 
     RUN = "runs"
     SESSION = "sessions"
+    BATCH = "batches"
 
 
 class TailError(Exception):
@@ -79,7 +81,7 @@ def ws_url(api_url: str) -> str:
 
 
 def stream_url(api_url: str, kind: Kind, object_id: str, after: str | None = None) -> str:
-    """The stream of a run or a session, from after the event ``after`` if given."""
+    """The stream of a run, a session or a batch, from after the event ``after`` if given."""
     url = f"{ws_url(api_url)}/api/v1/{kind.value}/{object_id}/stream"
     return f"{url}?{urlencode({'after': after})}" if after else url
 
@@ -124,8 +126,9 @@ def on_close(code: int | None, reason: str = "") -> Decision:
         return Decision(Action.FAIL, f"invalid tail request{detail}")
     if code == 4401:
         return Decision(Action.FAIL, f"not authorized{detail} (pass --token or set CCQ_TOKEN)")
-    if code in (4404, 4410):
-        return Decision(Action.FAIL, reason or ("not found" if code == 4404 else "deleted"))
+    if code in (4403, 4404, 4410):
+        default = {4403: "forbidden", 4404: "not found", 4410: "deleted"}[code]
+        return Decision(Action.FAIL, reason or default)
     if code == 1009:
         return Decision(Action.FAIL, "an event was too large to receive")
     return Decision(Action.FAIL, f"the stream closed with code {code}{detail}")
@@ -238,7 +241,7 @@ class Follower:
     Attributes:
         after: the last event ID handed on (or where the stream started); the next
             connection resumes after it. ``None`` lets the server choose: a run's first
-            event, or a session's live end.
+            event, a session's live end, or a batch's snapshot and then its live end.
         notify: told, in a few words, when the stream breaks and when it is back.
     """
 
@@ -326,7 +329,8 @@ class Follower:
         )
 
     def _opened(self, text: str, on_open: Callable[[JsonObject], None] | None) -> None:
-        """The first message: ``{"tail": {"session_id", "run_id", "after"}}``."""
+        """The first message: ``{"tail": {"session_id", "run_id", "after"}}``, or a batch's
+        ``{"tail": {"batch_id", "after"}}``; only ``after`` is read here."""
         tail = _decode(text).get("tail")
         if not isinstance(tail, dict):
             raise TailError("the stream did not start with its opening message")
@@ -340,6 +344,8 @@ class Follower:
         self._opened_before = True
 
     def _deliver(self, text: str, on_event: EventHandler) -> bool:
+        """Hand the event on if it is new. An event without an ID (a batch stream's
+        snapshot of the batch as it is) is always handed on and leaves the cursor alone."""
         event = _decode(text)
         event_id = event.get("id")
         if not is_after(event_id, self.after):

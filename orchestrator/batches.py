@@ -176,11 +176,14 @@ class BatchService:
         Returns:
             The batch and its runs that were running (signal their executors).
 
+        Cancelling a batch that is being cancelled changes nothing (its running items
+        are already stopping).
+
         Raises:
             ConflictError: the batch has already finished.
         """
         batch = self.get(batch_id, for_update=True)
-        if batch.status != BatchStatus.RUNNING:
+        if batch.finished_at is not None:
             raise ConflictError(f"batch {batch_id} has already finished ({batch.status})")
         batch.status = BatchStatus.CANCELLED
         now = datetime.now(UTC)

@@ -1,0 +1,471 @@
+"""`ccq batch`: submit many prompts at once (one session and run each) and follow them.
+
+`submit` uploads an NDJSON file as it is, `status` and `list` show batches, `results`
+writes their NDJSON results as they stream, `cancel` stops one. `--wait` follows the
+batch's progress stream (cli/tail.py) and draws a progress bar on stderr: redrawn in
+place on a terminal, a plain line now and then anywhere else (:class:`ProgressDisplay`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, NoReturn
+
+import click
+
+from cli.client import ApiClient, ApiError, JsonObject
+from cli.commands import (
+    _client,
+    _fail,
+    _stderr_color,
+    _stdout_color,
+    api_options,
+    reports_api_errors,
+)
+from cli.render import (
+    batch_cancelled,
+    batch_details,
+    batch_submitted,
+    batch_summary,
+    batches_table,
+    progress_line,
+)
+from cli.tail import Follower, Kind
+
+# The last event of a batch's stream (before it, ccq.batch.progress ones).
+BATCH_FINISHED = "ccq.batch.finished"
+UNFINISHED_ITEM_STATUSES = frozenset({"queued", "running"})
+
+# Where stderr is not a terminal (a log, CI), a plain progress line is written at most
+# this often, or at once when another tenth of the items is done; the final one always.
+PLAIN_EVERY_SECONDS = 5.0
+PLAIN_STEP = 0.1
+PLAIN_WIDTH = 100
+CLEAR_LINE = "\x1b[K"
+# Reading the batch, if its stream ended without its final event (it never should).
+POLL_FIRST, POLL_MAX = 0.5, 2.0
+
+
+# --- the progress display -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The last plain progress line written: when, at how many items done, and its text."""
+
+    at: float
+    done: int
+    line: str
+
+
+def plain_line_due(
+    last: Shown | None, now: float, done: int, total: int, line: str, *, final: bool = False
+) -> bool:
+    """Whether a plain progress line (stderr is not a terminal) should be written now.
+
+    The first is; one that says nothing new is not (the final one included). The final
+    one is, and so is one whenever ``done`` grew by a tenth of ``total`` since the last;
+    otherwise at most one per ``PLAIN_EVERY_SECONDS``.
+    """
+    if last is None:
+        return True
+    if line == last.line:
+        return False
+    if final:
+        return True
+    if done - last.done >= max(1, math.ceil(total * PLAIN_STEP)):
+        return True
+    return now - last.at >= PLAIN_EVERY_SECONDS
+
+
+def _stderr_width() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return shutil.get_terminal_size().columns
+
+
+class ProgressDisplay:
+    """A batch's progress line on stderr while the command waits.
+
+    On a terminal (``tty``) the line is redrawn in place (``\\r``, the line, clear to its
+    end) on every update, and :meth:`close` ends it with a newline. Elsewhere plain lines
+    are written when :func:`plain_line_due` says so, and :meth:`close` writes the last
+    state if it was not written yet. Only the thread following the stream calls it.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        *,
+        tty: bool,
+        color: bool,
+        width: Callable[[], int] = _stderr_width,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.write, self.tty, self.color = write, tty, color
+        self.width, self.clock = width, clock
+        self.batch: JsonObject | None = None
+        self._drawn = False  # a terminal's line holds the bar (the cursor is at its end)
+        self._shown: Shown | None = None
+
+    def update(self, batch: JsonObject) -> None:
+        self.batch = batch
+        self._draw(final=False)
+
+    def note(self, text: str) -> None:
+        """A line of its own (the stream broke, it is back), above the bar."""
+        if self._drawn:
+            self.write("\r" + CLEAR_LINE)
+        self.write(text + "\n")
+        if self._drawn:
+            self._drawn = False
+            self._draw(final=False)
+
+    def close(self) -> None:
+        """Leave the terminal clean: the final state shown, the cursor on a new line."""
+        if self.tty:
+            if self._drawn:
+                self.write("\n")
+            self._drawn = False
+        else:
+            self._draw(final=True)
+
+    def _draw(self, final: bool) -> None:
+        if self.batch is None:
+            return
+        if self.tty:
+            line = progress_line(self.batch, self.width(), self.color)
+            self.write("\r" + line + CLEAR_LINE)
+            self._drawn = True
+            return
+        line = progress_line(self.batch, PLAIN_WIDTH, color=False)
+        done, total = int(self.batch.get("done") or 0), int(self.batch.get("total_items") or 0)
+        now = self.clock()
+        if plain_line_due(self._shown, now, done, total, line, final=final):
+            self.write(line + "\n")
+            self._shown = Shown(now, done, line)
+
+
+def _stderr_writer(text: str) -> None:
+    click.echo(text, nl=False, err=True)  # flushes: the bar moves as events come
+
+
+# --- following a batch ----------------------------------------------------------------
+
+
+def _poll_finished(client: ApiClient, batch: JsonObject, display: ProgressDisplay) -> JsonObject:
+    """Read the batch until it finished (when its stream ended without saying so)."""
+    delay = POLL_FIRST
+    while not batch.get("finished_at"):
+        time.sleep(delay)
+        delay = min(delay * 1.5, POLL_MAX)
+        batch = client.get_batch(batch["id"])
+        display.update(batch)
+    return batch
+
+
+class _Finished(Exception):
+    """Raised from the event handler to stop following: the batch finished."""
+
+    def __init__(self, batch: JsonObject) -> None:
+        super().__init__(batch.get("id"))
+        self.batch = batch
+
+
+def follow_batch(client: ApiClient, batch: JsonObject) -> JsonObject:
+    """Show the batch's progress from its stream until it finished; the final batch.
+
+    Every event carries the whole batch (absolute counts), so the newest one is drawn.
+    Following stops at the ``ccq.batch.finished`` event, whether or not the server has
+    closed the stream yet.
+    """
+    tty = sys.stderr.isatty()
+    display = ProgressDisplay(_stderr_writer, tty=tty, color=_stderr_color())
+
+    def on_event(event: JsonObject, _raw: str) -> None:
+        state = (event.get("data") or {}).get("batch")
+        if isinstance(state, dict):
+            display.update(state)
+            if event.get("type") == BATCH_FINISHED:
+                raise _Finished(state)
+
+    def notify(message: str) -> None:
+        display.note(f"ccq: {message}")
+
+    display.update(batch)
+    follower = Follower(client.base_url, client.token, Kind.BATCH, batch["id"], notify=notify)
+    try:
+        follower.follow(on_event)
+        return _poll_finished(client, client.get_batch(batch["id"]), display)
+    except _Finished as finished:
+        return finished.batch
+    finally:
+        display.close()
+
+
+def _await(client: ApiClient, batch: JsonObject, *, as_json: bool, details: bool) -> NoReturn:
+    """Follow the batch to its end, print it, exit 0 if it succeeded and 1 otherwise (130
+    on Ctrl-C: the batch goes on)."""
+    batch_id = batch["id"]
+    try:
+        batch = follow_batch(client, batch)
+    except KeyboardInterrupt:
+        _fail(
+            f"ccq: stopped waiting; batch {batch_id} goes on "
+            f"(`ccq batch cancel {batch_id}` cancels it)",
+            130,
+        )
+    if as_json:
+        click.echo(json.dumps({"batch": batch}, indent=2))
+    elif details:
+        click.echo(batch_details(batch, _stdout_color()))
+    if not details or as_json:
+        click.echo(batch_summary(batch, _stderr_color()), err=True)
+    sys.exit(0 if batch["status"] == "succeeded" else 1)
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+@click.group("batch")
+def batch_group() -> None:
+    """Many prompts at once: each item of a batch is a session with one run."""
+
+
+def _upload_body(items: IO[bytes]) -> bytes | IO[bytes]:
+    """A file is sent as it is read; stdin (no known length) is read first."""
+    if items.seekable():
+        return items
+    if sys.stdin.isatty():
+        click.echo(
+            "ccq: reading items from stdin, one JSON object per line (Ctrl-D ends)", err=True
+        )
+    return items.read()
+
+
+@batch_group.command("submit")
+@click.argument("items", metavar="FILE", type=click.File("rb"))
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=None,
+    help="Run at most N of the items at a time.",
+)
+@click.option(
+    "--notify-url", metavar="URL", default=None, help="POST the batch here once it finished."
+)
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    default=None,
+    help="Submitting again with KEY returns the first batch instead of a new one.",
+)
+@click.option(
+    "--wait", is_flag=True, help="Follow the batch with a progress bar until it finished."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the API's JSON (with --wait: the finished batch).",
+)
+@api_options
+@reports_api_errors
+def submit_command(
+    items: IO[bytes],
+    max_concurrency: int | None,
+    notify_url: str | None,
+    idempotency_key: str | None,
+    wait: bool,
+    as_json: bool,
+    api_url: str | None,
+    token: str | None,
+) -> None:
+    """Submit FILE (NDJSON: one item object per line, `-` reads stdin) as a batch.
+
+    An item is {"prompt": ...} with any of "model", "max_turns", "max_budget_usd",
+    "append_system_prompt", "allowed_tools", "disallowed_tools", "metadata". Nothing is
+    created unless every item is valid; each invalid one is listed by its index (from
+    0). The batch's ID goes to stdout. With --wait, the exit status is 0 if every item
+    succeeded, 1 otherwise (130 on Ctrl-C: the batch goes on).
+    """
+    with _client(api_url, token) as client:
+        batch, created = client.create_batch_ndjson(
+            _upload_body(items),
+            max_concurrency=max_concurrency,
+            notify_url=notify_url,
+            idempotency_key=idempotency_key,
+        )
+        if as_json and not wait:
+            click.echo(json.dumps({"batch": batch}, indent=2))
+        elif not as_json:
+            click.echo(batch["id"])  # at once, so a script has it even if it stops waiting
+        summary = batch_submitted(batch, created)
+        if not wait:
+            click.echo(f"{summary} (`ccq batch status {batch['id']} --wait` follows it)", err=True)
+            return
+        click.echo(summary, err=True)
+        _await(client, batch, as_json=as_json, details=False)
+
+
+@batch_group.command("status")
+@click.argument("batch_id", metavar="ID", type=click.UUID)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the batch with a progress bar until it finished; exit 0 if it succeeded.",
+)
+@api_options
+@reports_api_errors
+def status_command(
+    batch_id: uuid.UUID, as_json: bool, wait: bool, api_url: str | None, token: str | None
+) -> None:
+    """Show a batch: counts by state, cost, progress and timings."""
+    with _client(api_url, token) as client:
+        batch = client.get_batch(str(batch_id))
+        if wait:
+            _await(client, batch, as_json=as_json, details=True)
+    if as_json:
+        click.echo(json.dumps({"batch": batch}, indent=2))
+    else:
+        click.echo(batch_details(batch, _stdout_color()))
+
+
+def _unfinished(line: bytes) -> bool:
+    try:
+        status = json.loads(line).get("status")
+    except (ValueError, AttributeError):
+        return False
+    return status in UNFINISHED_ITEM_STATUSES
+
+
+def _write_lines(lines: Iterable[bytes], out: IO[bytes]) -> tuple[int, int]:
+    """Write each line as it comes; how many, and how many items had not finished."""
+    count = unfinished = 0
+    for line in lines:
+        out.write(line + b"\n")
+        out.flush()
+        count += 1
+        unfinished += _unfinished(line)
+    return count, unfinished
+
+
+def _write_file(lines: Iterable[bytes], path: Path) -> tuple[int, int]:
+    """Into a temporary file beside ``path``, renamed once complete: a broken download
+    never looks like a whole one."""
+    part = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before it is renamed
+        "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False
+    )
+    try:
+        with part:
+            counted = _write_lines(lines, part)
+        os.replace(part.name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part.name)
+        raise
+    return counted
+
+
+@batch_group.command("results")
+@click.argument("batch_id", metavar="ID", type=click.UUID)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write to FILE instead of stdout (replaced once every line arrived).",
+)
+@api_options
+@reports_api_errors
+def results_command(
+    batch_id: uuid.UUID, output: Path | None, api_url: str | None, token: str | None
+) -> None:
+    """Write a batch's results as NDJSON, one line per item.
+
+    Lines come in item order as they stream: "index", "session_id", "run_id", "status",
+    "result", "error", "total_cost_usd". A batch still running has lines for its
+    unfinished items too (queued or running, without a result).
+    """
+    key = str(batch_id)
+    with _client(api_url, token) as client:
+        lines = client.batch_results(key)
+        if output is not None:
+            count, unfinished = _write_file(lines, output)
+            click.echo(f"batch {key}: {count} results written to {output}", err=True)
+        else:
+            try:
+                count, unfinished = _write_lines(lines, sys.stdout.buffer)
+            except BrokenPipeError:  # `ccq batch results … | head`: the reader is gone
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(1)
+    if unfinished:
+        click.echo(
+            f"ccq: {unfinished} of {count} items have not finished yet "
+            "(their lines say queued or running)",
+            err=True,
+        )
+
+
+@batch_group.command("cancel")
+@click.argument("batch_id", metavar="ID", type=click.UUID)
+@api_options
+@reports_api_errors
+def cancel_command(batch_id: uuid.UUID, api_url: str | None, token: str | None) -> None:
+    """Cancel a batch: queued items never start, running ones are stopped."""
+    with _client(api_url, token) as client:
+        try:
+            batch = client.cancel_batch(str(batch_id))
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            _fail(f"ccq: {exc.message}; nothing to cancel")
+    click.echo(batch_cancelled(batch))
+
+
+@batch_group.command("list")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 200),
+    default=50,
+    show_default=True,
+    help="Batches per page.",
+)
+@click.option("--all", "all_pages", is_flag=True, help="Follow the pages to the end.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@api_options
+@reports_api_errors
+def list_command(
+    limit: int, all_pages: bool, as_json: bool, api_url: str | None, token: str | None
+) -> None:
+    """List your batches, newest first."""
+    batches: list[JsonObject] = []
+    cursor: str | None = None
+    with _client(api_url, token) as client:
+        while True:
+            page = client.list_batches(limit=limit, cursor=cursor)
+            batches += page.get("batches", [])
+            cursor = page.get("next_cursor")
+            if not (all_pages and cursor):
+                break
+    if as_json:
+        click.echo(json.dumps({"batches": batches, "next_cursor": cursor}, indent=2))
+        return
+    click.echo(batches_table(batches, datetime.now().astimezone(), _stdout_color()))
+    if cursor:
+        click.echo(f"(more: --all, or --limit above {limit})", err=True)
