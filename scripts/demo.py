@@ -1,5 +1,6 @@
 """`make demo`: one session answers two prompts through ccq, the second resumed; then a
-parent delegates to three child sessions and summarises their work.
+parent delegates to three child sessions and summarises their work; then a small batch
+runs with a live progress bar and its results are exported.
 
 Every prompt goes through the API (POST), becomes a Celery task, runs the real Claude
 Code CLI in the session's container, and is tailed here live over the run's WebSocket
@@ -154,6 +155,42 @@ def delegate(api: Api) -> bool:
     return delegated["status"] == "succeeded" and summary["status"] == "succeeded"
 
 
+BATCH_PROMPTS = [
+    "Name a prime number.",
+    "Name a colour of the rainbow.",
+    "Name a planet.",
+    "Name an ocean.",
+    "Name a chemical element.",
+    "Name a musical instrument.",
+]
+
+
+def batch(api: Api) -> bool:
+    """Submit a small batch with `ccq batch submit --wait`, then export its results."""
+    ccq = os.path.join(os.path.dirname(sys.executable), "ccq")
+    env = {**os.environ, "CCQ_API_URL": api.base, "CCQ_TOKEN": api.token}
+    items = "".join(json.dumps({"prompt": p}) + "\n" for p in BATCH_PROMPTS)
+    print(f"\n[6] a batch of {len(BATCH_PROMPTS)} prompts: ccq batch submit - --wait")
+    submitted = subprocess.run(
+        [ccq, "batch", "submit", "-", "--max-concurrency", "3", "--wait"],
+        input=items,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    batch_id = submitted.stdout.strip().splitlines()[0] if submitted.stdout.strip() else ""
+    if not batch_id:
+        return False
+    print(f"\n[7] its results, one NDJSON line per item: ccq batch results {batch_id}")
+    exported = subprocess.run(
+        [ccq, "batch", "results", batch_id], capture_output=True, text=True, env=env, check=True
+    )
+    for line in exported.stdout.splitlines():
+        item = json.loads(line)
+        print(f"    #{item['index']} {item['status']}: {item['result']!r}")
+    return submitted.returncode == 0
+
+
 def main() -> None:
     settings = load_settings()
     token = subprocess.run(
@@ -195,6 +232,8 @@ def main() -> None:
         sys.exit("demo: a run did not succeed")
     if not delegate(api):
         sys.exit("demo: the delegation did not succeed")
+    if not batch(api):
+        sys.exit("demo: the batch did not succeed")
 
 
 if __name__ == "__main__":
