@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -279,6 +279,29 @@ def close(db: DbSession, batch_id: uuid.UUID) -> tuple[Batch | None, bool]:
     batch.total_cost_usd = now.total_cost_usd
     batch.finished_at = now.last_finished_at or datetime.now(UTC)
     return batch, True
+
+
+def overdue(db: DbSession, older_than: timedelta) -> list[uuid.UUID]:
+    """Unfinished batches older than ``older_than`` whose items have all ended: their
+    chord's callback was lost (a Redis restart), so the sweeper closes them."""
+    unfinished_item = (
+        select(Run.id)
+        .join(Session, Session.id == Run.session_id)
+        .where(
+            Session.batch_id == Batch.id,
+            Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+        )
+        .exists()
+    )
+    return list(
+        db.scalars(
+            select(Batch.id).where(
+                Batch.finished_at.is_(None),
+                Batch.created_at < datetime.now(UTC) - older_than,
+                ~unfinished_item,
+            )
+        ).all()
+    )
 
 
 def batch_view(batch: Batch, now: BatchProgress) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from celery import Task, shared_task
 
 from orchestrator import batch_events, batches
 from orchestrator.db import session_scope
-from tasks.context import worker_context
+from tasks.context import WorkerContext, worker_context
 from tasks.notify import queue_batch_notification
 
 # A duplicate delivery can report an item early; the callback looks again this often.
@@ -20,21 +20,29 @@ NOT_READY_RETRY_SECONDS = 5.0
 def close_batch(self: Task, batch_id: str) -> dict[str, Any]:
     """Chord callback (and after a cancel): record the batch's final state, counts and
     cost from PostgreSQL; then, once, announce it on the batch's stream and webhook."""
-    context = worker_context()
-    with session_scope(context.session_factory) as db:
-        batch, closed_now = batches.close(db, uuid.UUID(batch_id))
-        status = batch.status if batch is not None else None
-        finished = batch is None or batch.finished_at is not None
-        notify_url = batch.notify_url if batch is not None else None
-    if not finished:
+    status = finish(worker_context(), uuid.UUID(batch_id))
+    if status is None:
         raise self.retry(countdown=NOT_READY_RETRY_SECONDS)
+    return {"batch_id": batch_id, "status": status}
+
+
+def finish(context: WorkerContext, batch_id: uuid.UUID) -> str | None:
+    """Close the batch if every item has ended: its final status (None while items are
+    still going). Only the call that closes it announces it, so repeats are harmless."""
+    with session_scope(context.session_factory) as db:
+        batch, closed_now = batches.close(db, batch_id)
+        if batch is None:
+            return "deleted"
+        if batch.finished_at is None:
+            return None
+        status, notify_url = str(batch.status), batch.notify_url
     if closed_now:
         batch_events.publish_batch(
             context.redis,
             context.session_factory,
-            uuid.UUID(batch_id),
+            batch_id,
             batch_events.BATCH_FINISHED,
             int(context.settings.event_stream_ttl),
         )
         queue_batch_notification(batch_id, notify_url)
-    return {"batch_id": batch_id, "status": status}
+    return status

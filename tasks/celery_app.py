@@ -33,7 +33,14 @@ def make_celery(settings: Settings) -> Celery:
         "ccq",
         broker=settings.redis_url,
         backend=settings.redis_url,
-        include=["tasks.runs", "tasks.sessions", "tasks.fanouts", "tasks.batches", "tasks.notify"],
+        include=[
+            "tasks.runs",
+            "tasks.sessions",
+            "tasks.fanouts",
+            "tasks.batches",
+            "tasks.notify",
+            "tasks.sweep",
+        ],
     )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
     app.conf.update(

@@ -1,4 +1,4 @@
-"""Fan-out tasks: the chord callback that resumes a parent, and the sweeper behind it."""
+"""Fan-out tasks: the chord callback that resumes a parent with its children's results."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from orchestrator.db import session_scope
 from orchestrator.fanout import FanoutNotReady
-from orchestrator.session_tokens import purge_expired
 from tasks.context import worker_context
 from tasks.runs import run_prompt
 
@@ -22,7 +20,7 @@ NOT_READY_RETRY_SECONDS = 2.0
 SWEEP_AFTER = timedelta(minutes=2)
 
 
-def _queue_followup(run_id: uuid.UUID | None) -> None:
+def queue_followup(run_id: uuid.UUID | None) -> None:
     if run_id is not None:
         run_prompt.delay(str(run_id))
 
@@ -38,23 +36,5 @@ def resume_parent(self: Task, fanout_id: str) -> dict[str, Any]:
         completion = worker_context().fanouts.complete(uuid.UUID(fanout_id))
     except FanoutNotReady as exc:
         raise self.retry(countdown=NOT_READY_RETRY_SECONDS, exc=exc) from None
-    _queue_followup(completion.queued_run_id)
+    queue_followup(completion.queued_run_id)
     return {"fanout_id": fanout_id, "status": completion.status}
-
-
-@shared_task(name="ccq.sweep", acks_late=True)
-def sweep() -> dict[str, int]:
-    """Beat: complete fan-outs whose chord was lost; purge expired session tokens."""
-    context = worker_context()
-    completed = 0
-    for fanout_id in context.fanouts.overdue(SWEEP_AFTER):
-        try:
-            completion = context.fanouts.complete(fanout_id)
-        except FanoutNotReady:
-            continue
-        if completion.queued_run_id is not None:
-            completed += 1
-        _queue_followup(completion.queued_run_id)
-    with session_scope(context.session_factory) as db:
-        purged = purge_expired(db)
-    return {"fanouts_completed": completed, "tokens_purged": purged}

@@ -35,6 +35,7 @@ from orchestrator.notify import load_batch_notice, run_wants_notice
 from orchestrator.settings import Settings
 from tasks.notify import Kind, sending_key, sent_key
 from tests.processes import WorkerProcess
+from tests.waiting import wait_for
 from tests.webhooks import SECRET, ScriptedReceiver
 
 pytestmark = pytest.mark.integration
@@ -318,3 +319,38 @@ def test_a_batch_notice_counts_items_by_their_runs_state(
     assert batch["counts"] == {"succeeded": 3, "failed": 1, "timed_out": 1}
     assert batch["status"] == "failed"
     assert "3/5 succeeded, 1 failed, 1 timed out, $1.25" in notice.payload["content"]
+
+
+def test_a_batch_whose_chord_was_lost_is_closed_by_the_sweeper_and_announced(
+    celery_app: Celery,
+    worker: WorkerProcess,
+    factory: sessionmaker[DbSession],
+    receiver: ScriptedReceiver,
+) -> None:
+    batch_id = _finished_batch(
+        factory, receiver.hook("lost"), [RunStatus.SUCCEEDED, RunStatus.FAILED]
+    )
+    with session_scope(factory) as dbs:  # every item ended, but nobody closed the batch
+        batch = dbs.get(Batch, batch_id)
+        assert batch is not None
+        batch.status, batch.finished_at = BatchStatus.RUNNING, None
+        batch.created_at = datetime.now(UTC) - timedelta(minutes=10)
+
+    swept = _sweep(celery_app)
+
+    assert swept["batches_closed"] >= 1
+    with factory() as dbs:
+        closed = dbs.get(Batch, batch_id)
+        assert closed is not None
+        assert closed.status == BatchStatus.FAILED  # one item failed
+        assert closed.finished_at is not None
+    seen = wait_for(lambda: receiver.seen("lost"), timeout=60, what="the batch's notification")
+    assert seen[0].body["ccq"]["batch"]["status"] == "failed"
+    assert _sweep(celery_app)["batches_closed"] == 0  # closed once, announced once
+
+
+def _sweep(celery_app: Celery) -> dict[str, int]:
+    result: dict[str, int] = celery_app.send_task("ccq.sweep", ignore_result=False).get(
+        timeout=RESULT_TIMEOUT
+    )
+    return result
