@@ -27,12 +27,12 @@ import click
 
 from cli.client import ApiClient, ApiError, JsonObject
 from cli.commands import (
-    _client,
-    _fail,
-    _stderr_color,
-    _stdout_color,
+    api_client,
     api_options,
+    fail,
     reports_api_errors,
+    stderr_color,
+    stdout_color,
 )
 from cli.render import (
     batch_cancelled,
@@ -193,7 +193,7 @@ def follow_batch(client: ApiClient, batch: JsonObject) -> JsonObject:
     closed the stream yet.
     """
     tty = sys.stderr.isatty()
-    display = ProgressDisplay(_stderr_writer, tty=tty, color=_stderr_color())
+    display = ProgressDisplay(_stderr_writer, tty=tty, color=stderr_color())
 
     def on_event(event: JsonObject, _raw: str) -> None:
         state = (event.get("data") or {}).get("batch")
@@ -223,7 +223,7 @@ def _await(client: ApiClient, batch: JsonObject, *, as_json: bool, details: bool
     try:
         batch = follow_batch(client, batch)
     except KeyboardInterrupt:
-        _fail(
+        fail(
             f"ccq: stopped waiting; batch {batch_id} goes on "
             f"(`ccq batch cancel {batch_id}` cancels it)",
             130,
@@ -231,9 +231,9 @@ def _await(client: ApiClient, batch: JsonObject, *, as_json: bool, details: bool
     if as_json:
         click.echo(json.dumps({"batch": batch}, indent=2))
     elif details:
-        click.echo(batch_details(batch, _stdout_color()))
+        click.echo(batch_details(batch, stdout_color()))
     if not details or as_json:
-        click.echo(batch_summary(batch, _stderr_color()), err=True)
+        click.echo(batch_summary(batch, stderr_color()), err=True)
     sys.exit(0 if batch["status"] == "succeeded" else 1)
 
 
@@ -303,7 +303,7 @@ def submit_command(
     0). The batch's ID goes to stdout. With --wait, the exit status is 0 if every item
     succeeded, 1 otherwise (130 on Ctrl-C: the batch goes on).
     """
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         batch, created = client.create_batch_ndjson(
             _upload_body(items),
             max_concurrency=max_concurrency,
@@ -336,14 +336,14 @@ def status_command(
     batch_id: uuid.UUID, as_json: bool, wait: bool, api_url: str | None, token: str | None
 ) -> None:
     """Show a batch: counts by state, cost, progress and timings."""
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         batch = client.get_batch(str(batch_id))
         if wait:
             _await(client, batch, as_json=as_json, details=True)
     if as_json:
         click.echo(json.dumps({"batch": batch}, indent=2))
     else:
-        click.echo(batch_details(batch, _stdout_color()))
+        click.echo(batch_details(batch, stdout_color()))
 
 
 def _unfinished(line: bytes) -> bool:
@@ -403,7 +403,7 @@ def results_command(
     unfinished items too (queued or running, without a result).
     """
     key = str(batch_id)
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         lines = client.batch_results(key)
         if output is not None:
             count, unfinished = _write_file(lines, output)
@@ -428,13 +428,13 @@ def results_command(
 @reports_api_errors
 def cancel_command(batch_id: uuid.UUID, api_url: str | None, token: str | None) -> None:
     """Cancel a batch: queued items never start, running ones are stopped."""
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         try:
             batch = client.cancel_batch(str(batch_id))
         except ApiError as exc:
             if exc.status != 409:
                 raise
-            _fail(f"ccq: {exc.message}; nothing to cancel")
+            fail(f"ccq: {exc.message}; nothing to cancel")
     click.echo(batch_cancelled(batch))
 
 
@@ -456,7 +456,7 @@ def list_command(
     """List your batches, newest first."""
     batches: list[JsonObject] = []
     cursor: str | None = None
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         while True:
             page = client.list_batches(limit=limit, cursor=cursor)
             batches += page.get("batches", [])
@@ -466,6 +466,6 @@ def list_command(
     if as_json:
         click.echo(json.dumps({"batches": batches, "next_cursor": cursor}, indent=2))
         return
-    click.echo(batches_table(batches, datetime.now().astimezone(), _stdout_color()))
+    click.echo(batches_table(batches, datetime.now().astimezone(), stdout_color()))
     if cursor:
         click.echo(f"(more: --all, or --limit above {limit})", err=True)

@@ -165,8 +165,8 @@ class ApiClient:
         return session
 
     def stop_session(self, session_id: str) -> JsonObject:
-        session: JsonObject = self._call("POST", f"/api/v1/sessions/{session_id}/stop")["session"]
-        return session
+        """``{"session", "stopped"}``: the session and every session stopped with it."""
+        return self._call("POST", f"/api/v1/sessions/{session_id}/stop")
 
     def delete_session(self, session_id: str) -> JsonObject:
         return self._call("DELETE", f"/api/v1/sessions/{session_id}")

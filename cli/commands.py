@@ -92,11 +92,11 @@ def api_options(command: Callable[P, R]) -> Callable[P, R]:
     )(command)
 
 
-def _client(api_url: str | None, token: str | None) -> ApiClient:
+def api_client(api_url: str | None, token: str | None) -> ApiClient:
     return ApiClient(api_url or _settings().api_url, _token(token))
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
 
@@ -109,20 +109,20 @@ def reports_api_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except ApiError as exc:
-            _fail(format_api_error(exc))
+            fail(format_api_error(exc))
         except ApiUnreachable as exc:
-            _fail(format_unreachable(exc.url, exc.reason))
+            fail(format_unreachable(exc.url, exc.reason))
         except TailError as exc:
-            _fail(f"ccq: {exc}")
+            fail(f"ccq: {exc}")
 
     return wrapper
 
 
-def _stdout_color() -> bool:
+def stdout_color() -> bool:
     return sys.stdout.isatty()
 
 
-def _stderr_color() -> bool:
+def stderr_color() -> bool:
     return sys.stderr.isatty()
 
 
@@ -239,26 +239,26 @@ def _finish(
     """Wait for the run, print it, exit 0 if it succeeded and 1 otherwise."""
     try:
         if options.stream:
-            color = _stdout_color() and not options.as_json
+            color = stdout_color() and not options.as_json
             write = _echo_writer(err=options.as_json)  # --json keeps stdout for the JSON
             run = _stream_run(client, run, deadline, write, color)
         else:
             run = _poll_run(client, run, deadline)
     except _StillRunning as exc:
         still = exc.run
-        _fail(
+        fail(
             f"ccq: run {still['id']} is still {still['status']} after {deadline.seconds:g}s; "
             f"it goes on (`ccq show {still['id']}`, `ccq cancel {still['id']}`)"
         )
     except KeyboardInterrupt:
-        _fail(f"\nccq: stopped waiting; run {run['id']} goes on (`ccq cancel {run['id']}`)", 130)
+        fail(f"\nccq: stopped waiting; run {run['id']} goes on (`ccq cancel {run['id']}`)", 130)
     if options.as_json:
         click.echo(json.dumps(run, indent=2))
     else:
         if not options.stream and run.get("result"):
             # A failed run's result is the CLI's error text: stderr, off the pipeline.
             click.echo(run["result"], err=run["status"] != "succeeded")
-        click.echo(run_summary(run, _stderr_color()), err=True)
+        click.echo(run_summary(run, stderr_color()), err=True)
     sys.exit(0 if run["status"] == "succeeded" else 1)
 
 
@@ -329,11 +329,11 @@ def run_command(
         "allowed_tools": list(allowed_tools) or None,
         "disallowed_tools": list(disallowed_tools) or None,
     }
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         created = client.create_session({k: v for k, v in body.items() if v is not None})
         run = created.get("run")
         if not run:  # only an idempotent replay answers without a run, and we send no key
-            _fail(f"ccq: session {created['session']['id']} was created without a run")
+            fail(f"ccq: session {created['session']['id']} was created without a run")
         _finish(client, run, WaitOptions(stream, as_json, timeout), _Deadline(timeout))
 
 
@@ -355,7 +355,7 @@ def send_command(
     """Send PROMPT (`-` reads stdin) to SESSION, wait, and print the answer."""
     text = _read_prompt(prompt)
     deadline = _Deadline(timeout)
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         # Without -s the API itself waits (one request for a short run); -s must not wait.
         wait = None if stream else deadline.remaining() or MAX_WAIT_SECONDS
         run = client.queue_run(str(session_id), text, wait=wait)
@@ -383,10 +383,10 @@ def tail_command(
     exits 0 if the run succeeded and 1 otherwise.
     """
     key = str(object_id)
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         kind = _run_or_session(client, key)
         session = kind is Kind.SESSION
-        view = TailView(_stdout_color() and not as_json, headers=session, footers=True)
+        view = TailView(stdout_color() and not as_json, headers=session, footers=True)
         finished: list[JsonObject] = []
 
         def show(event: JsonObject, raw: str) -> None:
@@ -428,7 +428,7 @@ def _run_or_session(client: ApiClient, key: str) -> Kind:
                 raise
         else:
             return kind
-    _fail(f"ccq: no session or run {key}")
+    fail(f"ccq: no session or run {key}")
 
 
 @click.command("sessions")
@@ -460,7 +460,7 @@ def sessions_command(
     """List your sessions, newest first."""
     sessions: list[JsonObject] = []
     cursor: str | None = None
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         while True:
             page = client.list_sessions(status=status, limit=limit, cursor=cursor)
             sessions += page.get("sessions", [])
@@ -471,7 +471,7 @@ def sessions_command(
         click.echo(json.dumps({"sessions": sessions, "next_cursor": cursor}, indent=2))
         return
     now = datetime.now().astimezone()
-    click.echo(sessions_table(sessions, now, _stdout_color()))
+    click.echo(sessions_table(sessions, now, stdout_color()))
     if cursor:
         click.echo(f"(more: --all, or --limit above {limit})", err=True)
 
@@ -486,7 +486,7 @@ def show_command(
 ) -> None:
     """Show a session, or a run (ID is tried as a session first)."""
     key = str(object_id)
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         try:
             found, kind = client.get_session(key), "session"
         except ApiError as exc:
@@ -497,13 +497,13 @@ def show_command(
             except ApiError as run_exc:
                 if run_exc.status != 404:
                     raise
-                _fail(f"ccq: no session or run {key}")
+                fail(f"ccq: no session or run {key}")
     if as_json:
         click.echo(json.dumps({kind: found}, indent=2))
     elif kind == "session":
-        click.echo(session_details(found, datetime.now().astimezone(), _stdout_color()))
+        click.echo(session_details(found, datetime.now().astimezone(), stdout_color()))
     else:
-        click.echo(run_details(found, _stdout_color()))
+        click.echo(run_details(found, stdout_color()))
 
 
 @click.command("cancel")
@@ -512,7 +512,7 @@ def show_command(
 @reports_api_errors
 def cancel_command(run_id: uuid.UUID, api_url: str | None, token: str | None) -> None:
     """Cancel a run: a queued one never starts, a running one is killed."""
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         run = client.cancel_run(str(run_id))
     # A running run is only flagged here; its worker kills the CLI and ends it cancelled.
     state = "cancelled" if run["status"] == "cancelled" else "cancelling (it was running)"
@@ -524,10 +524,16 @@ def cancel_command(run_id: uuid.UUID, api_url: str | None, token: str | None) ->
 @api_options
 @reports_api_errors
 def stop_command(session_id: uuid.UUID, api_url: str | None, token: str | None) -> None:
-    """Stop a session: its pending runs are cancelled, its container stops (resumable)."""
-    with _client(api_url, token) as client:
-        session = client.stop_session(str(session_id))
-    click.echo(f"session {session['id']}: {session['status']} (a new prompt resumes it)")
+    """Stop a session and its descendants: pending runs are cancelled, containers stop
+    (resumable)."""
+    with api_client(api_url, token) as client:
+        reply = client.stop_session(str(session_id))
+    session = reply["session"]
+    others = [s for s in reply.get("stopped", []) if s != session["id"]]
+    click.echo(
+        f"session {session['id']}: {session['status']}{_and_descendants(others, 'stopped')} "
+        "(a new prompt resumes it)"
+    )
 
 
 @click.command("rm")
@@ -535,10 +541,21 @@ def stop_command(session_id: uuid.UUID, api_url: str | None, token: str | None) 
 @api_options
 @reports_api_errors
 def rm_command(session_id: uuid.UUID, api_url: str | None, token: str | None) -> None:
-    """Delete a session, its history, its container and its files."""
-    with _client(api_url, token) as client:
+    """Delete a session and its descendants: history, containers and files."""
+    with api_client(api_url, token) as client:
         deleted = client.delete_session(str(session_id))
-    click.echo(f"session {deleted.get('deleted', session_id)}: deleted")
+    descendants = deleted.get("descendants", [])
+    click.echo(
+        f"session {deleted.get('deleted', session_id)}: deleted"
+        + _and_descendants(descendants, "deleted")
+    )
+
+
+def _and_descendants(ids: list[str], what: str) -> str:
+    """``, and 2 descendants stopped`` (nothing when there are none)."""
+    if not ids:
+        return ""
+    return f", and {len(ids)} descendant{'s' if len(ids) != 1 else ''} {what}"
 
 
 # --- children and fan-out -------------------------------------------------------------
@@ -559,14 +576,14 @@ def children_command(
     session_id: uuid.UUID, as_json: bool, api_url: str | None, token: str | None
 ) -> None:
     """Show SESSION's tree of child sessions: states, last runs and costs."""
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         tree = client.children(str(session_id), recursive=True)
     if as_json:
         click.echo(json.dumps(tree, indent=2))
         return
     # On a terminal each line fits its width; piped, results are cut at a fixed length.
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    click.echo(children_tree(tree, _stdout_color(), width))
+    click.echo(children_tree(tree, stdout_color(), width))
 
 
 def _nonempty_prompts(
@@ -659,14 +676,14 @@ def _follow_fanout(client: ApiClient, answer: JsonObject, as_json: bool) -> NoRe
         click.echo(line, err=True)
 
     try:
-        fanout, children = await_children(client, answer, say, color=_stderr_color())
+        fanout, children = await_children(client, answer, say, color=stderr_color())
         say(fanout_children_done(fanout, children))
         run_id = fanout.get("followup_run_id")
         if not run_id:
             sys.exit(1)
         run = client.get_run(run_id)
     except KeyboardInterrupt:
-        _fail(f"\nccq: stopped following; fanout {fanout_id} goes on", 130)
+        fail(f"\nccq: stopped following; fanout {fanout_id} goes on", 130)
     _finish(client, run, WaitOptions(stream=True, as_json=as_json, timeout=None), _Deadline(None))
 
 
@@ -744,7 +761,7 @@ def fanout_command(
         raise click.UsageError(
             "give at least one child prompt: --prompt TEXT or --prompt-file FILE"
         )
-    with _client(api_url, token) as client:
+    with api_client(api_url, token) as client:
         answer = client.fanout(str(session_id), texts, then, model=model, max_turns=max_turns)
         if as_json and not follow:
             click.echo(json.dumps(answer, indent=2))

@@ -381,6 +381,15 @@ def test_children_prints_the_tree_with_states_and_costs(ccq: Ccq, api: Api) -> N
     as_json = json.loads(ccq("children", session_id, "--json").stdout)
     assert as_json["children"][0]["children"][0]["id"] == grandchild["session"]["id"]
 
+    # Stopping and deleting the root say what happened to the tree under it.
+    stopped = ccq("stop", session_id)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith(f"session {session_id}: stopped, and 2 descendants stopped")
+    removed = ccq("rm", session_id)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout == f"session {session_id}: deleted, and 2 descendants deleted\n"
+    assert api.get_status(f"/api/v1/sessions/{grandchild['session']['id']}") == 404
+
 
 def test_children_of_an_unknown_session_says_so(ccq: Ccq) -> None:
     result = ccq("children", "00000000-0000-0000-0000-000000000000")
