@@ -8,6 +8,7 @@ the caller says the output is a terminal.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -137,6 +138,22 @@ def run_summary(run: JsonObject, color: bool = False) -> str:
     return line
 
 
+def status_table(
+    header: tuple[str, ...], rows: Sequence[tuple[str, ...]], color: bool = False
+) -> str:
+    """Columns padded before styling so they line up; the second column is a state."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...], styled: bool) -> str:
+        padded = [c.ljust(w) for c, w in zip(cells, widths, strict=True)]
+        if styled:
+            padded[1] = paint_status(cells[1], color) + " " * (widths[1] - len(cells[1]))
+        return "  ".join(padded).rstrip()
+
+    head = paint(line(header, styled=False), color, bold=True)
+    return "\n".join([head, *(line(r, styled=True) for r in rows)])
+
+
 def sessions_table(sessions: list[JsonObject], now: datetime, color: bool = False) -> str:
     """ID, STATUS, RUNS, COST, LAST ACTIVE; padded before styling so columns line up."""
     if not sessions:
@@ -152,16 +169,7 @@ def sessions_table(sessions: list[JsonObject], now: datetime, color: bool = Fals
         )
         for s in sessions
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...], styled: bool) -> str:
-        padded = [c.ljust(w) for c, w in zip(cells, widths, strict=True)]
-        if styled:
-            padded[1] = paint_status(cells[1], color) + " " * (widths[1] - len(cells[1]))
-        return "  ".join(padded).rstrip()
-
-    head = paint(line(header, styled=False), color, bold=True)
-    return "\n".join([head, *(line(r, styled=True) for r in rows)])
+    return status_table(header, rows, color)
 
 
 def _fields(pairs: list[tuple[str, str]]) -> list[str]:
@@ -733,13 +741,4 @@ def batches_table(batches: list[JsonObject], now: datetime, color: bool = False)
         )
         for b in batches
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...], styled: bool) -> str:
-        padded = [c.ljust(w) for c, w in zip(cells, widths, strict=True)]
-        if styled:
-            padded[1] = paint_status(cells[1], color) + " " * (widths[1] - len(cells[1]))
-        return "  ".join(padded).rstrip()
-
-    head = paint(line(header, styled=False), color, bold=True)
-    return "\n".join([head, *(line(r, styled=True) for r in rows)])
+    return status_table(header, rows, color)
