@@ -8,9 +8,10 @@ one owner cannot both take the last slot.
 
 from __future__ import annotations
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
 
+from orchestrator.db import lock_key
 from orchestrator.models import Batch, Run, RunStatus, Session
 
 
@@ -20,7 +21,7 @@ class NoSlot(Exception):
 
 def admit(db: DbSession, session: Session, max_runs_per_owner: int) -> None:
     """Raises NoSlot unless ``session``'s next run may start now."""
-    db.execute(select(func.pg_advisory_xact_lock(func.hashtext(literal("ccq:" + session.owner)))))
+    lock_key(db, session.owner)
     running = db.scalar(
         select(func.count())
         .select_from(Run)

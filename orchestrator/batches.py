@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.db import ROW_LOCK
+from orchestrator.db import ROW_LOCK, lock_key
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.models import Batch, BatchStatus, Run, RunStatus, Session, SessionStatus
 from orchestrator.notify import redact_url
@@ -82,6 +82,7 @@ class BatchService:
     def create(self, spec: NewBatch) -> tuple[Batch, list[uuid.UUID], bool]:
         """The batch, its item runs' IDs in item order, and whether it was created now."""
         if spec.idempotency_key is not None:
+            lock_key(self.db, "batch-key", self.owner, spec.idempotency_key)
             existing = self.db.scalars(
                 select(Batch).where(
                     Batch.owner == self.owner, Batch.idempotency_key == spec.idempotency_key

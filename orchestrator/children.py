@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from orchestrator.db import ROW_LOCK
+from orchestrator.db import ROW_LOCK, lock_key
 from orchestrator.errors import ConflictError, LimitExceeded, NotFoundError
 from orchestrator.events import PendingEvent
 from orchestrator.models import Fanout, FanoutStatus, Run, Session, SessionStatus
@@ -87,6 +87,7 @@ class ChildSessions:
             ConflictError: the parent has failed, or the key belongs to another session.
         """
         if spec.idempotency_key is not None:
+            lock_key(self.db, "session-key", self.sessions.owner, spec.idempotency_key)
             existing = self._by_key(parent_id, spec.idempotency_key)
             if existing is not None:
                 first = self.db.scalars(

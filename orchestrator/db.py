@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, func, literal, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.settings import Settings
@@ -56,3 +56,14 @@ def ping(engine: Engine) -> None:
 # takes FOR KEY SHARE on its run and session rows (the foreign keys); plain FOR UPDATE
 # would conflict with that and let an event insert and a run claim deadlock.
 ROW_LOCK: dict[str, Any] = {"key_share": True}
+
+
+def lock_key(db: Session, *parts: str) -> None:
+    """Hold a transaction-scoped advisory lock on ``parts`` until commit or rollback.
+
+    Serialises what a unique constraint alone would turn into an error: two requests
+    with the same idempotency key both look, find nothing and insert; with the lock the
+    second finds the first's row.
+    """
+    key = ":".join(("ccq", *parts))
+    db.execute(select(func.pg_advisory_xact_lock(func.hashtext(literal(key)))))

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator import tree
-from orchestrator.db import ROW_LOCK
+from orchestrator.db import ROW_LOCK, lock_key
 from orchestrator.errors import ConflictError, ForbiddenError, NotFoundError
 from orchestrator.events import (
     RUN_FINISHED,
@@ -97,6 +97,7 @@ class SessionService:
         """
         self.require_owner_scope("create root sessions")
         if spec.idempotency_key is not None:
+            lock_key(self.db, "session-key", self.owner, spec.idempotency_key)
             existing = self.db.scalars(
                 select(Session).where(
                     Session.owner == self.owner, Session.idempotency_key == spec.idempotency_key

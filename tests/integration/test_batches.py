@@ -390,3 +390,21 @@ def test_a_sessions_notify_url_hears_of_each_finished_run(
 
     assert seen[0].body["ccq"]["run"]["id"] == created["run"]["id"]
     assert seen[0].body["ccq"]["run"]["status"] == "succeeded"
+
+
+def test_concurrent_submissions_with_one_idempotency_key_make_one_batch(alice: Api) -> None:
+    body = {"items": [{"prompt": "once"}], "idempotency_key": "same-moment"}
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(
+            pool.map(
+                lambda _: requests.post(
+                    f"{alice.url}/batches", json=body, headers=alice.headers, timeout=60
+                ),
+                range(4),
+            )
+        )
+
+    assert sorted(r.status_code for r in replies) == [200, 200, 200, 201]
+    assert len({r.json()["batch"]["id"] for r in replies}) == 1
+    alice.wait_batch(replies[0].json()["batch"]["id"])
