@@ -408,3 +408,20 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_batch(alice: A
     assert sorted(r.status_code for r in replies) == [200, 200, 200, 201]
     assert len({r.json()["batch"]["id"] for r in replies}) == 1
     alice.wait_batch(replies[0].json()["batch"]["id"])
+
+
+def test_concurrent_sessions_with_one_idempotency_key_make_one_session(alice: Api) -> None:
+    body = {"prompt": "once", "idempotency_key": "session-same-moment"}
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(
+            pool.map(
+                lambda _: requests.post(
+                    f"{alice.url}/sessions", json=body, headers=alice.headers, timeout=60
+                ),
+                range(4),
+            )
+        )
+
+    assert sorted(r.status_code for r in replies) == [200, 200, 200, 201]
+    assert len({r.json()["session"]["id"] for r in replies}) == 1
