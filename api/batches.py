@@ -9,14 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from celery import chord
 from flask import Blueprint, Response, request, stream_with_context
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 
 from api.auth import require_owner
-from api.dispatch import fail_unqueued
-from api.errors import DependencyDown, InvalidInput, TooLarge, validation_details
+from api.errors import InvalidInput, TooLarge, validation_details
 from api.extensions import Services, get_services
 from api.schemas import (
     MAX_PROMPT_BYTES,
@@ -36,7 +34,7 @@ from orchestrator.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch, b
 from orchestrator.cancellation import signal_cancel
 from orchestrator.db import session_scope
 from orchestrator.models import Batch
-from tasks.celery_app import batch_queue
+from tasks.release import release_items
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +54,9 @@ def create_batch(owner: str) -> Reply:
     spec = _batch_from_request()
     services = get_services()
     with session_scope(services.session_factory) as db:
-        batch, run_ids, created = BatchService(db, owner).create(spec)
+        batch, created = BatchService(db, owner).create(spec)
     if created:
-        _start(services, batch, run_ids)
+        _start(services, batch)
     with services.session_factory() as db:
         return {"batch": batch_view(batch, batches.progress(db, batch.id))}, (
             201 if created else 200
@@ -143,25 +141,16 @@ def _item_error(index: int, field: str, reason: str) -> dict[str, Any]:
     return {"index": index, "field": f"items.{index}.{field}", "reason": reason}
 
 
-def _start(services: Services, batch: Batch, run_ids: list[uuid.UUID]) -> None:
-    """Every item's run as one chord whose callback closes the batch.
+def _start(services: Services, batch: Batch) -> None:
+    """Queue the batch's first window of items; each item that ends releases the next.
 
-    Items go to the instance's batch queue, which workers take from in turn with the
-    interactive one. If Redis is down, the items are marked failed and the client gets 503.
+    If Redis is down the batch stays accepted: its items wait in PostgreSQL, and beat's
+    sweeper releases them once Redis is back.
     """
-    celery, queue = services.celery, batch_queue(services.settings)
-    header = [celery.signature("ccq.run_prompt", args=[str(r)], queue=queue) for r in run_ids]
-    callback = celery.signature("ccq.close_batch", args=[str(batch.id)], immutable=True)
     try:
-        chord(header, app=celery)(callback)
+        release_items(services.celery, services.session_factory, services.settings, batch.id)
     except (redis.RedisError, KombuOperationalError) as exc:
-        log.warning("could not start batch %s: %s", batch.id, exc)
-        for run_id in run_ids:
-            fail_unqueued(services, run_id)
-        raise DependencyDown(
-            "redis is unavailable: the batch's items were not queued (they are marked "
-            "failed); retry later"
-        ) from None
+        log.warning("batch %s: first items not queued yet (the sweeper will): %s", batch.id, exc)
 
 
 @bp.get("/batches/<uuid:batch_id>")

@@ -3,6 +3,12 @@
 Creating a batch inserts every session and run in one transaction with bulk inserts (a
 10,000-item batch is two statements, not 20,000 flushes); a rejected batch creates
 nothing. The batch's state is derived from its runs' rows, so counts never drift.
+
+Items are released to Celery a window at a time (:func:`release`): at most the batch's
+concurrency (``max_concurrency``, at most ``CCQ_MAX_RUNS_PER_OWNER``) are with Celery at
+once, the rest wait in PostgreSQL. Each item that ends releases the next, and the last
+one closes the batch. Had every item been queued at once, those over the cap would come
+back every few seconds to look for a slot: 10,000 tasks cycling through the workers.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.db import ROW_LOCK, lock_key
@@ -23,6 +29,11 @@ from orchestrator.models import Batch, BatchStatus, Run, RunStatus, Session, Ses
 from orchestrator.notify import redact_url
 
 MAX_ITEMS = 10_000
+# A released item whose task was lost (a Redis flush) would hold its place in the window
+# for ever: the sweeper hands an item still queued this long after its release to Celery
+# again (a second delivery of a run never runs it twice).
+RELEASE_AGAIN_AFTER = timedelta(minutes=10)
+_UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -79,8 +90,8 @@ class BatchService:
         self.db = db
         self.owner = owner
 
-    def create(self, spec: NewBatch) -> tuple[Batch, list[uuid.UUID], bool]:
-        """The batch, its item runs' IDs in item order, and whether it was created now."""
+    def create(self, spec: NewBatch) -> tuple[Batch, bool]:
+        """The batch, and whether it was created now (not found by its idempotency key)."""
         if spec.idempotency_key is not None:
             lock_key(self.db, "batch-key", self.owner, spec.idempotency_key)
             existing = self.db.scalars(
@@ -89,7 +100,7 @@ class BatchService:
                 )
             ).one_or_none()
             if existing is not None:
-                return existing, self.run_ids(existing.id), False
+                return existing, False
         now = datetime.now(UTC)
         batch = Batch(
             id=uuid.uuid4(),
@@ -106,10 +117,8 @@ class BatchService:
         self.db.flush()
         sessions: list[dict[str, Any]] = []
         runs: list[dict[str, Any]] = []
-        run_ids: list[uuid.UUID] = []
         for index, item in enumerate(spec.items):
             session_id, run_id = uuid.uuid4(), uuid.uuid4()
-            run_ids.append(run_id)
             sessions.append(
                 {
                     "id": session_id,
@@ -143,7 +152,7 @@ class BatchService:
             )
         self.db.execute(insert(Session), sessions)
         self.db.execute(insert(Run), runs)
-        return batch, run_ids, True
+        return batch, True
 
     def get(self, batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
         query = select(Batch).where(Batch.id == batch_id, Batch.owner == self.owner)
@@ -160,16 +169,6 @@ class BatchService:
             query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(*before))
         query = query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
         return list(self.db.scalars(query).all())
-
-    def run_ids(self, batch_id: uuid.UUID) -> list[uuid.UUID]:
-        return list(
-            self.db.scalars(
-                select(Run.id)
-                .join(Session, Session.id == Run.session_id)
-                .where(Session.batch_id == batch_id, Run.seq == 1)
-                .order_by(Session.batch_index)
-            ).all()
-        )
 
     def cancel(self, batch_id: uuid.UUID) -> tuple[Batch, list[Run]]:
         """Queued items never start; running ones are flagged for their executors to kill.
@@ -205,6 +204,89 @@ class BatchService:
             else:
                 running.append(run)
         return batch, running
+
+
+def window(batch: Batch, max_runs_per_owner: int) -> int:
+    """How many of the batch's items may be with Celery at once (released, not ended)."""
+    return min(batch.max_concurrency or max_runs_per_owner, max_runs_per_owner)
+
+
+def release(db: DbSession, batch_id: uuid.UUID, max_runs_per_owner: int) -> list[uuid.UUID]:
+    """Mark the batch's next items released while its window has room; their run IDs in
+    item order, for the caller to queue.
+
+    Under the batch's row lock, so items ending at the same moment never release more
+    than the window. The caller queues the tasks before it commits: if it fails before
+    the commit, the items are released again later, and a second delivery of a run never
+    runs it twice.
+    """
+    batch = db.get(Batch, batch_id, with_for_update=ROW_LOCK)
+    if batch is None or batch.status != BatchStatus.RUNNING or batch.finished_at is not None:
+        return []
+    items = select(Run.id).join(Session, Session.id == Run.session_id)
+    in_flight = db.scalar(
+        select(func.count()).select_from(
+            items.where(
+                Session.batch_id == batch.id,
+                Run.dispatched_at.is_not(None),
+                Run.status.in_(_UNFINISHED),
+            ).subquery()
+        )
+    )
+    room = window(batch, max_runs_per_owner) - (in_flight or 0)
+    if room <= 0:
+        return []
+    run_ids = list(
+        db.scalars(
+            items.where(
+                Session.batch_id == batch.id,
+                Run.status == RunStatus.QUEUED,
+                Run.dispatched_at.is_(None),
+            )
+            .order_by(Session.batch_index)
+            .limit(room)
+        ).all()
+    )
+    if run_ids:
+        db.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=datetime.now(UTC)))
+    return run_ids
+
+
+def release_again(db: DbSession, older_than: timedelta) -> list[uuid.UUID]:
+    """Batch items released longer ago than ``older_than`` and still queued (their task
+    may be lost): marked released now, their run IDs returned for the caller to queue."""
+    run_ids = list(
+        db.scalars(
+            select(Run.id)
+            .join(Session, Session.id == Run.session_id)
+            .join(Batch, Batch.id == Session.batch_id)
+            .where(
+                Batch.status == BatchStatus.RUNNING,
+                Run.status == RunStatus.QUEUED,
+                Run.dispatched_at < datetime.now(UTC) - older_than,
+            )
+            .with_for_update(of=Run, skip_locked=True)
+        ).all()
+    )
+    if run_ids:
+        db.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=datetime.now(UTC)))
+    return run_ids
+
+
+def running(db: DbSession) -> list[uuid.UUID]:
+    """Every batch still running (the sweeper releases what they have room for)."""
+    return list(
+        db.scalars(
+            select(Batch.id).where(Batch.status == BatchStatus.RUNNING, Batch.finished_at.is_(None))
+        ).all()
+    )
+
+
+def batch_of(db: DbSession, run_id: uuid.UUID) -> uuid.UUID | None:
+    """The batch whose item ``run_id`` is, if any."""
+    return db.scalar(
+        select(Session.batch_id).join(Run, Run.session_id == Session.id).where(Run.id == run_id)
+    )
 
 
 def progress(db: DbSession, batch_id: uuid.UUID) -> BatchProgress:
@@ -283,8 +365,8 @@ def close(db: DbSession, batch_id: uuid.UUID) -> tuple[Batch | None, bool]:
 
 
 def overdue(db: DbSession, older_than: timedelta) -> list[uuid.UUID]:
-    """Unfinished batches older than ``older_than`` whose items have all ended: their
-    chord's callback was lost (a Redis restart), so the sweeper closes them."""
+    """Unfinished batches older than ``older_than`` whose items have all ended, though
+    none closed them (the worker of the last item died first): the sweeper does."""
     unfinished_item = (
         select(Run.id)
         .join(Session, Session.id == Run.session_id)

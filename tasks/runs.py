@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from orchestrator.admission import NoSlot
 from orchestrator.executor import NotYourTurn
 from orchestrator.models import RunStatus
+from tasks.batches import advance as advance_batch
 from tasks.context import worker_context
 from tasks.notify import queue_run_notification
 
@@ -46,5 +47,6 @@ def run_prompt(self: Task, run_id: str) -> dict[str, Any]:
         countdown = min(OUTAGE_RETRY_MAX_SECONDS, 2.0 ** min(self.request.retries, 6))
         raise self.retry(countdown=countdown, exc=exc) from None
     if outcome["status"] in FINAL_STATES:
+        advance_batch(worker_context(), uuid.UUID(run_id))  # a batch item: the next ones
         queue_run_notification(run_id)  # if its session has a notify_url; never raises
     return outcome

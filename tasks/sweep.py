@@ -1,13 +1,16 @@
-"""Beat's sweeper: finishes what a lost chord left open, and purges expired tokens.
+"""Beat's sweeper: finishes what a lost task left open, and purges expired tokens.
 
-A chord's callback lives in Redis; after a Redis restart (or a chord error) it never
-fires. Everything it would have done is derived from PostgreSQL, so the sweeper does it
-instead, once the fan-out or batch is older than ``SWEEP_AFTER`` and all its runs ended.
+A fan-out chord's callback lives in Redis; after a Redis restart (or a chord error) it
+never fires. A batch moves on when its items end; a worker that died at that moment, or
+a task lost with Redis, would stall it. Everything those would have done is derived from
+PostgreSQL, so the sweeper does it instead: it completes fan-outs older than
+``SWEEP_AFTER`` whose children all ended, releases what running batches have room for
+(and items whose task seems lost), and closes batches whose items all ended.
 """
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import current_app, shared_task
 
 from orchestrator import batches
 from orchestrator.db import session_scope
@@ -16,6 +19,7 @@ from orchestrator.session_tokens import purge_expired
 from tasks.batches import finish as finish_batch
 from tasks.context import worker_context
 from tasks.fanouts import SWEEP_AFTER, queue_followup
+from tasks.release import queue_items, release_items
 
 
 @shared_task(name="ccq.sweep", acks_late=True)
@@ -34,6 +38,20 @@ def sweep() -> dict[str, int]:
         queue_followup(completion.queued_run_id)
     with session_scope(context.session_factory) as db:
         purged = purge_expired(db)
-        lost_batches = batches.overdue(db, SWEEP_AFTER)
-    closed = sum(1 for batch_id in lost_batches if finish_batch(context, batch_id))
-    return {"fanouts_completed": completed, "tokens_purged": purged, "batches_closed": closed}
+        running = batches.running(db)
+    released = sum(
+        release_items(current_app, context.session_factory, context.settings, batch_id)
+        for batch_id in running
+    )
+    with session_scope(context.session_factory) as db:
+        again = batches.release_again(db, batches.RELEASE_AGAIN_AFTER)
+        queue_items(current_app, context.settings, again)
+    with context.session_factory() as db:
+        stalled = batches.overdue(db, SWEEP_AFTER)
+    closed = sum(1 for batch_id in stalled if finish_batch(context, batch_id))
+    return {
+        "fanouts_completed": completed,
+        "tokens_purged": purged,
+        "batch_items_released": released + len(again),
+        "batches_closed": closed,
+    }

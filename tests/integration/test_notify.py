@@ -321,7 +321,7 @@ def test_a_batch_notice_counts_items_by_their_runs_state(
     assert "3/5 succeeded, 1 failed, 1 timed out, $1.25" in notice.payload["content"]
 
 
-def test_a_batch_whose_chord_was_lost_is_closed_by_the_sweeper_and_announced(
+def test_a_batch_left_open_is_closed_by_the_sweeper_and_announced_once(
     celery_app: Celery,
     worker: WorkerProcess,
     factory: sessionmaker[DbSession],
