@@ -1,5 +1,6 @@
 """`python -m bench` (`make bench`): every benchmark against its baseline, on a stack of its
-own; prints the ratios and writes everything (samples, machine) as JSON."""
+own (submit on one without a worker, where nothing runs); prints the ratios and writes
+everything (samples, machine) as JSON."""
 
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from bench import BenchError
 from bench.delivery import Plan, delivery
 from bench.machine import describe, one_line
 from bench.report import Comparison, format_markdown, format_table
-from bench.stack import LOG_DIR, running_stack
+from bench.stack import LOG_DIR, clear_logs, running_stack
+from bench.submit import PENDING_LIMIT, submit
+from orchestrator.batches import MAX_ITEMS
 from orchestrator.settings import load_settings
 
-BENCHMARKS = ("warm", "cold", "delivery")
+BENCHMARKS = ("warm", "cold", "delivery", "submit")
+# The benchmarks that run sessions, on a stack with a worker.
+RUNNING = ("warm", "cold", "delivery")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -50,7 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tails", type=_int_list, default=[1, 100, 500], help="tail counts (default 1,100,500)"
     )
     parser.add_argument(
-        "--only", type=_names, default=list(BENCHMARKS), help="warm,cold,delivery (default all)"
+        "--only",
+        type=_names,
+        default=list(BENCHMARKS),
+        help="warm,cold,delivery,submit (default all)",
     )
     parser.add_argument(
         "--events", type=int, default=200, help="events per delivery phase (default 200)"
@@ -58,11 +66,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # 10/s: 500 tails then take 5,000 deliveries a second, about what one API process
     # sustains on a 2-core machine; faster, it is measuring a saturated process.
     parser.add_argument("--rate", type=float, default=10.0, help="events per second (default 10)")
+    parser.add_argument(
+        "--items", type=int, default=1000, help="prompts per submission (default 1000)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="submissions per side (default 3)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
-    if args.iterations < 1 or args.events < 1 or args.rate <= 0:
-        parser.error("--iterations, --events and --rate must be positive")
+    if args.iterations < 1 or args.events < 1 or args.rate <= 0 or args.rounds < 1:
+        parser.error("--iterations, --events, --rate and --rounds must be positive")
+    if not 1 <= args.items <= MAX_ITEMS:
+        parser.error(f"--items must be from 1 to {MAX_ITEMS} (a batch's limit)")
     return args
 
 
@@ -90,26 +104,40 @@ def progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> tuple[list[Comparison], dict[str, list[str]], str]:
+def run(args: argparse.Namespace) -> tuple[list[Comparison], dict[str, list[str]], list[str]]:
+    """The comparisons, the stacks' logged problems and the stacks' instance names."""
     comparisons: list[Comparison] = []
-    progress("starting an isolated stack (database, Redis db 14, model server, api, worker)")
-    with running_stack() as stack:
-        progress(f"stack up: instance {stack.settings.instance}, logs in {LOG_DIR}")
-        if "warm" in args.only:
-            from bench.turns import warm_turn
+    problems: dict[str, list[str]] = {}
+    instances: list[str] = []
+    clear_logs()
+    if any(name in args.only for name in RUNNING):
+        progress("starting an isolated stack (database, Redis db 14, model server, api, worker)")
+        with running_stack() as stack:
+            progress(f"stack up: instance {stack.settings.instance}, logs in {LOG_DIR}")
+            if "warm" in args.only:
+                from bench.turns import warm_turn
 
-            comparisons.append(warm_turn(stack, args.iterations, progress))
-        if "cold" in args.only:
-            from bench.turns import cold_session
+                comparisons.append(warm_turn(stack, args.iterations, progress))
+            if "cold" in args.only:
+                from bench.turns import cold_session
 
-            comparisons.append(cold_session(stack, args.iterations, progress))
-        if "delivery" in args.only:
-            plan = Plan(events=args.events, rate=args.rate)
-            comparisons += delivery(stack, args.tails, plan, progress)
-        problems = stack.log_problems()
-        instance = stack.settings.instance
-    progress(f"stack {instance} removed")
-    return comparisons, problems, instance
+                comparisons.append(cold_session(stack, args.iterations, progress))
+            if "delivery" in args.only:
+                plan = Plan(events=args.events, rate=args.rate)
+                comparisons += delivery(stack, args.tails, plan, progress)
+            problems.update(stack.log_problems())
+            instances.append(stack.settings.instance)
+        progress(f"stack {instances[-1]} removed")
+    if "submit" in args.only:
+        progress("starting an isolated stack without a worker for submit (nothing runs)")
+        overrides = {"max_pending_runs_per_owner": PENDING_LIMIT}
+        with running_stack(with_worker=False, overrides=overrides, log_prefix="submit-") as stack:
+            progress(f"stack up: instance {stack.settings.instance}, logs in {LOG_DIR}")
+            comparisons.append(submit(stack, args.items, args.rounds, progress))
+            problems.update({f"submit-{k}": v for k, v in stack.log_problems().items()})
+            instances.append(stack.settings.instance)
+        progress(f"stack {instances[-1]} removed")
+    return comparisons, problems, instances
 
 
 def document(

@@ -5,6 +5,9 @@ scratch PostgreSQL database, Redis database 14, an instance name of its own (its
 containers and its Celery queue carry it, so a `make up` stack on the same machine is
 never touched), the scripted model server, and real `ccq api` and `ccq worker` processes.
 The API runs as `ccq api` does by default: one gevent process.
+
+A stack may also run without a worker (``with_worker=False``): then nothing consumes its
+Celery queues and no run can ever start, for benchmarks that only submit work.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from orchestrator import migrate
 from orchestrator.auth import mint_token
 from orchestrator.claude_cli import cli_environment
 from orchestrator.containers import LABEL_INSTANCE
-from orchestrator.settings import Settings, load_settings
+from orchestrator.settings import ENV_PREFIX, Settings, load_settings
 from tests.processes import (
     SCRIPTED_MODEL_KEY,
     ApiProcess,
@@ -51,7 +54,7 @@ class Stack:
     settings: Settings
     env: dict[str, str] = field(repr=False)  # holds the JWT secret and the model key
     api: ApiProcess
-    worker: WorkerProcess
+    worker: WorkerProcess | None  # None: nothing consumes the queues, nothing runs
     model: ModelServer
     docker: docker.DockerClient
     redis: redis.Redis
@@ -85,7 +88,11 @@ class Stack:
     def log_problems(self) -> dict[str, list[str]]:
         """Warnings, errors and tracebacks the API and the worker logged (last 20 each)."""
         found: dict[str, list[str]] = {}
-        for name, path in (("api", self.api.log_path), ("worker", self.worker.log_path)):
+        processes = {"api": self.api, "worker": self.worker}
+        for name, process in processes.items():
+            if process is None:
+                continue
+            path = process.log_path
             lines = path.read_text(errors="replace").splitlines() if path.exists() else []
             bad = [
                 line
@@ -96,18 +103,38 @@ class Stack:
         return found
 
 
+def clear_logs() -> None:
+    """Remove the previous run's logs (once per run: a run may start several stacks)."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    for old in LOG_DIR.glob("*.log"):
+        old.unlink()
+
+
 @contextmanager
-def running_stack(*, worker_concurrency: int = 2) -> Iterator[Stack]:
+def running_stack(
+    *,
+    worker_concurrency: int = 2,
+    with_worker: bool = True,
+    overrides: Mapping[str, int | str] | None = None,
+    log_prefix: str = "",
+) -> Iterator[Stack]:
     """Start the stack; on the way out (an error and Ctrl-C included) stop the processes,
     remove the instance's containers, drop the database, flush the Redis database and
-    delete the data directory, in that order."""
+    delete the data directory, in that order.
+
+    ``overrides`` are settings (``max_pending_runs_per_owner=...``) given to the stack's
+    processes as their ``CCQ_`` variables; ``log_prefix`` names its logs apart from
+    another stack's of the same run (``submit-`` gives ``submit-api.log``).
+    """
     base = load_settings(env_file=None)
     suffix = secrets.token_hex(6)
     instance = f"bench-{suffix}"
     database = f"ccq_bench_{suffix}"
+    overrides = dict(overrides or {})
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    for old in LOG_DIR.glob("*.log"):
-        old.unlink()
+    logs = {name: LOG_DIR / f"{log_prefix}{name}.log" for name in ("api", "worker")}
+    for path in logs.values():  # a stale log would look like a ready process
+        path.unlink(missing_ok=True)
     with ExitStack() as cleanup:  # callbacks run last-registered first
         workdir = Path(tempfile.mkdtemp(prefix=f"ccq-{instance}-"))
         cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
@@ -137,14 +164,19 @@ def running_stack(*, worker_concurrency: int = 2) -> Iterator[Stack]:
             instance=instance,
             anthropic_base_url=container_base_url(model),
             anthropic_api_key=SCRIPTED_MODEL_KEY,
+            **overrides,
         )
         env = stack_environment(settings, model)
+        env.update({(ENV_PREFIX + name).upper(): str(v) for name, v in overrides.items()})
 
-        worker = WorkerProcess(env, "bench-worker", LOG_DIR / "worker.log", worker_concurrency)
-        cleanup.callback(worker.stop)
-        api = ApiProcess(env, LOG_DIR / "api.log")
+        worker = None
+        if with_worker:
+            worker = WorkerProcess(env, "bench-worker", logs["worker"], worker_concurrency)
+            cleanup.callback(worker.stop)
+        api = ApiProcess(env, logs["api"])
         cleanup.callback(api.stop)
-        worker.wait_ready()
+        if worker is not None:
+            worker.wait_ready()
         api.wait_ready()
 
         yield Stack(

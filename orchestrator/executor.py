@@ -213,7 +213,7 @@ class RunExecutor:
         finally:
             session_lock.release()
         if claimed.one_shot:
-            # Before the task returns, so the batch's closer (a chord callback) comes after.
+            # Before the task returns, so the batch's end (which the task may cause) comes after.
             self._batch_item_changed(claimed.run_id)  # ended
         return {"run_id": str(run_id), "status": final}
 

@@ -24,8 +24,8 @@ from tasks.release import queue_items, release_items
 
 @shared_task(name="ccq.sweep", acks_late=True)
 def sweep() -> dict[str, int]:
-    """Beat: complete fan-outs and close batches whose chord was lost; purge expired
-    session tokens."""
+    """Beat: complete fan-outs whose chord was lost, move stalled batches on; purge
+    expired session tokens."""
     context = worker_context()
     completed = 0
     for fanout_id in context.fanouts.overdue(SWEEP_AFTER):
