@@ -50,10 +50,10 @@ def check_pending_limit(db: DbSession, services: Services, owner: str) -> None:
     """Raises 429 when the owner already has CCQ_MAX_PENDING_RUNS_PER_OWNER runs queued
     or running outside batches (batches have their own concurrency)."""
     limit = services.settings.max_pending_runs_per_owner
-    pending = pending_interactive(db, owner)
+    pending = pending_interactive(db, owner, up_to=limit)
     if pending >= limit:
         raise TooManyRequests(
-            f"{pending} runs of yours are queued or running (the limit is {limit}, "
+            f"{pending} or more runs of yours are queued or running (the limit is {limit}, "
             "CCQ_MAX_PENDING_RUNS_PER_OWNER); retry when some have finished",
             RETRY_AFTER_SECONDS,
             [{"field": "prompt", "reason": "too many runs pending", "limit": limit}],

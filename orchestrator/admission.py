@@ -44,18 +44,18 @@ def admit(db: DbSession, session: Session, max_runs_per_owner: int) -> None:
         raise NoSlot(f"batch {session.batch_id} has {in_batch} runs running (max_concurrency)")
 
 
-def pending_interactive(db: DbSession, owner: str) -> int:
-    """The owner's queued or running runs outside batches (the hard limit's count)."""
-    return int(
-        db.scalar(
-            select(func.count())
-            .select_from(Run)
-            .join(Session, Session.id == Run.session_id)
-            .where(
-                Run.owner == owner,
-                Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
-                Session.batch_id.is_(None),
-            )
+def pending_interactive(db: DbSession, owner: str, up_to: int) -> int:
+    """The owner's queued or running runs outside batches, counted up to ``up_to`` (the
+    hard limit's check needs no more, and stays cheap however many are pending)."""
+    pending = (
+        select(Run.id)
+        .join(Session, Session.id == Run.session_id)
+        .where(
+            Run.owner == owner,
+            Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+            Session.batch_id.is_(None),
         )
-        or 0
+        .limit(up_to)
+        .subquery()
     )
+    return int(db.scalar(select(func.count()).select_from(pending)) or 0)
