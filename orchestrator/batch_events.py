@@ -1,7 +1,8 @@
 """Batch progress events: one Redis stream per batch, read by ``WS /batches/<id>/stream``.
 
-Producers: the worker when an item's run starts and when it ends, the API when a batch is
-cancelled, and the batch's closer when it finishes (``ccq.batch.finished``, last).
+Producers: the worker when an item's run starts and when it ends (just before the end
+commits, so the batch's last event can never come before it), the API when a batch is
+cancelled, and whoever closes the batch (``ccq.batch.finished``, last).
 
 Every event carries the batch's whole state as it was published (counts by state, cost,
 progress, ETA) and the item that changed. A client renders the newest event, so a missed
@@ -113,8 +114,8 @@ def publish(
 def publish_item(
     client: redis.Redis, session_factory: sessionmaker[DbSession], run_id: uuid.UUID, ttl: int
 ) -> None:
-    """``ccq.batch.progress`` for a batch item's run that started or ended (no-op for a
-    run outside batches). Never raises."""
+    """``ccq.batch.progress`` for a batch item's run that started (no-op for a run outside
+    batches). Never raises."""
     try:
         with session_factory() as db:
             found = item_json(db, run_id)
@@ -128,6 +129,27 @@ def publish_item(
         publish(client, batch_id, BATCH_PROGRESS, data, ttl)
     except (redis.RedisError, SQLAlchemyError) as exc:
         log.warning("batch progress of run %s not published: %s", run_id, exc)
+
+
+def publish_item_end(
+    db: DbSession, client: redis.Redis, batch_id: uuid.UUID, run: Run, ttl: int
+) -> None:
+    """``ccq.batch.progress`` for an item whose run is ending, from inside the transaction
+    that records it (its counts include the run's own uncommitted end).
+
+    Published before that commit, so it always precedes the batch's last event: closing
+    needs every item ended, which nobody sees before the commit. A Redis failure is only
+    logged; a PostgreSQL one is the recording transaction's own and is raised.
+    """
+    found = item_json(db, run.id)
+    batch = db.get(Batch, batch_id)
+    if found is None or batch is None:
+        return
+    data = state(db, batch, found[1])
+    try:
+        publish(client, batch_id, BATCH_PROGRESS, data, ttl)
+    except redis.RedisError as exc:
+        log.warning("batch progress of run %s not published: %s", run.id, exc)
 
 
 def publish_batch(

@@ -74,8 +74,13 @@ class ClaimedRun:
     first_event_seq: int
     # For the session's MCP tools during this run only; never logged (repr=False).
     session_token: str = field(repr=False)
-    # A batch item: its container stops as soon as the run ends (thousands would idle).
-    one_shot: bool = False
+    # A batch item's batch: its container stops as soon as the run ends (thousands would
+    # idle), and the batch's stream hears when it starts and ends.
+    batch_id: uuid.UUID | None = None
+
+    @property
+    def one_shot(self) -> bool:
+        return self.batch_id is not None
 
 
 def _cli_options(session: Session, run: Run) -> CliOptions:
@@ -182,7 +187,7 @@ class RunExecutor:
                     owner=session.owner,
                     ttl=timedelta(seconds=self.settings.run_time_limit) + TOKEN_TTL_MARGIN,
                 ),
-                one_shot=session.batch_id is not None,
+                batch_id=session.batch_id,
             )
             return claimed, session_lock, RunStatus.RUNNING
 
@@ -205,22 +210,16 @@ class RunExecutor:
         if claimed is None or session_lock is None:
             return {"run_id": str(run_id), "status": status}
         if claimed.one_shot:
-            self._batch_item_changed(claimed.run_id)  # started
+            batch_events.publish_item(
+                self.redis, self.session_factory, run_id, int(self.settings.event_stream_ttl)
+            )
         try:
             final = self._execute_claimed(claimed)
             if claimed.one_shot:
                 self.runtime.stop(str(claimed.session_id), timeout=1)
         finally:
             session_lock.release()
-        if claimed.one_shot:
-            # Before the task returns, so the batch's end (which the task may cause) comes after.
-            self._batch_item_changed(claimed.run_id)  # ended
         return {"run_id": str(run_id), "status": final}
-
-    def _batch_item_changed(self, run_id: uuid.UUID) -> None:
-        batch_events.publish_item(
-            self.redis, self.session_factory, run_id, int(self.settings.event_stream_ttl)
-        )
 
     def _persist(self, events: list[WireEvent]) -> None:
         try:
@@ -351,6 +350,13 @@ class RunExecutor:
             session.last_active_at = run.finished_at
             sink.persist_pending(db)
             finished = run_finished_data(run)
+            if claimed.batch_id is not None:
+                # Before the commit: whoever then sees every item ended and closes the
+                # batch announces it after this item's end, never before.
+                db.flush()
+                batch_events.publish_item_end(
+                    db, self.redis, claimed.batch_id, run, int(self.settings.event_stream_ttl)
+                )
         sink.finish(RUN_FINISHED, finished)
         return status
 

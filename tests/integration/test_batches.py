@@ -395,18 +395,23 @@ def test_a_sessions_notify_url_hears_of_each_finished_run(
     assert seen[0].body["ccq"]["run"]["status"] == "succeeded"
 
 
+def _at_once(api: Api, path: str, body: dict[str, Any], times: int = 4) -> list[Any]:
+    """The same POST sent ``times`` times at the same moment."""
+    with ThreadPoolExecutor(max_workers=times) as pool:
+        return list(
+            pool.map(
+                lambda _: requests.post(
+                    f"{api.url}{path}", json=body, headers=api.headers, timeout=60
+                ),
+                range(times),
+            )
+        )
+
+
 def test_concurrent_submissions_with_one_idempotency_key_make_one_batch(alice: Api) -> None:
     body = {"items": [{"prompt": "once"}], "idempotency_key": "same-moment"}
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        replies = list(
-            pool.map(
-                lambda _: requests.post(
-                    f"{alice.url}/batches", json=body, headers=alice.headers, timeout=60
-                ),
-                range(4),
-            )
-        )
+    replies = _at_once(alice, "/batches", body)
 
     assert sorted(r.status_code for r in replies) == [200, 200, 200, 201]
     assert len({r.json()["batch"]["id"] for r in replies}) == 1
@@ -416,15 +421,7 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_batch(alice: A
 def test_concurrent_sessions_with_one_idempotency_key_make_one_session(alice: Api) -> None:
     body = {"prompt": "once", "idempotency_key": "session-same-moment"}
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        replies = list(
-            pool.map(
-                lambda _: requests.post(
-                    f"{alice.url}/sessions", json=body, headers=alice.headers, timeout=60
-                ),
-                range(4),
-            )
-        )
+    replies = _at_once(alice, "/sessions", body)
 
     assert sorted(r.status_code for r in replies) == [200, 200, 200, 201]
     assert len({r.json()["session"]["id"] for r in replies}) == 1
