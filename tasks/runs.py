@@ -19,8 +19,8 @@ from tasks.notify import queue_run_notification
 
 # How often a run whose turn has not come looks again; it holds no worker slot meanwhile.
 TURN_RETRY_SECONDS = 1.0
-# A run waiting for its owner's (or batch's) concurrency slot: longer, with jitter, so a
-# big batch's waiting items do not all come back at once.
+# A run waiting for its owner's (or batch's) concurrency slot: longer, with jitter, so
+# runs waiting for the same owner's slots do not all come back at once.
 SLOT_RETRY_SECONDS = (2.0, 5.0)
 # PostgreSQL or Redis down: back off up to this. The task must not fail: as a fan-out's
 # chord member, a failed task would leave the parent waiting forever.
