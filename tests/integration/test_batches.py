@@ -425,3 +425,30 @@ def test_concurrent_sessions_with_one_idempotency_key_make_one_session(alice: Ap
 
     assert sorted(r.status_code for r in replies) == [200, 200, 200, 201]
     assert len({r.json()["session"]["id"] for r in replies}) == 1
+
+
+def test_another_owner_sees_none_of_a_batch(
+    alice: Api, bob: Api, api_server: ApiProcess, settings: Settings
+) -> None:
+    batch_id = alice.call("POST", "/batches", {"items": [{"prompt": "mine"}]}, 201)["batch"]["id"]
+    alice.wait_batch(batch_id)
+
+    for method, path in [
+        ("GET", f"/batches/{batch_id}"),
+        ("GET", f"/batches/{batch_id}/results"),
+        ("POST", f"/batches/{batch_id}/cancel"),
+    ]:
+        assert (
+            bob.call(method, path, {} if method == "POST" else None, 404)["error"]["code"]
+            == "not_found"
+        )
+    assert batch_id not in [b["id"] for b in bob.call("GET", "/batches")["batches"]]
+    refused = bob.stream(batch_id)
+    assert refused.close_code == 4404
+    assert refused.events == []
+    # A bad cursor names the field; a missing token is refused before anything is read.
+    bad = alice.stream(batch_id, after="not-an-id")
+    assert bad.close_code == 4400
+    assert (bad.close_reason or "").startswith("after:")
+    anonymous = Api(api_server, "not-a-token").stream(batch_id)
+    assert anonymous.close_code == 4401
