@@ -337,6 +337,9 @@ def test_a_cancelled_queued_run_and_a_deleted_session_end_their_streams(
     assert cancelled.close_code == 1000
 
     with open_tail(api_server, f"/api/v1/sessions/{session_id}/stream", token) as ws:
+        # The opening message comes once the server has found the session: deleting it
+        # before then would be a tail of an unknown session (4404), not a deleted one.
+        assert "tail" in json.loads(ws.recv(timeout=30))
         response = requests.delete(
             f"{api_server.url}/api/v1/sessions/{session_id}",
             headers={"Authorization": f"Bearer {token}"},
