@@ -241,6 +241,7 @@ def test_a_stalled_client_delays_neither_the_run_nor_other_tails_and_is_cut_off(
         path = f"/api/v1/sessions/{session['id']}/stream"
         with closing(_stalled_tail(api, path, token)) as stalled:
             with open_tail(api, path, token) as ws:
+                assert "tail" in json.loads(ws.recv(timeout=30))  # live from here on
                 run = api_post(
                     api,
                     f"/api/v1/sessions/{session['id']}/runs",
