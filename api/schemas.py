@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from api.errors import InvalidInput, TooLarge
 from orchestrator.children import DEFAULT_THEN
 from orchestrator.models import Fanout, Run, Session
-from orchestrator.notify import redact_url, validate_notify_url
+from orchestrator.webhook_urls import redact_url, validate_notify_url
 
 MAX_PROMPT_BYTES = 256 * 1024
 

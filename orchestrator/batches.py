@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session as DbSession
 from orchestrator.db import ROW_LOCK, lock_key
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.models import Batch, BatchStatus, Run, RunStatus, Session, SessionStatus
-from orchestrator.notify import redact_url
+from orchestrator.webhook_urls import redact_url
 
 MAX_ITEMS = 10_000
 # A released item whose task was lost (a Redis flush) would hold its place in the window

@@ -1,6 +1,6 @@
 """Webhook notifications: a JSON POST to a batch's or session's ``notify_url`` when it ends.
 
-What lives here needs no Celery: URL validation, payloads, one delivery attempt, the
+What lives here needs no Celery: payloads, one delivery attempt, the
 backoff between attempts, and reading what to send from PostgreSQL. ``tasks/notify.py``
 schedules the attempts.
 
@@ -12,14 +12,13 @@ One payload suits every common receiver as it is:
   ``allowed_mentions`` (none: an ``@everyone`` in a result pings nobody);
 - anything else reads the structured ``ccq`` object (``ccq.event`` says what it is).
 
-Webhook URLs embed secrets (Slack's and Discord's tokens are path segments), so a URL is
-never logged, raised or returned in full: :func:`redact_url` keeps only its origin.
+Webhook URLs embed secrets, so a URL is never logged, raised or returned in full (see
+``orchestrator.webhook_urls``).
 """
 
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import random
 import re
 import uuid
@@ -28,15 +27,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
+from orchestrator import batches
 from orchestrator.models import Batch, Run, RunStatus, Session
+from orchestrator.webhook_urls import ELLIPSIS
 
-MAX_URL_LENGTH = 2000
 USER_AGENT = "ccq-notify/1"
 # Discord rejects longer `content`; Slack truncates `text` past 40,000 but advises 4,000.
 DISCORD_CONTENT_MAX = 2000
@@ -55,7 +54,6 @@ BACKOFF_JITTER = 0.1  # each delay is shortened by up to this fraction
 RETRY_AFTER_MAX_SECONDS = 900.0
 PAYLOAD_VERSION = 1
 
-ELLIPSIS = "…"
 
 _STATUS_COLOURS = {
     "succeeded": 0x2EB67D,
@@ -66,65 +64,6 @@ _STATUS_COLOURS = {
 # The order counts are listed in after "succeeded"; unknown states follow, sorted.
 _COUNT_ORDER = ("failed", "timed_out", "cancelled", "running", "queued", "not_started")
 _LISTED_STATES = frozenset((*_COUNT_ORDER, "succeeded"))
-
-
-# --- URLs ----------------------------------------------------------------------------------
-
-
-def validate_notify_url(url: str) -> str:
-    """Return ``url`` if it is fit to be a webhook target; raise ``ValueError`` saying why.
-
-    Accepted: ``http``/``https``, a host, at most 2000 characters, no ``user:pass@``
-    (credentials belong in the path or query, as Slack and Discord put them), no
-    ``#fragment`` (never sent to the server, so always a mistake), no whitespace or
-    control characters.
-    """
-    if len(url) > MAX_URL_LENGTH:
-        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise ValueError("must not contain whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a malformed port
-    except ValueError:
-        raise ValueError("is not a valid URL") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL")
-    if "@" in parts.netloc:
-        raise ValueError("must not contain credentials (user:password@)")
-    if not parts.hostname:
-        raise ValueError("must name a host")
-    if port == 0:
-        raise ValueError("must not use port 0")
-    if "#" in url:
-        raise ValueError("must not contain a fragment (#...)")
-    if parts.netloc.startswith("[") and not _is_ipv6(parts.hostname):
-        raise ValueError("is not a valid URL")
-    return url
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]/…``: enough to say where, nothing of the secret path."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        return "<invalid url>"
-    if not parts.scheme or not host:
-        return "<invalid url>"
-    if ":" in host:
-        host = f"[{host}]"
-    origin = f"{parts.scheme.lower()}://{host}{f':{port}' if port is not None else ''}"
-    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
-    return f"{origin}/{ELLIPSIS}" if hidden else f"{origin}/"
 
 
 # --- text helpers ------------------------------------------------------------------------
@@ -520,14 +459,9 @@ class Notice:
 
 
 def batch_counts(db: DbSession, batch: Batch) -> dict[str, int]:
-    """The batch's items by the state of their run (items without a row: ``not_started``)."""
-    rows = db.execute(
-        select(Run.status, func.count())
-        .join(Session, Session.id == Run.session_id)
-        .where(Session.batch_id == batch.id, Run.seq == 1)
-        .group_by(Run.status)
-    ).all()
-    counts = {str(status): int(n) for status, n in rows}
+    """The batch's items by the state of their run, states with none left out (items
+    whose session was deleted: ``not_started``)."""
+    counts = {state: n for state, n in batches.progress(db, batch.id).counts.items() if n}
     missing = batch.total_items - sum(counts.values())
     if missing > 0:
         counts["not_started"] = missing

@@ -48,11 +48,10 @@ from orchestrator.notify import (
     deliver,
     load_batch_notice,
     load_run_notice,
-    redact_url,
     retry_delay,
     run_wants_notice,
-    validate_notify_url,
 )
+from orchestrator.webhook_urls import redact_url, validate_notify_url
 from tasks.context import worker_context
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from orchestrator.auth import mint_token
 from orchestrator.settings import Settings
 from orchestrator.stream_ids import parse_stream_id
 from tests.api_helpers import FINAL
+from tests.http_api import HttpApi
 from tests.processes import ApiProcess, WorkerProcess
 from tests.stream_helpers import Received, open_tail, read_until_closed
 from tests.waiting import wait_for
@@ -30,19 +31,8 @@ pytestmark = pytest.mark.integration
 BIG = 200
 
 
-class Api:
-    def __init__(self, server: ApiProcess, token: str) -> None:
-        self.server = server
-        self.token = token
-        self.url = f"{server.url}/api/v1"
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    def call(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
-        response = requests.request(
-            method, self.url + path, json=body, headers=self.headers, timeout=60
-        )
-        assert response.status_code == status, f"{method} {path}: {response.text[:2000]}"
-        return response.json()
+class Api(HttpApi):
+    """The API as one owner sees it, with the batch calls these tests make."""
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         reply: dict[str, Any] = self.call("GET", f"/batches/{batch_id}")["batch"]

@@ -11,7 +11,6 @@ from typing import Any
 
 import docker
 import pytest
-import requests
 
 from orchestrator import session_tokens
 from orchestrator.auth import mint_token
@@ -19,6 +18,7 @@ from orchestrator.containers import LABEL_SESSION, SessionDirs
 from orchestrator.db import make_engine, make_session_factory, session_scope
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL
+from tests.http_api import HttpApi
 from tests.processes import ApiProcess, WorkerProcess
 from tests.waiting import wait_for
 
@@ -38,25 +38,8 @@ def bash(command: str) -> str:
     return tool("Bash", {"command": command})
 
 
-class Api:
-    """The real API over HTTP, as one token sees it."""
-
-    def __init__(self, server: ApiProcess, token: str) -> None:
-        self.url = f"{server.url}/api/v1"
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    def call(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
-        response = requests.request(
-            method, self.url + path, json=body, headers=self.headers, timeout=30
-        )
-        assert response.status_code == status, f"{method} {path}: {response.text}"
-        return response.json()
-
-    def get(self, path: str, status: int = 200) -> Any:
-        return self.call("GET", path, status=status)
-
-    def post(self, path: str, body: Any, status: int) -> Any:
-        return self.call("POST", path, body, status)
+class Api(HttpApi):
+    """The API as one token sees it, with the session calls these tests make."""
 
     def session(self, prompt: str) -> tuple[str, str]:
         reply = self.post("/sessions", {"prompt": prompt}, 201)

@@ -30,11 +30,10 @@ from orchestrator.notify import (
     deliver,
     format_duration,
     parse_retry_after,
-    redact_url,
     retry_delay,
     run_payload,
-    validate_notify_url,
 )
+from orchestrator.webhook_urls import redact_url, validate_notify_url
 from tests.waiting import free_port
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
