@@ -85,6 +85,72 @@ def image(ctx: Context) -> None:
 
 
 @cli.group()
+def network() -> None:
+    """The Docker network session containers join, and their path to the API."""
+
+
+@network.command("address")
+@pass_context
+def network_address(ctx: Context) -> None:
+    """Make the session network if needed; print the host's address on it.
+
+    The API must listen there (CCQ_API_HOST) for session containers to reach it.
+    """
+    import docker
+
+    from orchestrator.session_network import NetworkError, ensure_network
+
+    settings = ctx.settings
+    try:
+        client = docker.from_env(timeout=30)
+        found = ensure_network(client, settings.session_network_name, settings.instance)
+    except (NetworkError, docker.errors.DockerException) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(found.gateway)
+
+
+@network.command("check")
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    metavar="URL",
+    help="A health URL as containers see it, expected to answer 200 (repeatable; "
+    "default: the API's /healthz at CCQ_CONTAINER_API_URL).",
+)
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.5, 60))
+@pass_context
+def network_check(ctx: Context, urls: tuple[str, ...], timeout: float) -> None:
+    """Run a throw-away container on the session network and GET each URL from it."""
+    import docker
+
+    from orchestrator.session_network import (
+        NetworkError,
+        ensure_network,
+        probe_from_container,
+    )
+
+    settings = ctx.settings
+    try:
+        client = docker.from_env(timeout=30)
+        found = ensure_network(client, settings.session_network_name, settings.instance)
+    except (NetworkError, docker.errors.DockerException) as exc:
+        raise click.ClickException(str(exc)) from None
+    failed = False
+    for url in urls or (settings.api_url_for_containers + "/healthz",):
+        error = probe_from_container(
+            client, settings.worker_image, found, url, settings.instance, timeout
+        )
+        if error is None:
+            click.echo(f"{url}: answers from network {found.name} ({found.gateway})")
+        else:
+            click.echo(f"ccq: {error}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+@cli.group()
 def db() -> None:
     """Database schema (Alembic migrations)."""
 

@@ -21,6 +21,8 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from orchestrator.session_network import NetworkError, ensure_network
+
 LABEL_MANAGED = "ccq.managed"
 LABEL_INSTANCE = "ccq.instance"
 LABEL_SESSION = "ccq.session"
@@ -96,6 +98,8 @@ class SessionContainerSpec:
     dirs: SessionDirs
     instance: str = "ccq"
     parent_id: str | None = None
+    # The network it joins (ccq's session network; None: the engine's default bridge).
+    network: str | None = None
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -196,8 +200,18 @@ class ContainerRuntime:
         return found[0] if found else None
 
     def ensure_running(self, spec: SessionContainerSpec) -> Container:
-        """The session's container, started; created over the same directories if gone."""
+        """The session's container, running; created anew over the same directories if
+        it is gone or not running.
+
+        A container that is not running is never started again but replaced: everything
+        a session keeps lives in its directories, and a new container picks up the
+        current image, network and limits.
+        """
         container = self.find(spec.session_id)
+        if container is not None and container.status != "running":
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+            container = None
         if container is None:
             spec.dirs.create()
             container = self._create(spec)
@@ -207,6 +221,10 @@ class ContainerRuntime:
         return container
 
     def _create(self, spec: SessionContainerSpec) -> Container:
+        try:
+            network = ensure_network(self.client, spec.network or "bridge", spec.instance)
+        except NetworkError as exc:
+            raise RuntimeError_(str(exc)) from exc
         try:
             return self.client.containers.create(
                 spec.image,
@@ -223,7 +241,8 @@ class ContainerRuntime:
                 mem_limit=spec.limits.memory_bytes,
                 nano_cpus=spec.limits.nano_cpus,
                 pids_limit=spec.limits.pids,
-                extra_hosts={"host.docker.internal": "host-gateway"},
+                network=network.name,
+                extra_hosts=network.extra_hosts(),
                 detach=True,
             )
         except docker.errors.ImageNotFound as exc:

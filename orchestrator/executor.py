@@ -262,6 +262,7 @@ class RunExecutor:
                     image=self.settings.worker_image,
                     dirs=dirs,
                     instance=self.settings.instance,
+                    network=self.settings.session_network_name,
                 )
             )
             resume = transcript_path(dirs, claimed.session_id).exists()

@@ -1,7 +1,9 @@
 """Worker heartbeats: how the API learns, without touching Docker, that runs can execute.
 
-Each worker host probes its Docker engine and the worker image every few seconds and
-writes the outcome to a Redis key that expires; ``/readyz`` reads those keys.
+Each worker host probes its Docker engine and the worker image every few seconds, and the
+path from a session container to the API (a throw-away container on the session network
+calls it, as a session's tools do) at least every minute; it writes the outcome to a
+Redis key that expires, and ``/readyz`` reads those keys.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import docker
 import docker.errors
 import redis
 
+from orchestrator.session_network import NetworkError, ensure_network, probe_from_container
+
 KEY_PREFIX = "ccq:heartbeat:"
 INTERVAL_SECONDS = 5.0
 TTL_SECONDS = 20
+# A passing container probe is repeated this often; a failing one at every heartbeat.
+REACH_RECHECK_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -25,15 +31,47 @@ class HostStatus:
     docker_error: str | None
     image_error: str | None
     checked_at: float
+    # Session containers cannot call the API (their tools would fail).
+    network_error: str | None = None
 
     @property
     def healthy(self) -> bool:
-        return self.docker_error is None and self.image_error is None
+        return self.docker_error is None and self.image_error is None and not self.network_error
 
 
-def probe_host(hostname: str, image: str) -> HostStatus:
-    """Check this host's Docker engine and that the worker image exists on it."""
-    docker_error = image_error = None
+class ReachCheck:
+    """Whether a session container on this host reaches the API, remembered for a while.
+
+    Owned by the heartbeat thread alone.
+    """
+
+    def __init__(
+        self, *, image: str, network: str, instance: str, url: str, recheck: float
+    ) -> None:
+        self.image, self.network, self.instance, self.url = image, network, instance, url
+        self.recheck = recheck
+        self._passed_at: float | None = None
+
+    def __call__(self, client: docker.DockerClient) -> str | None:
+        now = time.monotonic()
+        if self._passed_at is not None and now - self._passed_at < self.recheck:
+            return None
+        try:
+            network = ensure_network(client, self.network, self.instance)
+        except NetworkError as exc:
+            error: str | None = str(exc)
+        else:
+            error = probe_from_container(
+                client, self.image, network, self.url + "/healthz", self.instance
+            )
+        self._passed_at = now if error is None else None
+        return error
+
+
+def probe_host(hostname: str, image: str, reach: ReachCheck | None = None) -> HostStatus:
+    """Check this host's Docker engine, that the worker image exists on it and, with
+    ``reach``, that session containers reach the API."""
+    docker_error = image_error = network_error = None
     try:
         client = docker.from_env(timeout=5)
         try:
@@ -42,11 +80,13 @@ def probe_host(hostname: str, image: str) -> HostStatus:
                 client.images.get(image)
             except docker.errors.ImageNotFound:
                 image_error = f"image {image} not found (run `make image`)"
+            if reach is not None and image_error is None:
+                network_error = reach(client)
         finally:
             client.close()
     except docker.errors.DockerException as exc:
         docker_error = f"engine unreachable: {exc}"
-    return HostStatus(hostname, docker_error, image_error, time.time())
+    return HostStatus(hostname, docker_error, image_error, time.time(), network_error)
 
 
 def publish(client: redis.Redis, status: HostStatus) -> None:

@@ -12,8 +12,10 @@ from orchestrator import db, heartbeat
 def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:
     """Return ``{component: problem}`` for everything not ready; empty when all is well.
 
-    Components: ``postgres``, ``redis``, ``docker`` and ``worker_image`` (the last two as
-    reported by worker heartbeats, since the API never talks to Docker itself).
+    Components: ``postgres``, ``redis``, ``docker``, ``worker_image`` and
+    ``session_network`` (the last three as reported by worker heartbeats, since the API
+    never talks to Docker itself; ``session_network`` means session containers cannot
+    call the API, so their tools would fail).
     """
     problems: dict[str, str] = {}
     try:
@@ -35,4 +37,6 @@ def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:
             problems["docker"] = f"{first.hostname}: {first.docker_error}"
         if first.image_error:
             problems["worker_image"] = f"{first.hostname}: {first.image_error}"
+        if first.network_error:
+            problems["session_network"] = f"{first.hostname}: {first.network_error}"
     return problems

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     # Docker host's gateway name on CCQ_API_PORT; the API must listen on an address
     # containers can reach, see the README).
     container_api_url: str | None = None
+    # The Docker network session containers join (default: `<instance>-sessions`, a
+    # bridge ccq creates); inside it `host.docker.internal` is the host's address on it.
+    session_network: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+    )
 
     @field_validator(
         "anthropic_api_key",
@@ -124,6 +129,7 @@ class Settings(BaseSettings):
         "extra_ca_file",
         "default_model",
         "container_api_url",
+        "session_network",
         mode="before",
     )
     @classmethod
@@ -179,6 +185,10 @@ class Settings(BaseSettings):
         """The API on its first address (loopback when listening everywhere)."""
         host = self.api_hosts[0]
         return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.api_port}"  # noqa: S104
+
+    @property
+    def session_network_name(self) -> str:
+        return self.session_network or f"{self.instance}-sessions"
 
     @property
     def api_url_for_containers(self) -> str:

@@ -2,15 +2,26 @@
 # `make up` / `make down`: ccq's processes as local background jobs against the local
 # Redis, PostgreSQL and Docker engine. Pid files and logs live under .ccq/; `down` stops
 # exactly the processes whose pid files `up` wrote.
+#
+# Before it says ready, `up` proves that session containers reach the API: a throw-away
+# container on the session network calls it, and `up` fails in seconds naming the
+# address if it cannot.
+#
+# Environment: the usual CCQ_* settings (instance, ports, database, Redis), and
+# CCQ_STATE_DIR (default .ccq), where pid files, logs and the dev secret live, so a
+# second stack (the test suite's) can run beside the user's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STATE=.ccq
+STATE=${CCQ_STATE_DIR:-.ccq}
 RUN=$STATE/run
 LOGS=$STATE/log
 ENV_FILE=$STATE/ccq.env
-BIN=.venv/bin
+BIN=${CCQ_BIN:-.venv/bin}
 mkdir -p "$RUN" "$LOGS"
+# Every process started here (and `ccq` run from anywhere with this exported) reads it.
+export CCQ_ENV_FILE
+CCQ_ENV_FILE=$(realpath "$ENV_FILE")
 
 say() { printf 'stack: %s\n' "$*"; }
 
@@ -50,65 +61,100 @@ ensure_env_file() {
   fi
 }
 
+setting() {  # setting NAME: one value of the settings every process reads
+  "$BIN/python" -c "from orchestrator.settings import load_settings as l; print(l().$1)"
+}
+
 up() {
   ensure_env_file
+  local model_url=""
   if [[ -z ${ANTHROPIC_API_KEY:-} && -z ${CLAUDE_CODE_OAUTH_TOKEN:-} ]]; then
     port=${CCQ_MODEL_SERVER_PORT:-8099}
     say "no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN: using the scripted model server on :$port"
     start model-server "$BIN/ccq" model-server --port "$port" --record "$LOGS/model-server.jsonl"
     export CCQ_ANTHROPIC_BASE_URL=${CCQ_ANTHROPIC_BASE_URL:-http://host.docker.internal:$port}
+    model_url=$CCQ_ANTHROPIC_BASE_URL/_ccq/healthz
     # The CLI insists on a credential; the scripted server ignores it.
     export ANTHROPIC_API_KEY=scripted-model-server
   else
     say "using the Claude credential from the environment"
   fi
   "$BIN/ccq" db upgrade
-  if [[ -z ${CCQ_API_HOST:-} ]]; then
-    # Session containers' MCP tools call the API through the Docker bridge's gateway
-    # (host.docker.internal): listen there as well as on loopback, and nowhere else.
-    gateway=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}' 2>/dev/null || true)
-    export CCQ_API_HOST=127.0.0.1${gateway:+,$gateway}
-    say "api: listening on $CCQ_API_HOST"
+  # Session containers join ccq's own bridge network; inside them host.docker.internal
+  # is the host's address on it. The API listens there as well as on loopback, and
+  # nowhere else.
+  network=$(setting session_network_name)
+  if ! gateway=$("$BIN/ccq" network address); then
+    say "cannot set up the Docker network $network for session containers (see above)"
+    exit 1
   fi
+  say "session network: $network (host address $gateway)"
+  if [[ -z ${CCQ_API_HOST:-} ]]; then
+    export CCQ_API_HOST=127.0.0.1,$gateway
+  fi
+  say "api: listening on $CCQ_API_HOST"
   start api "$BIN/ccq" api
   start worker "$BIN/ccq" worker --loglevel=INFO --concurrency=4 --hostname="ccq@%h"
   start beat "$BIN/ccq" beat --loglevel=INFO --schedule="$STATE/celerybeat-schedule"
   start flower "$BIN/ccq" flower
 
-  api_url=$("$BIN/python" -c 'from orchestrator.settings import load_settings as l; print(l().api_url)')
-  flower_port=$("$BIN/python" -c 'from orchestrator.settings import load_settings as l; print(l().flower_port)')
-  say "waiting for $api_url/readyz ..."
-  for _ in $(seq 1 240); do
-    if curl -fsS "$api_url/readyz" >/dev/null 2>&1; then
-      token=$("$BIN/ccq" token --sub dev)
-      say "ready"
-      echo
-      echo "  API:    $api_url"
-      echo "  Flower: http://127.0.0.1:$flower_port"
-      echo "  Token:  export CCQ_TOKEN=$token"
-      echo
-      return 0
-    fi
+  api_url=$(setting api_url)
+  flower_port=$(setting flower_port)
+  wait_until 30 "$api_url/healthz" "the API to answer"
+  container_api_url=$(setting api_url_for_containers)
+  say "checking that session containers reach $container_api_url ..."
+  checks=(--url "$container_api_url/healthz")
+  [[ -n $model_url ]] && checks+=(--url "$model_url")
+  if ! "$BIN/ccq" network check "${checks[@]}"; then
+    say "session containers on network $network cannot reach ccq at $gateway."
+    say "check that the API listens on $gateway (CCQ_API_HOST=$CCQ_API_HOST), that no"
+    say "firewall drops traffic from the bridge to the host (iptables INPUT), or set"
+    say "CCQ_CONTAINER_API_URL to an address containers reach; then 'make up' again."
+    exit 1
+  fi
+  wait_until 120 "$api_url/readyz" "the stack to be ready"
+  token=$("$BIN/ccq" token --sub dev)
+  say "ready"
+  echo
+  echo "  API:    $api_url"
+  echo "  Flower: http://127.0.0.1:$flower_port"
+  echo "  Token:  export CCQ_TOKEN=$token"
+  echo "  Config: export CCQ_ENV_FILE=$CCQ_ENV_FILE   (for ccq run from another directory)"
+  echo
+}
+
+wait_until() {  # wait_until SECONDS URL WHAT: until URL answers 2xx, or fail naming it
+  local deadline=$((SECONDS + $1)) url=$2 what=$3
+  say "waiting for $what ($url) ..."
+  until curl -fsS --max-time 5 "$url" >/dev/null 2>&1; do
     for name in api worker beat flower; do
       running "$name" || { say "$name exited; last lines of $LOGS/$name.log:"; tail -n 20 "$LOGS/$name.log"; exit 1; }
     done
+    if ((SECONDS >= deadline)); then
+      say "not ready after $1 s:"
+      curl -sS --max-time 5 "$url" || true
+      echo
+      exit 1
+    fi
     sleep 0.5
   done
-  say "not ready after 120 s:"
-  curl -sS "$api_url/readyz" || true
-  echo
-  exit 1
 }
 
 down() {
   for name in flower beat worker api model-server; do stop "$name"; done
-  # Session containers stop too (their files stay; the next prompt resumes them).
-  instance=$("$BIN/python" -c 'from orchestrator.settings import load_settings as l; print(l().instance)')
-  running_sessions=$(docker ps -q --filter "label=ccq.instance=$instance" 2>/dev/null || true)
-  if [[ -n $running_sessions ]]; then
+  # Session containers go too: their files stay, and the next prompt resumes the
+  # conversation in a new container.
+  instance=$(setting instance)
+  containers=$(docker ps -aq --filter "label=ccq.instance=$instance" 2>/dev/null || true)
+  if [[ -n $containers ]]; then
     # shellcheck disable=SC2086
-    docker stop --time 5 $running_sessions >/dev/null
-    say "stopped $(wc -w <<<"$running_sessions") session container(s)"
+    docker rm -f $containers >/dev/null
+    say "removed $(wc -w <<<"$containers") session container(s)"
+  fi
+  networks=$(docker network ls -q --filter label=ccq.managed=1 --filter "label=ccq.instance=$instance" 2>/dev/null || true)
+  if [[ -n $networks ]]; then
+    # shellcheck disable=SC2086
+    docker network rm $networks >/dev/null && say "removed the session network"
   fi
   say "down"
 }

@@ -93,10 +93,18 @@ def settings_of(app: Celery) -> Settings:
 def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     hostname = socket.gethostname()
+    reach = heartbeat.ReachCheck(
+        image=settings.worker_image,
+        network=settings.session_network_name,
+        instance=settings.instance,
+        url=settings.api_url_for_containers,
+        recheck=heartbeat.REACH_RECHECK_SECONDS,
+    )
     while not stop.is_set():
+        status = heartbeat.probe_host(hostname, settings.worker_image, reach)
         # Redis down: the heartbeat expires and /readyz says so.
         with contextlib.suppress(redis.RedisError):
-            heartbeat.publish(client, heartbeat.probe_host(hostname, settings.worker_image))
+            heartbeat.publish(client, status)
         stop.wait(heartbeat.INTERVAL_SECONDS)
 
 
