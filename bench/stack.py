@@ -31,6 +31,7 @@ from orchestrator import migrate
 from orchestrator.auth import mint_token
 from orchestrator.claude_cli import cli_environment
 from orchestrator.containers import LABEL_INSTANCE
+from orchestrator.session_network import remove_networks
 from orchestrator.settings import ENV_PREFIX, Settings, load_settings
 from tests.processes import (
     SCRIPTED_MODEL_KEY,
@@ -151,6 +152,8 @@ def running_stack(
 
         docker_client = docker.from_env(timeout=120)
         cleanup.callback(docker_client.close)
+        # Callbacks run last-in first-out: the network goes after the containers on it.
+        cleanup.callback(remove_networks, docker_client, instance)
         cleanup.callback(remove_containers, docker_client, f"{LABEL_INSTANCE}={instance}")
 
         model = ModelServer(host="0.0.0.0", port=0).start()  # noqa: S104 - containers reach it

@@ -43,9 +43,25 @@ class Api:
         return body
 
 
+def tool_errors(event: dict[str, Any]) -> list[str]:
+    """The text of each failed tool call an event reports (a ``user`` tool result)."""
+    if event["type"] != "user":
+        return []
+    errors = []
+    for block in event["data"].get("message", {}).get("content", []):
+        if isinstance(block, dict) and block.get("type") == "tool_result" and block.get("is_error"):
+            content = block.get("content")
+            if isinstance(content, list):
+                content = " ".join(str(part.get("text", "")) for part in content)
+            errors.append(str(content))
+    return errors
+
+
 def describe(event: dict[str, Any]) -> str | None:
     """One readable line per event worth showing."""
     data, kind = event["data"], event["type"]
+    if errors := tool_errors(event):
+        return "tool error: " + " | ".join(errors)
     if kind == "system" and data.get("subtype") == "init":
         return f"init: Claude Code {data.get('claude_code_version')}, model {data.get('model')}"
     if kind == "assistant":
@@ -63,11 +79,12 @@ def describe(event: dict[str, Any]) -> str | None:
     return None
 
 
-def tail(api: Api, run_id: str) -> dict[str, Any]:
+def tail(api: Api, run_id: str, errors: list[str] | None = None) -> dict[str, Any]:
     """Print the run's events live from its WebSocket stream; return the finished run.
 
     The stream starts at the run's first event and closes after its last, so this sees
-    the whole run even when it finished before the socket opened.
+    the whole run even when it finished before the socket opened. Failed tool calls are
+    added to ``errors``.
     """
     url = api.base.replace("http", "ws", 1) + f"/api/v1/runs/{run_id}/stream"
     headers = {"Authorization": api.http.headers["Authorization"]}
@@ -75,7 +92,11 @@ def tail(api: Api, run_id: str) -> dict[str, Any]:
         try:
             while True:
                 event = json.loads(ws.recv(timeout=300))
-                if "tail" not in event and (line := describe(event)) is not None:
+                if "tail" in event:
+                    continue
+                if errors is not None:
+                    errors.extend(tool_errors(event))
+                if (line := describe(event)) is not None:
                     print(f"    {line}")
         except ConnectionClosedOK:
             pass  # code 1000: the run finished
@@ -112,11 +133,17 @@ def delegation_prompt() -> str:
 
 
 def wait_for_followup(api: Api, session_id: str, timeout: float = 600) -> str:
-    """The follow-up run the fan-out queues on the parent once every child ended."""
+    """The follow-up run the fan-out queues on the parent once every child ended.
+
+    Called after the delegating run ended, so its children exist already: none means
+    the delegation never happened, and that is said at once.
+    """
     deadline = time.monotonic() + timeout
     announced: set[str] = set()
     while time.monotonic() < deadline:
         children = api.call("GET", f"/api/v1/sessions/{session_id}/children")["children"]
+        if not children:
+            sys.exit(f"demo: session {session_id} ended its run without any child session")
         for child in children:
             run = child["last_run"] or {}
             if (
@@ -139,7 +166,12 @@ def delegate(api: Api) -> bool:
     created = api.call("POST", "/api/v1/sessions", json={"prompt": prompt})
     parent_id = created["session"]["id"]
     print(f"\n[3] parent {parent_id} delegates to three children (MCP tool `delegate`)")
-    delegated = tail(api, created["run"]["id"])
+    errors: list[str] = []
+    delegated = tail(api, created["run"]["id"], errors)
+    if delegated["status"] != "succeeded" or (SCRIPTED and errors):
+        # The children never started: say why now instead of waiting for them.
+        cause = "; ".join(errors) or delegated.get("error") or delegated.get("result")
+        sys.exit(f"demo: the parent could not delegate ({delegated['status']}): {cause}")
     print(f"  < {delegated['status']}; children running in parallel:")
     followup_id = wait_for_followup(api, parent_id)
     print(f"\n[4] the parent, resumed once with all three results (run {followup_id})")
@@ -191,8 +223,21 @@ def batch(api: Api) -> bool:
     return submitted.returncode == 0
 
 
+def check_ready(base: str) -> None:
+    """Stop at once, naming the cause, if the stack cannot run prompts."""
+    try:
+        response = requests.get(base + "/readyz", timeout=10)
+    except requests.RequestException as exc:
+        sys.exit(f"demo: the API at {base} does not answer ({exc}); run `make up`")
+    if response.status_code != 200:
+        problems = response.json().get("error", {}).get("details", {})
+        lines = "".join(f"\n  {name}: {problem}" for name, problem in problems.items())
+        sys.exit(f"demo: the stack at {base} is not ready:{lines or ' ' + response.text}")
+
+
 def main() -> None:
     settings = load_settings()
+    check_ready(settings.api_url)
     token = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "ccq"), "token", "--sub", "demo"],
         check=True,

@@ -17,6 +17,7 @@ import pytest
 
 from model_server.server import ModelServer
 from orchestrator import migrate
+from orchestrator.session_network import remove_networks
 from orchestrator.settings import Settings, load_settings
 from tests.processes import (
     TEST_TREE_LIMITS,
@@ -94,6 +95,7 @@ def _remove_test_containers(
     yield
     for label in (f"ccq.test={test_label}", f"ccq.instance={test_instance}"):
         remove_containers(docker_client, label)
+    remove_networks(docker_client, test_instance)  # the session network its workers made
 
 
 @pytest.fixture(scope="session")
