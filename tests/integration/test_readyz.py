@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 
+import docker
 import pytest
 import redis
 from flask import Flask
@@ -14,6 +16,7 @@ from api.app import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator import heartbeat
 from orchestrator.settings import Settings, load_settings
+from tests.processes import ApiProcess
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -135,3 +138,70 @@ def test_503_names_postgres_when_it_cannot_be_reached(
     assert response.status_code == 503
     assert response.json is not None
     assert set(response.json["error"]["details"]) == {"postgres"}
+
+
+def _reach(settings: Settings, api_port: int, instance: str) -> heartbeat.ReachCheck:
+    """The worker heartbeat's check that session containers reach the API on a port.
+
+    Its probe containers carry ``instance`` (not the stack's own, whose worker runs the
+    same check), so a test can count them.
+    """
+    return heartbeat.ReachCheck(
+        image=settings.worker_image,
+        network=settings.session_network_name,
+        instance=instance,
+        url=f"http://host.docker.internal:{api_port}",
+        recheck=heartbeat.REACH_RECHECK_SECONDS,
+    )
+
+
+def test_503_names_the_session_network_when_containers_cannot_reach_the_api(
+    settings: Settings,
+    client_for: Callable[..., FlaskClient],
+    own_redis: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = own_redis
+    nothing_there = free_port()  # on the host, where containers would call the API
+    status = heartbeat.probe_host(
+        "test-host", settings.worker_image, _reach(settings, nothing_there, settings.instance)
+    )
+    client = redis.Redis(port=port)
+    heartbeat.publish(client, status)
+    client.close()
+
+    response = client_for(port).get("/readyz")
+    assert response.status_code == 503
+    assert response.json is not None
+    details = response.json["error"]["details"]
+    assert set(details) == {"session_network"}
+    assert (
+        f"cannot reach http://host.docker.internal:{nothing_there}/healthz"
+        in details["session_network"]
+    )
+    assert "Connection refused" in details["session_network"]
+
+
+def test_the_reach_check_passes_against_the_real_api_and_is_not_repeated_at_once(
+    settings: Settings, api_server: ApiProcess, docker_client: docker.DockerClient
+) -> None:
+    since = int(time.time()) - 1
+    instance = settings.instance + "-reach"
+    reach = _reach(settings, api_server.port, instance)
+    assert reach(docker_client) is None
+    assert _probe_containers_run(docker_client, instance, since) == 1
+    assert reach(docker_client) is None  # remembered: no second container
+    assert _probe_containers_run(docker_client, instance, since) == 1
+    # The throw-away container is gone once the check returns.
+    assert not docker_client.containers.list(
+        all=True, filters={"label": ["ccq.probe=1", f"ccq.instance={instance}"]}
+    )
+
+
+def _probe_containers_run(client: docker.DockerClient, instance: str, since: int) -> int:
+    events = client.api.events(
+        since=since,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"type": "container", "event": "create", "label": "ccq.probe=1"},
+    )
+    return sum(1 for e in events if e["Actor"]["Attributes"].get("ccq.instance") == instance)
