@@ -12,7 +12,7 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ LABEL_INSTANCE = "ccq.instance"
 LABEL_SESSION = "ccq.session"
 LABEL_OWNER = "ccq.owner"
 LABEL_PARENT = "ccq.parent"
+# A batch item's container: its batch's ID (counted by tests, found by operators).
+LABEL_BATCH = "ccq.batch"
 
 CONTAINER_WORKSPACE = "/workspace"
 # Children's workspaces, inside their parent's.
@@ -116,6 +118,20 @@ class SessionContainerSpec:
             LABEL_PARENT: self.parent_id or "",
             **self.extra_labels,
         }
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    """A session container as the reaper sees it (docker-py's objects stay in here)."""
+
+    id: str
+    name: str
+    session_id: str
+    status: str  # Docker's: created, running, exited, ...
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
 
 
 class FrameDecoder:
@@ -278,22 +294,37 @@ class ContainerRuntime:
         sock = api.exec_start(exec_id, socket=True, demux=False)
         return ExecProcess(api, exec_id, sock)
 
-    def stop(self, session_id: str, timeout: int = 5) -> bool:
-        container = self.find(session_id)
-        if container is None or container.status != "running":
-            return False
-        container.stop(timeout=timeout)
-        return True
-
     def remove(self, session_id: str) -> bool:
+        """Remove the session's container, running or not (its directories stay)."""
         container = self.find(session_id)
         if container is None:
             return False
-        container.remove(force=True)
+        return self.remove_container(container.id)
+
+    def remove_container(self, container_id: str) -> bool:
+        """Remove one container, running or not; False if it was already gone (or going)."""
+        try:
+            self.client.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # another removal of it is under way
+                return False
+            raise RuntimeError_(f"cannot remove container: {exc.explanation}") from exc
         return True
 
-    def managed(self, instance: str) -> Iterator[Container]:
-        """Every session container of this ccq instance, running or not."""
-        yield from self.client.containers.list(
+    def managed(self, instance: str) -> list[ManagedContainer]:
+        """Every session container of this ccq instance, running or not (one list call,
+        no inspect per container: a host may hold thousands)."""
+        listed = self.client.api.containers(
             all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={instance}"]}
         )
+        return [
+            ManagedContainer(
+                id=c["Id"],
+                name=(c.get("Names") or ["?"])[0].lstrip("/"),
+                session_id=(c.get("Labels") or {}).get(LABEL_SESSION, ""),
+                status=c.get("State", ""),
+            )
+            for c in listed
+        ]

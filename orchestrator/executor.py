@@ -26,6 +26,7 @@ from orchestrator.cancellation import cancel_signalled
 from orchestrator.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.containers import (
+    LABEL_BATCH,
     SessionContainerSpec,
     SessionDirs,
 )
@@ -74,8 +75,8 @@ class ClaimedRun:
     first_event_seq: int
     # For the session's MCP tools during this run only; never logged (repr=False).
     session_token: str = field(repr=False)
-    # A batch item's batch: its container stops as soon as the run ends (thousands would
-    # idle), and the batch's stream hears when it starts and ends.
+    # A batch item's batch: its container is removed as soon as the run ends (thousands
+    # would idle), and the batch's stream hears when it starts and ends.
     batch_id: uuid.UUID | None = None
 
     @property
@@ -215,8 +216,6 @@ class RunExecutor:
             )
         try:
             final = self._execute_claimed(claimed)
-            if claimed.one_shot:
-                self.runtime.stop(str(claimed.session_id), timeout=1)
         finally:
             session_lock.release()
         return {"run_id": str(run_id), "status": final}
@@ -263,6 +262,7 @@ class RunExecutor:
                     dirs=dirs,
                     instance=self.settings.instance,
                     network=self.settings.session_network_name,
+                    extra_labels=({LABEL_BATCH: str(claimed.batch_id)} if claimed.batch_id else {}),
                 )
             )
             resume = transcript_path(dirs, claimed.session_id).exists()
@@ -282,7 +282,23 @@ class RunExecutor:
         except Exception as exc:  # the run must end recorded, whatever broke
             log.exception("run %s failed outside the CLI", claimed.run_id)
             error = f"{type(exc).__name__}: {exc}"
-        return self._record(claimed, result, error, sink, resumed=resume)
+        if claimed.one_shot:
+            # Before the outcome commits: that commit lets the batch release its next
+            # item, whose container must not exist beside this one.
+            self._remove_container(claimed.session_id)
+        status, stopped = self._record(claimed, result, error, sink, resumed=resume)
+        if stopped and not claimed.one_shot:
+            # Stopped while this run went (the stop could not remove the container then).
+            self._remove_container(claimed.session_id)
+        return status
+
+    def _remove_container(self, session_id: uuid.UUID) -> None:
+        """Remove the session's container (its files stay; a later run makes a new one).
+        Called with the session's lock held; a failure leaves it to the reaper."""
+        try:
+            self.runtime.remove(str(session_id))
+        except Exception:
+            log.exception("could not remove the container of session %s", session_id)
 
     def _tool_environment(self, claimed: ClaimedRun) -> dict[str, str]:
         """What the session's MCP tools (children) need to call the API as this session."""
@@ -309,17 +325,20 @@ class RunExecutor:
         sink: RunEventSink,
         *,
         resumed: bool,
-    ) -> str:
+    ) -> tuple[str, bool]:
         """Commit the run's outcome with its events so far, then announce it.
 
         ``ccq.run.finished`` goes out only after the commit: whoever sees it finds the run's
         row final and its history complete.
+
+        Returns:
+            The run's final status, and whether its session has been stopped meanwhile.
         """
         with session_scope(self.session_factory) as db:
             session = db.get(Session, claimed.session_id, with_for_update=ROW_LOCK)
             run = db.get(Run, claimed.run_id, with_for_update=ROW_LOCK)
             if session is None or run is None:
-                return "deleted"  # the session was deleted while the run was going
+                return "deleted", False  # the session was deleted while the run was going
             session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
             status = _final_status(result, error)
             if result is not None:
@@ -346,7 +365,8 @@ class RunExecutor:
             session.total_cost_usd = (session.total_cost_usd or Decimal(0)) + (
                 run.total_cost_usd or Decimal(0)
             )
-            if session.status != SessionStatus.STOPPED:  # a stop during the run stands
+            stopped = session.status == SessionStatus.STOPPED  # a stop during the run stands
+            if not stopped:
                 session.status = SessionStatus.IDLE
             session.last_active_at = run.finished_at
             sink.persist_pending(db)
@@ -359,7 +379,7 @@ class RunExecutor:
                     db, self.redis, claimed.batch_id, run, int(self.settings.event_stream_ttl)
                 )
         sink.finish(RUN_FINISHED, finished)
-        return status
+        return status, stopped
 
     @staticmethod
     def _finish_without_cli(

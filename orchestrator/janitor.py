@@ -1,4 +1,10 @@
-"""Container and file housekeeping on a worker host: stop, delete, reap idle and orphans."""
+"""Container and file housekeeping on a worker host: remove containers no run needs,
+delete sessions' files, reap idle and orphaned containers.
+
+A container is never reused once it stops: everything a session keeps lives in its host
+directories (workspace and Claude home), and its next prompt runs in a new container over
+them. So a container that will not serve the next prompt soon is removed, not stopped.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from orchestrator.containers import LABEL_SESSION, SessionDirs
+from orchestrator.containers import ManagedContainer, SessionDirs
 from orchestrator.host import HostResources
-from orchestrator.locks import is_locked
+from orchestrator.locks import SessionLock
 from orchestrator.models import Session, SessionStatus
 
 log = logging.getLogger(__name__)
@@ -25,15 +31,22 @@ class Janitor:
         self.redis = host.redis
         self.runtime = host.runtime
 
-    def stop_container(self, session_id: uuid.UUID) -> bool:
-        """Stop the session's container unless a run is executing in it right now.
+    def remove_container(self, session_id: uuid.UUID) -> bool:
+        """Remove the session's container (its files stay) unless a run is executing in
+        it right now.
 
-        A running run was signalled to cancel; its executor ends it, and the reaper
-        stops the container afterwards.
+        The session's lock is held while the container goes, so no run starts in it
+        meanwhile (a claim finding the lock taken retries a second later). A running run
+        was signalled to cancel; its executor removes the container of a stopped session
+        once the run is recorded.
         """
-        if is_locked(self.redis, session_id):
+        lock = SessionLock(self.redis, session_id, f"janitor:{uuid.uuid4().hex}")
+        if not lock.acquire():
             return False
-        return self.runtime.stop(str(session_id))
+        try:
+            return self.runtime.remove(str(session_id))
+        finally:
+            lock.release()
 
     def delete_session(
         self,
@@ -58,36 +71,65 @@ class Janitor:
             shutil.rmtree(self.settings.data_dir / "sessions" / str(member), ignore_errors=True)
 
     def reap(self, now: datetime | None = None) -> dict[str, int]:
-        """Stop containers idle past ``idle_timeout``; remove those with no session.
+        """Remove this instance's containers that no run will use soon.
+
+        Removed: a container whose session is gone; one that is not running (a crashed
+        run's, an older version's: never restarted, a new one replaces it); a stopped,
+        failed or batch item's session's; and an idle session's once it has been idle
+        past ``idle_timeout``. A session whose run is executing (its lock held) or
+        claimed (``running``) is never touched.
 
         Returns:
-            ``{"stopped": n, "removed": m}``.
+            How many containers were removed, by reason (and ``removed`` in all).
         """
         now = now or datetime.now(UTC)
         idle_before = now - timedelta(seconds=self.settings.idle_timeout)
-        stopped = removed = 0
-        containers = list(self.runtime.managed(self.settings.instance))
-        ids = {c.labels.get(LABEL_SESSION, "") for c in containers}
+        counts = {"no_session": 0, "not_running": 0, "ended": 0, "idle": 0}
+        containers = self.runtime.managed(self.settings.instance)
+        ids = {c.session_id for c in containers}
         with self.session_factory() as db:
             known = {
                 str(s.id): s for s in db.scalars(select(Session).where(Session.id.in_(_uuids(ids))))
             }
         for container in containers:
-            session_id = container.labels.get(LABEL_SESSION, "")
-            session = known.get(session_id)
+            session = known.get(container.session_id)
             if session is None:
-                container.remove(force=True)
-                removed += 1
-                log.info("removed container %s: no such session", container.name)
+                if self.runtime.remove_container(container.id):
+                    counts["no_session"] += 1
+                    log.info("removed container %s: no such session", container.name)
                 continue
-            if container.status != "running" or is_locked(self.redis, session.id):
-                continue
-            last_active = session.last_active_at or session.created_at
-            if session.status != SessionStatus.RUNNING and last_active < idle_before:
-                container.stop(timeout=5)
-                stopped += 1
-                log.info("stopped idle container of session %s", session_id)
-        return {"stopped": stopped, "removed": removed}
+            reason = _removal_reason(container, session, idle_before)
+            if reason is not None and self._remove_unless_busy(session.id, container):
+                counts[reason] += 1
+                log.info("removed the container of session %s (%s)", session.id, reason)
+        return {"removed": sum(counts.values()), **counts}
+
+    def _remove_unless_busy(self, session_id: uuid.UUID, container: ManagedContainer) -> bool:
+        lock = SessionLock(self.redis, session_id, f"reaper:{uuid.uuid4().hex}")
+        if not lock.acquire():  # a run is executing in it
+            return False
+        try:
+            return self.runtime.remove_container(container.id)
+        finally:
+            lock.release()
+
+
+def _removal_reason(
+    container: ManagedContainer, session: Session, idle_before: datetime
+) -> str | None:
+    """Why the container of a known session goes (None: it stays)."""
+    if session.status == SessionStatus.RUNNING:
+        # A run holds it (or a dead worker's run is about to be taken over, and would
+        # read a lock taken here as a live run elsewhere).
+        return None
+    if not container.running:
+        return "not_running"
+    if session.status in (SessionStatus.STOPPED, SessionStatus.FAILED) or session.batch_id:
+        return "ended"
+    last_active = session.last_active_at or session.created_at
+    if last_active < idle_before:
+        return "idle"
+    return None
 
 
 def _uuids(values: set[str]) -> list[uuid.UUID]:

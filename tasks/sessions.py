@@ -1,4 +1,4 @@
-"""Session housekeeping tasks: stop, delete, and the idle reaper beat runs."""
+"""Session housekeeping tasks: stop, delete, and the reaper beat runs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from tasks.context import worker_context
 
 @shared_task(name="ccq.stop_session", acks_late=True)
 def stop_session(session_id: str) -> dict[str, object]:
-    """Stop a stopped session's container (files stay; the next prompt resumes)."""
-    stopped = worker_context().janitor.stop_container(uuid.UUID(session_id))
-    return {"session_id": session_id, "container_stopped": stopped}
+    """Remove a stopped session's container (files stay; the next prompt resumes in a
+    new container)."""
+    removed = worker_context().janitor.remove_container(uuid.UUID(session_id))
+    return {"session_id": session_id, "container_removed": removed}
 
 
 @shared_task(name="ccq.delete_session", acks_late=True)
@@ -31,5 +32,6 @@ def delete_session(
 
 @shared_task(name="ccq.reap_containers", acks_late=True)
 def reap_containers() -> dict[str, int]:
-    """Stop containers idle past CCQ_IDLE_TIMEOUT; remove those whose session is gone."""
+    """Remove containers no run will use soon: idle past CCQ_IDLE_TIMEOUT, not running,
+    of stopped sessions and batch items, or whose session is gone."""
     return worker_context().janitor.reap()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import docker
 import pytest
 import redis
 import requests
@@ -17,6 +20,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator.auth import mint_token
+from orchestrator.containers import LABEL_BATCH, LABEL_INSTANCE
 from orchestrator.settings import Settings
 from orchestrator.stream_ids import parse_stream_id
 from tests.api_helpers import FINAL
@@ -29,6 +33,8 @@ from tests.webhooks import SECRET, ScriptedReceiver
 pytestmark = pytest.mark.integration
 
 BIG = 200
+# The big batch's window: at most this many of its items are with Celery at once.
+BIG_WINDOW = 8
 
 
 class Api(HttpApi):
@@ -63,11 +69,50 @@ class Api(HttpApi):
             return read_until_closed(ws, timeout=600)
 
 
+class BatchContainers:
+    """Counts each batch's containers (label ``ccq.batch``) every ~100 ms from a thread,
+    keeping the most seen at once per batch."""
+
+    def __init__(self, instance: str, interval: float = 0.1) -> None:
+        self._client = docker.from_env(timeout=60)
+        self._filters = {"label": [f"{LABEL_INSTANCE}={instance}", LABEL_BATCH]}
+        self._interval = interval
+        self._done = threading.Event()
+        self.peak: Counter[str] = Counter()
+        self.samples = 0
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._sample, name="batch-containers")
+        self._thread.start()
+
+    def now(self) -> Counter[str]:
+        listed = self._client.api.containers(all=True, filters=self._filters)
+        return Counter(c["Labels"][LABEL_BATCH] for c in listed)
+
+    def _sample(self) -> None:
+        while not self._done.wait(self._interval):
+            try:
+                counts = self.now()
+            except Exception as exc:  # the test reads it: a blind sampler proves nothing
+                self.error = exc
+                return
+            self.peak |= counts  # the larger count of each batch
+            self.samples += 1
+
+    def stop(self) -> None:
+        """Stop sampling (again: nothing happens)."""
+        if not self._done.is_set():
+            self._done.set()
+            self._thread.join(timeout=60)
+            self._client.close()
+
+
 @dataclass(frozen=True)
 class BigBatch:
     id: str
     # Its progress stream, followed from the moment it was created to its close.
     stream: Future[Received]
+    # Its containers, counted from before it was submitted.
+    containers: BatchContainers
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +126,21 @@ def bob(api_server: ApiProcess, settings: Settings) -> Api:
 
 
 @pytest.fixture(scope="module")
-def big_batch(alice: Api) -> Iterator[BigBatch]:
+def big_batch(alice: Api, settings: Settings) -> Iterator[BigBatch]:
     """A 200-item batch of one owner, submitted once for the tests that watch it."""
-    items = [{"prompt": f"item {i}"} for i in range(BIG)]
-    reply = alice.call("POST", "/batches", {"items": items, "metadata": {"n": BIG}}, 201)
-    batch = reply["batch"]
-    assert batch["total_items"] == BIG
-    assert batch["counts"]["queued"] + batch["counts"]["running"] == BIG
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield BigBatch(batch["id"], pool.submit(alice.stream, batch["id"]))
-        if not alice.batch(batch["id"])["finished_at"]:
-            alice.call("POST", f"/batches/{batch['id']}/cancel", {}, 202)
+    containers = BatchContainers(settings.instance)
+    try:
+        items = [{"prompt": f"item {i}"} for i in range(BIG)]
+        body = {"items": items, "metadata": {"n": BIG}, "max_concurrency": BIG_WINDOW}
+        batch = alice.call("POST", "/batches", body, 201)["batch"]
+        assert batch["total_items"] == BIG
+        assert batch["counts"]["queued"] + batch["counts"]["running"] == BIG
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            yield BigBatch(batch["id"], pool.submit(alice.stream, batch["id"]), containers)
+            if not alice.batch(batch["id"])["finished_at"]:
+                alice.call("POST", f"/batches/{batch['id']}/cancel", {}, 202)
+    finally:
+        containers.stop()
 
 
 def test_another_owners_prompt_starts_within_one_run_of_a_big_batch(
@@ -138,6 +187,26 @@ def test_a_200_item_batch_completes_with_counts_results_and_cost(
     assert batch["total_cost_usd"] > 0
     listed = alice.call("GET", "/batches")["batches"]
     assert big_batch.id in [b["id"] for b in listed]
+
+
+def test_a_big_batch_never_has_more_containers_than_its_window_and_none_once_finished(
+    big_batch: BigBatch, alice: Api
+) -> None:
+    alice.wait_batch(big_batch.id)
+    containers = big_batch.containers
+
+    assert containers.error is None, containers.error
+    assert containers.samples > 50, f"only {containers.samples} samples of its containers"
+    # Each item's container is removed before its end lets the next item go, so the
+    # window bounds the containers as it bounds the items (0 would mean no label).
+    assert 1 <= containers.peak[big_batch.id] <= BIG_WINDOW
+    wait_for(
+        lambda: containers.now()[big_batch.id] == 0,
+        timeout=30,
+        what="the finished batch's containers to be removed",
+    )
+    containers.stop()
+    assert containers.peak[big_batch.id] <= BIG_WINDOW
 
 
 def test_the_progress_stream_reports_every_item_and_ends_with_the_final_state(
