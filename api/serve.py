@@ -23,10 +23,8 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from api.app import create_app
+from api.server_options import gunicorn_options
 from orchestrator.settings import ConfigError, Settings, load_settings
-
-# Query strings can carry `access_token` (browser WebSockets): the access log leaves them out.
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -41,24 +39,6 @@ class _Server(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         return create_app(self._settings)
-
-
-def gunicorn_options(settings: Settings, *, workers: int, connections: int) -> dict[str, Any]:
-    return {
-        "bind": [f"{host}:{settings.api_port}" for host in settings.api_hosts],
-        "workers": workers,
-        "worker_class": "gevent",
-        "worker_connections": connections,
-        # A gevent worker notifies the arbiter from its own loop; long tails are fine.
-        "timeout": 60,
-        "graceful_timeout": 10,
-        "accesslog": "-",
-        "access_log_format": ACCESS_LOG_FORMAT,
-        "loglevel": settings.log_level.lower(),
-        # gunicorn's control socket has one default path per user: several API processes
-        # on one machine (a dev stack beside tests) would fight over it.
-        "control_socket_disable": True,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     )
     api_port: int = Field(default=8080, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
+    # Seconds the API keeps an idle keep-alive connection open (gunicorn's `keepalive`;
+    # its default of 2 s reset clients polling every few seconds). 0: one request each.
+    api_keepalive: int = Field(default=75, ge=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- the scripted model server (tests, demo, benchmarks) ---------------------------
