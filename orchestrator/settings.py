@@ -119,9 +119,7 @@ class Settings(BaseSettings):
     container_api_url: str | None = None
     # The Docker network session containers join (default: `<instance>-sessions`, a
     # bridge ccq creates); inside it `host.docker.internal` is the host's address on it.
-    session_network: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-    )
+    session_network: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
     @field_validator(
         "anthropic_api_key",
