@@ -7,7 +7,7 @@ Every session container runs ``worker_image/Dockerfile``. Building it takes minu
 an image whose label matches the current inputs is reused as it is.
 
 No registry may be reachable (as on ccq's own build machines). A Debian bookworm base
-image is then made locally with ``scripts/make-base-image.sh`` (debootstrap + docker
+image is then made locally with ``worker_image/make-base-image.sh`` (debootstrap + docker
 import); see :func:`ensure_base_image` and ``docs/worker-image.md``.
 
 Run ``python -m orchestrator.image`` to build from the ``CCQ_*`` settings.
@@ -35,13 +35,14 @@ import docker
 import docker.errors
 import requests
 
+import worker_image
 from orchestrator.settings import ConfigError, Settings, load_settings
 
 LogFn = Callable[[str], None]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKER_IMAGE_DIR = REPO_ROOT / "worker_image"
-MAKE_BASE_IMAGE_SCRIPT = REPO_ROOT / "scripts" / "make-base-image.sh"
+# Package data (worker_image/__init__.py): a checkout and an installed ccq alike.
+WORKER_IMAGE_DIR = worker_image.directory()
+MAKE_BASE_IMAGE_SCRIPT = WORKER_IMAGE_DIR / "make-base-image.sh"
 # Debian's bundle of the CAs this host trusts; on hosts behind a TLS-inspecting proxy the
 # build cannot reach npm without it.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -61,7 +62,7 @@ IGNORED_DIR_NAMES = frozenset(
 IGNORED_FILE_NAMES = frozenset({".DS_Store"})
 IGNORED_FILE_SUFFIXES = (".pyc", ".pyo", ".swp", "~")
 
-# Names that scripts/make-base-image.sh can stand in for: Debian 12 in any official spelling.
+# Names that worker_image/make-base-image.sh can stand in for: Debian 12 in any official spelling.
 _BOOKWORM_IMAGE = re.compile(
     r"^(?:(?:docker\.io/)?library/)?debian:(?:bookworm|12(?:\.\d+)*)(?:-\d{8})?(?:-slim)?$"
 )
@@ -95,6 +96,8 @@ class ImageBuildResult:
 
 
 def _is_ignored(relative: PurePosixPath) -> bool:
+    if len(relative.parts) == 1 and relative.name in worker_image.BUILDER_FILES:
+        return True
     if any(part in IGNORED_DIR_NAMES for part in relative.parts[:-1]):
         return True
     return relative.name in IGNORED_FILE_NAMES or relative.name.endswith(IGNORED_FILE_SUFFIXES)
@@ -153,7 +156,7 @@ def build_inputs_hash(
 
 
 def can_make_base_image(base_image: str) -> bool:
-    """Whether ``scripts/make-base-image.sh`` can make ``base_image`` (a Debian 12 name)."""
+    """Whether ``worker_image/make-base-image.sh`` can make ``base_image`` (a Debian 12 name)."""
     return _BOOKWORM_IMAGE.match(base_image) is not None
 
 
@@ -212,7 +215,7 @@ def _make_base_image(base_image: str, pull_error: str, log: LogFn) -> None:
     log(
         f"base image {base_image} is not present and cannot be pulled ({pull_error}); "
         f"making it locally instead: debootstrap --variant=minbase bookworm, then docker "
-        f"import as {base_image} ({MAKE_BASE_IMAGE_SCRIPT.relative_to(REPO_ROOT)})"
+        f"import as {base_image} ({MAKE_BASE_IMAGE_SCRIPT})"
     )
     returncode, lines = _run_streaming(["bash", *command], log)  # no reliance on the x bit
     if returncode != 0:
@@ -394,7 +397,9 @@ def ensure_worker_image(
             step's output.
     """
     if not (WORKER_IMAGE_DIR / "Dockerfile").is_file():
-        raise ImageBuildError(f"no Dockerfile in {WORKER_IMAGE_DIR} (run from a ccq checkout)")
+        raise ImageBuildError(
+            f"no Dockerfile in {WORKER_IMAGE_DIR} (ccq is installed incompletely)"
+        )
     if (WORKER_IMAGE_DIR / EXTRA_CA_NAME).exists():
         raise ImageBuildError(
             f"{WORKER_IMAGE_DIR / EXTRA_CA_NAME}: this name is reserved for the extra CA "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Package data of the `migrations` package: a checkout and an installed ccq alike.
+MIGRATIONS_DIR = files("migrations")
 
 
 def alembic_config(database_url: str) -> Config:

@@ -56,7 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "worker_image" / "session"
+import worker_image
+
+TEMPLATES_DIR = worker_image.directory() / "session"  # package data, installed or not
 CLAUDE_MD_TEMPLATE = "CLAUDE.md.template"
 SETTINGS_FILE = "settings.json"
 SKILLS_DIR = "skills"

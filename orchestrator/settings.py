@@ -7,6 +7,8 @@ with a :class:`ConfigError` naming the variable.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,8 +17,11 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CCQ_"
-# A local `make up` writes its generated dev secret here; real deployments use the env.
-DEFAULT_ENV_FILE = Path(".ccq/ccq.env")
+# A local `make up` writes its generated dev secret here (in the checkout); real
+# deployments use the environment. See :func:`find_env_file` for where it is looked for.
+ENV_FILE_VARIABLE = "CCQ_ENV_FILE"
+LOCAL_ENV_FILE = Path(".ccq/ccq.env")
+USER_ENV_FILE = Path("ccq/ccq.env")  # under $XDG_CONFIG_HOME (~/.config)
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -30,7 +35,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        env_file=DEFAULT_ENV_FILE,
+        env_file=None,  # chosen per call by load_settings
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
@@ -206,16 +211,43 @@ def _variable_name(loc: tuple[int | str, ...]) -> str:
     return (field if field.isupper() else ENV_PREFIX + field).upper()
 
 
-def load_settings(env_file: Path | None = DEFAULT_ENV_FILE, **overrides: Any) -> Settings:
+def find_env_file(environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """The dotenv file ccq reads under the environment, wherever it is run from.
+
+    ``CCQ_ENV_FILE`` if set (it must exist); else the first ``.ccq/ccq.env`` in ``cwd``
+    or a directory above it (a checkout's, as git finds ``.git``); else
+    ``$XDG_CONFIG_HOME/ccq/ccq.env`` (``~/.config/ccq/ccq.env``) if it exists.
+
+    Raises:
+        ConfigError: ``CCQ_ENV_FILE`` names no file.
+    """
+    named = environ.get(ENV_FILE_VARIABLE)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"invalid configuration: {ENV_FILE_VARIABLE}: no such file: {path}")
+        return path
+    for directory in (cwd, *cwd.parents):
+        if (directory / LOCAL_ENV_FILE).is_file():
+            return directory / LOCAL_ENV_FILE
+    config_home = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    user_file = Path(config_home).expanduser() / USER_ENV_FILE
+    return user_file if user_file.is_file() else None
+
+
+def load_settings(env_file: Path | Literal["find"] | None = "find", **overrides: Any) -> Settings:
     """Read the settings once, turning validation errors into a :class:`ConfigError`.
 
     Args:
-        env_file: an optional dotenv file read under the real environment (which wins).
+        env_file: a dotenv file read under the real environment (which wins); ``"find"``
+            (the default) looks for one with :func:`find_env_file`, None reads none.
         overrides: explicit values, for tests and commands with flags.
 
     Raises:
         ConfigError: a value is malformed; the message names each bad variable.
     """
+    if env_file == "find":
+        env_file = find_env_file(os.environ, Path.cwd())
     try:
         # `_env_file` is pydantic-settings' per-instance override of the configured file.
         settings_class: Any = Settings

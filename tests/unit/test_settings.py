@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.settings import ConfigError, load_settings
+from orchestrator.settings import ConfigError, find_env_file, load_settings
 
 
 def test_defaults_work_for_a_local_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,6 +70,53 @@ def test_the_env_file_is_read_under_the_real_environment(
     assert settings.jwt_secret is not None
     assert settings.jwt_secret.get_secret_value() == "from-file"
     assert settings.api_port == 9001
+
+
+def test_ccq_env_file_names_the_file_wherever_ccq_runs(tmp_path: Path) -> None:
+    named = tmp_path / "elsewhere.env"
+    named.write_text("CCQ_JWT_SECRET=x\n")
+    (tmp_path / "cwd" / ".ccq").mkdir(parents=True)
+    (tmp_path / "cwd" / ".ccq" / "ccq.env").write_text("")
+    environ = {"CCQ_ENV_FILE": str(named)}
+    assert find_env_file(environ, tmp_path / "cwd") == named
+
+
+def test_a_missing_ccq_env_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CCQ_ENV_FILE: no such file"):
+        find_env_file({"CCQ_ENV_FILE": str(tmp_path / "nope.env")}, tmp_path)
+
+
+def test_a_checkouts_env_file_is_found_from_any_directory_below_it(tmp_path: Path) -> None:
+    local = tmp_path / ".ccq" / "ccq.env"
+    local.parent.mkdir()
+    local.write_text("")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    environ = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    assert find_env_file(environ, deep) == local
+    assert find_env_file(environ, tmp_path) == local
+
+
+def test_outside_a_checkout_the_users_config_file_is_read(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    environ = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    assert find_env_file(environ, outside) is None
+    user_file = tmp_path / "config" / "ccq" / "ccq.env"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("")
+    assert find_env_file(environ, outside) == user_file
+
+
+def test_load_settings_finds_the_file_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    named = tmp_path / "ccq.env"
+    named.write_text("CCQ_API_PORT=9100\n")
+    monkeypatch.setenv("CCQ_ENV_FILE", str(named))
+    monkeypatch.delenv("CCQ_API_PORT", raising=False)
+    assert load_settings().api_port == 9100
+    assert load_settings(env_file=None).api_port == 8080
 
 
 def test_an_empty_credential_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:

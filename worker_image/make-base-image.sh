@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Make a Debian base image locally, for hosts that cannot pull from any registry.
 #
-#   sudo scripts/make-base-image.sh IMAGE[:TAG] [SUITE]
+#   sudo worker_image/make-base-image.sh IMAGE[:TAG] [SUITE]
 #
-# e.g. `sudo scripts/make-base-image.sh debian:bookworm-slim`. It debootstraps a
+# e.g. `sudo worker_image/make-base-image.sh debian:bookworm-slim`. It debootstraps a
 # `--variant=minbase` Debian (SUITE, default bookworm) from $DEBIAN_MIRROR (default
 # http://deb.debian.org/debian, plain HTTP so no CA is needed), trims it the way the
 # official "-slim" images are trimmed, and `docker import`s it under IMAGE with the label

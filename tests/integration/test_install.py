@@ -1,0 +1,157 @@
+"""ccq installed from its wheel, run outside the checkout: what `pip install .`, the app
+image and compose get.
+
+The wheel is built from this checkout and installed without its dependencies into a new
+virtual environment in a temporary directory; the dependencies come from the project's
+own environment through a `.pth` path line (path lines add a directory to `sys.path`
+without processing the `.pth` files in it, so the checkout's editable install stays
+off). Every command then runs from a directory that is not the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+from orchestrator.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `bin` directory of a fresh virtualenv holding the ccq wheel."""
+    base = tmp_path_factory.mktemp("installed")
+    wheels = base / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+        cwd=base,
+    )
+    (wheel,) = wheels.glob("ccq-*.whl")
+    env_dir = base / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "project-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)],
+        check=True,
+        timeout=300,
+        cwd=base,
+    )
+    return env_dir / "bin"
+
+
+def _run(
+    bin_dir: Path, *argv: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("CCQ_")}
+    return subprocess.run(
+        [str(bin_dir / argv[0]), *argv[1:]],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_the_installed_package_is_the_wheels_not_the_checkouts(
+    installed: Path, tmp_path: Path
+) -> None:
+    where = _run(
+        installed,
+        "python",
+        "-c",
+        "import orchestrator, worker_image, migrations; "
+        "print(orchestrator.__file__); print(worker_image.directory())",
+        cwd=tmp_path,
+    )
+    assert where.returncode == 0, where.stderr
+    for line in where.stdout.splitlines():
+        assert line.startswith(str(installed.parent)), line
+        assert not line.startswith(str(ROOT)), line
+
+
+def test_ccq_image_from_an_install_finds_the_image_up_to_date(
+    installed: Path, tmp_path: Path, settings: Settings
+) -> None:
+    """The installed inputs hash as the checkout's do: `make image` built the same image."""
+    result = _run(installed, "ccq", "image", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{settings.worker_image}: up to date" in result.stdout
+    assert "Step " not in result.stdout  # nothing was built
+
+
+def test_an_install_sets_up_a_sessions_files(installed: Path, tmp_path: Path) -> None:
+    home = tmp_path / "claude-home"
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from orchestrator.session_setup import SessionContext, write_session_files\n"
+        "ctx = SessionContext(session_id='s-1', parent_id=None, depth=0, max_depth=3)\n"
+        "write_session_files(Path(sys.argv[1]), ctx)\n"
+    )
+    result = _run(installed, "python", "-c", script, str(home), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "s-1" in (home / "CLAUDE.md").read_text()
+    assert json.loads((home / "settings.json").read_text())
+    assert "ccq" in json.loads((home / "ccq" / "mcp.json").read_text())["mcpServers"]
+    skills = sorted(p.parent.name for p in (home / "skills").glob("*/SKILL.md"))
+    assert skills == ["child-status", "coordinate-children", "delegate-task"]
+
+
+def test_an_installed_ccq_token_finds_its_configuration_outside_the_checkout(
+    installed: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "somewhere"
+    outside.mkdir()
+    config = tmp_path / "config"
+    no_secret = {"XDG_CONFIG_HOME": str(config), "CCQ_JWT_SECRET": ""}
+    missing = _run(installed, "ccq", "token", "--sub", "x", cwd=outside, env=no_secret)
+    assert missing.returncode != 0
+    assert "CCQ_JWT_SECRET" in missing.stderr
+
+    # The user's config file, found from any directory.
+    (config / "ccq").mkdir(parents=True)
+    (config / "ccq" / "ccq.env").write_text("CCQ_JWT_SECRET=" + "u" * 32 + "\n")
+    env = {k: v for k, v in no_secret.items() if k != "CCQ_JWT_SECRET"}
+    found = _run(installed, "ccq", "token", "--sub", "x", cwd=outside, env=env)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.count(".") == 2  # a JWT
+
+    # A `make up` stack's file, named by CCQ_ENV_FILE as `make up` prints it.
+    stack_file = tmp_path / "stack.env"
+    stack_file.write_text("CCQ_JWT_SECRET=" + "s" * 32 + "\n")
+    named = _run(
+        installed, "ccq", "token", "--sub", "x", cwd=outside, env={"CCQ_ENV_FILE": str(stack_file)}
+    )
+    assert named.returncode == 0, named.stderr
+    assert named.stdout != found.stdout  # signed with the other secret
