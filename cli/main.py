@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from orchestrator.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+    from orchestrator.session_network import SessionNetwork
 
 
 class Context:
@@ -89,6 +95,19 @@ def network() -> None:
     """The Docker network session containers join, and their path to the API."""
 
 
+def _session_network(settings: Settings) -> tuple[DockerClient, SessionNetwork]:
+    """The Docker client and the session network (made if missing), or a clear error."""
+    import docker
+
+    from orchestrator.session_network import NetworkError, ensure_network
+
+    try:
+        client = docker.from_env(timeout=30)
+        return client, ensure_network(client, settings.session_network_name, settings.instance)
+    except (NetworkError, docker.errors.DockerException) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @network.command("address")
 @pass_context
 def network_address(ctx: Context) -> None:
@@ -96,16 +115,7 @@ def network_address(ctx: Context) -> None:
 
     The API must listen there (CCQ_API_HOST) for session containers to reach it.
     """
-    import docker
-
-    from orchestrator.session_network import NetworkError, ensure_network
-
-    settings = ctx.settings
-    try:
-        client = docker.from_env(timeout=30)
-        found = ensure_network(client, settings.session_network_name, settings.instance)
-    except (NetworkError, docker.errors.DockerException) as exc:
-        raise click.ClickException(str(exc)) from None
+    _client, found = _session_network(ctx.settings)
     click.echo(found.gateway)
 
 
@@ -122,20 +132,10 @@ def network_address(ctx: Context) -> None:
 @pass_context
 def network_check(ctx: Context, urls: tuple[str, ...], timeout: float) -> None:
     """Run a throw-away container on the session network and GET each URL from it."""
-    import docker
-
-    from orchestrator.session_network import (
-        NetworkError,
-        ensure_network,
-        probe_from_container,
-    )
+    from orchestrator.session_network import probe_from_container
 
     settings = ctx.settings
-    try:
-        client = docker.from_env(timeout=30)
-        found = ensure_network(client, settings.session_network_name, settings.instance)
-    except (NetworkError, docker.errors.DockerException) as exc:
-        raise click.ClickException(str(exc)) from None
+    client, found = _session_network(settings)
     failed = False
     for url in urls or (settings.api_url_for_containers + "/healthz",):
         error = probe_from_container(
