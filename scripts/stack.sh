@@ -109,7 +109,8 @@ up() {
     say "session containers on network $network cannot reach ccq at $gateway."
     say "check that the API listens on $gateway (CCQ_API_HOST=$CCQ_API_HOST), that no"
     say "firewall drops traffic from the bridge to the host (iptables INPUT), or set"
-    say "CCQ_CONTAINER_API_URL to an address containers reach; then 'make up' again."
+    say "CCQ_CONTAINER_API_URL to an address containers reach; then 'make up' again"
+    say "('make down' first if the API was already running from an earlier 'make up')."
     exit 1
   fi
   wait_until 120 "$api_url/readyz" "the stack to be ready"
