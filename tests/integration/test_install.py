@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,25 +26,22 @@ from orchestrator.settings import Settings
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+# What a checkout holds beside its sources: environments, state, caches, build output.
+NOT_SOURCE = (".git", ".venv", ".ccq", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The `bin` directory of a fresh virtualenv holding the ccq wheel."""
     base = tmp_path_factory.mktemp("installed")
+    # Built from a copy: setuptools leaves build/ in the source tree, and a stale one there
+    # could put files in the wheel that the checkout no longer has.
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
     wheels = base / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels)]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "-w",
-            str(wheels),
-            str(ROOT),
-        ],
+        [*pip_wheel, str(source)],
         check=True,
         timeout=300,
         cwd=base,
