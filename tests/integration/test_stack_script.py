@@ -22,7 +22,7 @@ import requests
 from orchestrator.session_network import gateway_address
 from orchestrator.settings import Settings
 from tests.processes import drop_database, recreate_database, redis_url_with_db
-from tests.waiting import free_port
+from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +142,29 @@ def test_up_fails_fast_naming_the_address_when_containers_cannot_reach_the_api(
     )
     assert f"cannot reach ccq at {gateway}" in output
     assert "CCQ_API_HOST=127.0.0.1" in output
-    assert "ready" not in up.stdout.splitlines()[-1]
+    assert "stack: ready" not in up.stdout
+
+    # The worker's heartbeat finds the same, and /readyz says it.
+    def readiness_names_the_network() -> str | None:
+        response = requests.get(stack.api_url + "/readyz", timeout=10)
+        problems = response.json()["error"]["details"] if response.status_code == 503 else {}
+        return problems.get("session_network")
+
+    problem = wait_for(readiness_names_the_network, timeout=60, what="/readyz to name it")
+    assert "cannot reach http://host.docker.internal:" in problem
+
+    # A user who runs the demo anyway is told why at once, not after minutes.
+    demo = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py")],
+        env={**stack.env, "CCQ_ENV_FILE": _env_file(stack)},
+        capture_output=True,
+        text=True,
+        timeout=FAIL_FAST_LIMIT_S,
+        check=False,
+    )
+    assert demo.returncode == 1, demo.stdout + demo.stderr
+    assert "is not ready" in demo.stderr
+    assert "session_network" in demo.stderr
 
 
 def _env_file(stack: Stack) -> str:
