@@ -34,6 +34,35 @@ def post_json(
     return reply
 
 
+def create_session(
+    client: FlaskClient, headers: dict[str, str], prompt: str | None = None
+) -> dict[str, Any]:
+    """``POST /sessions`` (with its first run when ``prompt`` is given): the reply."""
+    body = {"prompt": prompt} if prompt else {}
+    return post_json(client, "/api/v1/sessions", body, headers, 201)
+
+
+def queue_run(client: FlaskClient, headers: dict[str, str], session_id: str, prompt: str) -> str:
+    """Queue a prompt on a session; its run's ID."""
+    run_id: str = post_json(
+        client, f"/api/v1/sessions/{session_id}/runs", {"prompt": prompt}, headers, 202
+    )["run"]["id"]
+    return run_id
+
+
+def start_streaming_run(client: FlaskClient, headers: dict[str, str]) -> tuple[str, str]:
+    """A new session whose run streams for about 20 s, once its events are flowing:
+    ``(session_id, run_id)``, for tests that stop or cancel a run midway."""
+    created = create_session(client, headers, "[[stream 200 0.1]]")
+    session_id, run_id = created["session"]["id"], created["run"]["id"]
+    wait_for(
+        lambda: len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]) > 3,
+        timeout=120,
+        what="the run to stream",
+    )
+    return session_id, run_id
+
+
 def run_of(client: FlaskClient, headers: dict[str, str], run_id: str) -> dict[str, Any]:
     run: dict[str, Any] = get_json(client, f"/api/v1/runs/{run_id}", headers)["run"]
     return run

@@ -6,7 +6,6 @@ sessions: test_run_lifecycle.py.)"""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import docker
 import pytest
@@ -19,7 +18,16 @@ from orchestrator.host import HostResources
 from orchestrator.janitor import Janitor
 from orchestrator.locks import SessionLock
 from orchestrator.settings import Settings
-from tests.api_helpers import auth, get_json, message_count, post_json, run_of, wait_run
+from tests.api_helpers import (
+    auth,
+    create_session,
+    message_count,
+    post_json,
+    queue_run,
+    run_of,
+    start_streaming_run,
+    wait_run,
+)
 from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 
@@ -31,17 +39,6 @@ def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
     return ContainerRuntime(docker_client)
 
 
-def _session(client: FlaskClient, headers: dict[str, str], prompt: str) -> dict[str, Any]:
-    return post_json(client, "/api/v1/sessions", {"prompt": prompt}, headers, 201)
-
-
-def _queue(client: FlaskClient, headers: dict[str, str], session_id: str, prompt: str) -> str:
-    run_id: str = post_json(
-        client, f"/api/v1/sessions/{session_id}/runs", {"prompt": prompt}, headers, 202
-    )["run"]["id"]
-    return run_id
-
-
 def _transcript_kept(settings: Settings, session_id: str) -> bool:
     dirs = SessionDirs.for_session(settings.data_dir, session_id)
     return transcript_path(dirs, uuid.UUID(session_id)).exists()
@@ -51,7 +48,7 @@ def test_stopping_a_session_removes_its_container_and_the_next_prompt_resumes(
     client: FlaskClient, settings: Settings, runtime: ContainerRuntime, worker: WorkerProcess
 ) -> None:
     headers = auth(settings)
-    created = _session(client, headers, "the word is fig")
+    created = create_session(client, headers, "the word is fig")
     session_id = created["session"]["id"]
     first = wait_run(client, headers, created["run"]["id"])
     assert first["status"] == "succeeded", first
@@ -65,7 +62,7 @@ def test_stopping_a_session_removes_its_container_and_the_next_prompt_resumes(
     )
 
     assert _transcript_kept(settings, session_id)
-    second = wait_run(client, headers, _queue(client, headers, session_id, "which word?"))
+    second = wait_run(client, headers, queue_run(client, headers, session_id, "which word?"))
     assert second["status"] == "succeeded", second
     assert message_count(second["result"]) == message_count(first["result"]) + 2 == 4
 
@@ -74,13 +71,7 @@ def test_a_session_stopped_during_a_run_loses_its_container_when_the_run_ends(
     client: FlaskClient, settings: Settings, runtime: ContainerRuntime, worker: WorkerProcess
 ) -> None:
     headers = auth(settings)
-    created = _session(client, headers, "[[stream 200 0.1]]")
-    session_id, run_id = created["session"]["id"], created["run"]["id"]
-    wait_for(
-        lambda: len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]) > 3,
-        timeout=120,
-        what="the run to stream",
-    )
+    session_id, run_id = start_streaming_run(client, headers)
 
     # The stop's own removal finds the run's lock held and leaves the container to the
     # run, which is cancelled and removes it once recorded.
@@ -93,7 +84,7 @@ def test_a_session_stopped_during_a_run_loses_its_container_when_the_run_ends(
     )
 
     assert run_of(client, headers, run_id)["status"] == "cancelled"
-    again = wait_run(client, headers, _queue(client, headers, session_id, "back again"))
+    again = wait_run(client, headers, queue_run(client, headers, session_id, "back again"))
     assert again["status"] == "succeeded", again
     assert again["result"].endswith("back again")
 
@@ -106,8 +97,8 @@ def test_the_reaper_removes_leftover_containers_but_not_a_locked_sessions(
     worker: WorkerProcess,
 ) -> None:
     headers = auth(settings)
-    leftover = _session(client, headers, "leftover")
-    active = _session(client, headers, "still wanted")
+    leftover = create_session(client, headers, "leftover")
+    active = create_session(client, headers, "still wanted")
     for created in (leftover, active):
         assert wait_run(client, headers, created["run"]["id"])["status"] == "succeeded"
     leftover_id, active_id = leftover["session"]["id"], active["session"]["id"]
@@ -132,5 +123,5 @@ def test_the_reaper_removes_leftover_containers_but_not_a_locked_sessions(
     assert active_container is not None
     assert active_container.status == "running"
     assert _transcript_kept(settings, leftover_id)
-    again = wait_run(client, headers, _queue(client, headers, leftover_id, "resumed?"))
+    again = wait_run(client, headers, queue_run(client, headers, leftover_id, "resumed?"))
     assert message_count(again["result"]) == 4

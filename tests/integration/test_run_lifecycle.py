@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import docker
 import pytest
@@ -19,25 +18,20 @@ from orchestrator.executor import transcript_path
 from orchestrator.host import HostResources
 from orchestrator.janitor import Janitor
 from orchestrator.settings import Settings
-from tests.api_helpers import auth, get_json, message_count, post_json, run_of, wait_run
+from tests.api_helpers import (
+    auth,
+    create_session,
+    message_count,
+    post_json,
+    queue_run,
+    run_of,
+    start_streaming_run,
+    wait_run,
+)
 from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _session(
-    client: FlaskClient, headers: dict[str, str], prompt: str | None = None
-) -> dict[str, Any]:
-    body = {"prompt": prompt} if prompt else {}
-    return post_json(client, "/api/v1/sessions", body, headers, 201)
-
-
-def _queue(client: FlaskClient, headers: dict[str, str], session_id: str, prompt: str) -> str:
-    run_id: str = post_json(
-        client, f"/api/v1/sessions/{session_id}/runs", {"prompt": prompt}, headers, 202
-    )["run"]["id"]
-    return run_id
 
 
 def _main_calls(model: ModelServer) -> int:
@@ -50,8 +44,10 @@ def test_five_prompts_at_once_finish_in_order_without_overlap(
     client: FlaskClient, settings: Settings, worker: WorkerProcess, second_worker: WorkerProcess
 ) -> None:
     headers = auth(settings)
-    session_id = _session(client, headers)["session"]["id"]
-    run_ids = [_queue(client, headers, session_id, f"prompt {i} [[sleep 0.3]]") for i in range(5)]
+    session_id = create_session(client, headers)["session"]["id"]
+    run_ids = [
+        queue_run(client, headers, session_id, f"prompt {i} [[sleep 0.3]]") for i in range(5)
+    ]
 
     runs = [wait_run(client, headers, run_id) for run_id in run_ids]
 
@@ -69,7 +65,9 @@ def test_ten_sessions_run_in_parallel(
     client: FlaskClient, settings: Settings, worker: WorkerProcess, second_worker: WorkerProcess
 ) -> None:
     headers = auth(settings)
-    run_ids = [_session(client, headers, "[[sleep 2]] parallel")["run"]["id"] for _ in range(10)]
+    run_ids = [
+        create_session(client, headers, "[[sleep 2]] parallel")["run"]["id"] for _ in range(10)
+    ]
     runs = [wait_run(client, headers, run_id) for run_id in run_ids]
     assert all(r["status"] == "succeeded" for r in runs), runs
     # With 8 worker slots, many runs overlap: the first to finish ended after others began.
@@ -87,7 +85,7 @@ def test_a_redelivered_run_does_not_start_the_cli_again(
     second_worker: WorkerProcess,
 ) -> None:
     headers = auth(settings)
-    run_id = _session(client, headers, "[[sleep 3]] once only")["run"]["id"]
+    run_id = create_session(client, headers, "[[sleep 3]] once only")["run"]["id"]
     wait_for(lambda: run_of(client, headers, run_id)["status"] == "running", timeout=60)
 
     during = celery_app.send_task("ccq.run_prompt", args=[run_id]).get(timeout=60)
@@ -107,13 +105,7 @@ def test_cancel_during_a_streaming_run_kills_the_cli_and_the_session_goes_on(
     worker: WorkerProcess,
 ) -> None:
     headers = auth(settings)
-    created = _session(client, headers, "[[stream 200 0.1]]")
-    session_id, run_id = created["session"]["id"], created["run"]["id"]
-    wait_for(
-        lambda: len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]) > 3,
-        timeout=120,
-        what="the run to stream",
-    )
+    session_id, run_id = start_streaming_run(client, headers)
 
     post_json(client, f"/api/v1/runs/{run_id}/cancel", {}, headers, 202)
     cancelled = wait_run(client, headers, run_id, timeout=30)
@@ -123,7 +115,7 @@ def test_cancel_during_a_streaming_run_kills_the_cli_and_the_session_goes_on(
     assert container is not None
     leftover = container.exec_run(["pgrep", "-f", "claude"], user="1000")
     assert leftover.exit_code == 1, leftover.output
-    next_run = wait_run(client, headers, _queue(client, headers, session_id, "still there?"))
+    next_run = wait_run(client, headers, queue_run(client, headers, session_id, "still there?"))
     assert next_run["status"] == "succeeded"
     assert next_run["result"].endswith("still there?")
     response = client.post(f"/api/v1/runs/{run_id}/cancel", headers=headers)
@@ -134,9 +126,9 @@ def test_a_queued_run_cancelled_never_starts(
     client: FlaskClient, settings: Settings, model: ModelServer, worker: WorkerProcess
 ) -> None:
     headers = auth(settings)
-    created = _session(client, headers, "[[sleep 2]] first")
+    created = create_session(client, headers, "[[sleep 2]] first")
     session_id = created["session"]["id"]
-    queued = _queue(client, headers, session_id, "never sent to the model")
+    queued = queue_run(client, headers, session_id, "never sent to the model")
     post_json(client, f"/api/v1/runs/{queued}/cancel", {}, headers, 202)
 
     assert wait_run(client, headers, created["run"]["id"])["status"] == "succeeded"
@@ -148,7 +140,9 @@ def test_a_hanging_model_times_out_by_the_silence_watchdog(
     client: FlaskClient, settings: Settings, worker: WorkerProcess
 ) -> None:
     headers = auth(settings)
-    run = wait_run(client, headers, _session(client, headers, "[[hang]]")["run"]["id"], timeout=120)
+    run = wait_run(
+        client, headers, create_session(client, headers, "[[hang]]")["run"]["id"], timeout=120
+    )
     assert run["status"] == "timed_out"
     assert run["result"] is None
 
@@ -161,7 +155,7 @@ def test_a_reaped_container_and_a_restarted_worker_still_resume(
     worker: WorkerProcess,
 ) -> None:
     headers = auth(settings)
-    created = _session(client, headers, "the word is plum")
+    created = create_session(client, headers, "the word is plum")
     session_id = created["session"]["id"]
     first = wait_run(client, headers, created["run"]["id"])
     runtime = ContainerRuntime(docker_client)
@@ -177,7 +171,7 @@ def test_a_reaped_container_and_a_restarted_worker_still_resume(
     ).exists()
 
     worker.restart()
-    second = wait_run(client, headers, _queue(client, headers, session_id, "which word?"))
+    second = wait_run(client, headers, queue_run(client, headers, session_id, "which word?"))
 
     assert second["status"] == "succeeded", second
     assert message_count(second["result"]) == message_count(first["result"]) + 2
