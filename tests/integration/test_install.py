@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.settings import Settings
+from orchestrator.image import WORKER_IMAGE_DIR, build_inputs_hash
+from orchestrator.settings import Settings, find_env_file
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +89,9 @@ def test_the_installed_package_is_the_wheels_not_the_checkouts(
         installed,
         "python",
         "-c",
-        "import orchestrator, worker_image, migrations; "
-        "print(orchestrator.__file__); print(worker_image.directory())",
+        "import cli, migrations, orchestrator, worker_image; "
+        "print(orchestrator.__file__); print(cli.__file__); print(migrations.__file__); "
+        "print(worker_image.directory())",
         cwd=tmp_path,
     )
     assert where.returncode == 0, where.stderr
@@ -98,11 +100,47 @@ def test_the_installed_package_is_the_wheels_not_the_checkouts(
         assert not line.startswith(str(ROOT)), line
 
 
+def test_the_checkouts_editable_install_stays_off(installed: Path, tmp_path: Path) -> None:
+    """The `.pth` path line adds the project's site-packages without processing the `.pth`
+    files in it, so the checkout's editable-install hook (a meta path finder installed by
+    `__editable__.ccq-*.pth`) is never imported and the checkout is not on `sys.path`."""
+    script = (
+        "import json, sys, docker, sqlalchemy\n"  # the dependencies do come through
+        "print(json.dumps({\n"
+        "    'modules': [m for m in sys.modules if m.startswith('__editable__')],\n"
+        "    'finders': [type(f).__module__ + repr(f) for f in sys.meta_path],\n"
+        "    'path': sys.path,\n"
+        "}))\n"
+    )
+    result = _run(installed, "python", "-c", script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["modules"] == []
+    assert not [f for f in seen["finders"] if "editable" in f.lower()]
+    assert str(ROOT) not in seen["path"]
+    # Without the path line's care the hook would be there: the project's own environment
+    # (where the dependencies come from) holds it.
+    assert list(Path(sysconfig.get_path("purelib")).glob("__editable__*ccq*.pth"))
+
+
 def test_ccq_image_from_an_install_finds_the_image_up_to_date(
     installed: Path, tmp_path: Path, settings: Settings
 ) -> None:
     """The installed inputs hash as the checkout's do: `make image` built the same image."""
-    result = _run(installed, "ccq", "image", cwd=tmp_path)
+    # Compared first, so a difference fails here instead of rebuilding the shared image.
+    probe = "from orchestrator.image import WORKER_IMAGE_DIR as d, build_inputs_hash as h"
+    installed_hash = _run(
+        installed, "python", "-c", f"{probe}; print(h(d, {{}}, b'', ''))", cwd=tmp_path
+    )
+    assert installed_hash.returncode == 0, installed_hash.stderr
+    assert installed_hash.stdout.strip() == build_inputs_hash(WORKER_IMAGE_DIR, {}, b"", "")
+
+    # The settings `make image` read: this environment and the checkout's dotenv file.
+    checkout_env_file = find_env_file(os.environ, ROOT)
+    env = {k: v for k, v in os.environ.items() if k.startswith("CCQ_")}
+    if checkout_env_file is not None:
+        env["CCQ_ENV_FILE"] = str(checkout_env_file)
+    result = _run(installed, "ccq", "image", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{settings.worker_image}: up to date" in result.stdout
     assert "Step " not in result.stdout  # nothing was built

@@ -138,9 +138,26 @@ def test_caches_and_editor_files_do_not_count(context: Path) -> None:
     ]
 
 
+def test_the_package_boilerplate_beside_the_inputs_does_not_count(context: Path) -> None:
+    """worker_image/ is a Python package: its __init__.py and the base-image script sit
+    beside the inputs, so a checkout and an installed copy hash alike with or without them."""
+    before = _hash(context)
+    (context / "__init__.py").write_text('"""package data"""\n')
+    (context / "make-base-image.sh").write_text("#!/bin/sh\n")
+    (context / "__pycache__").mkdir()
+    (context / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\0")
+    assert _hash(context) == before
+    # Only at the top: a package inside the image (ccq_mcp) is an input like any file.
+    (context / "files" / "__init__.py").write_text("")
+    assert _hash(context) != before
+
+
 def test_the_real_worker_image_directory_hashes() -> None:
     files = [p.as_posix() for p in context_files(WORKER_IMAGE_DIR)]
     assert "Dockerfile" in files
+    assert "mcp/ccq_mcp/__init__.py" in files  # the MCP server the image runs
+    assert "__init__.py" not in files
+    assert "make-base-image.sh" not in files
     assert "extra-ca.crt" not in files  # the name is reserved for the assembled context
     assert _hash(WORKER_IMAGE_DIR) == _hash(WORKER_IMAGE_DIR)
 
