@@ -21,10 +21,10 @@ from orchestrator.containers import (
     CONTAINER_CLAUDE_HOME,
     CONTAINER_UID,
     CONTAINER_WORKSPACE,
-    LABEL_INSTANCE,
     ContainerLimits,
     SessionDirs,
 )
+from orchestrator.labels import LABEL_INSTANCE
 
 USER = f"{CONTAINER_UID}:{CONTAINER_UID}"
 

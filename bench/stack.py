@@ -30,7 +30,7 @@ from model_server.server import ModelServer
 from orchestrator import migrate
 from orchestrator.auth import mint_token
 from orchestrator.claude_cli import cli_environment
-from orchestrator.containers import LABEL_INSTANCE
+from orchestrator.labels import LABEL_INSTANCE
 from orchestrator.session_network import remove_networks
 from orchestrator.settings import ENV_PREFIX, Settings, load_settings
 from tests.processes import (

@@ -23,8 +23,9 @@ from bench.cli_baseline import (
 from bench.report import Comparison
 from bench.stack import Stack
 from bench.stats import Summary
-from orchestrator.containers import LABEL_SESSION, SessionDirs
+from orchestrator.containers import SessionDirs
 from orchestrator.events import RUN_FINISHED
+from orchestrator.labels import LABEL_SESSION
 
 TURN_TIMEOUT = 120.0
 

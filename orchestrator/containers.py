@@ -21,15 +21,14 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from orchestrator.labels import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_PARENT,
+    LABEL_SESSION,
+)
 from orchestrator.session_network import NetworkError, ensure_network
-
-LABEL_MANAGED = "ccq.managed"
-LABEL_INSTANCE = "ccq.instance"
-LABEL_SESSION = "ccq.session"
-LABEL_OWNER = "ccq.owner"
-LABEL_PARENT = "ccq.parent"
-# A batch item's container: its batch's ID (counted by tests, found by operators).
-LABEL_BATCH = "ccq.batch"
 
 CONTAINER_WORKSPACE = "/workspace"
 # Children's workspaces, inside their parent's.
@@ -225,8 +224,7 @@ class ContainerRuntime:
         """
         container = self.find(spec.session_id)
         if container is not None and container.status != "running":
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+            self.remove_container(container.id)
             container = None
         if container is None:
             spec.dirs.create()

@@ -25,11 +25,7 @@ from orchestrator.admission import admit
 from orchestrator.cancellation import cancel_signalled
 from orchestrator.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
-from orchestrator.containers import (
-    LABEL_BATCH,
-    SessionContainerSpec,
-    SessionDirs,
-)
+from orchestrator.containers import SessionContainerSpec, SessionDirs
 from orchestrator.db import ROW_LOCK, session_scope
 from orchestrator.events import (
     RUN_FINISHED,
@@ -42,6 +38,7 @@ from orchestrator.events import (
     run_finished_data,
 )
 from orchestrator.host import HostResources
+from orchestrator.labels import LABEL_BATCH
 from orchestrator.locks import SessionLock, is_locked
 from orchestrator.models import Run, RunStatus, Session, SessionStatus
 from orchestrator.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files

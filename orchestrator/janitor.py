@@ -40,13 +40,7 @@ class Janitor:
         was signalled to cancel; its executor removes the container of a stopped session
         once the run is recorded.
         """
-        lock = SessionLock(self.redis, session_id, f"janitor:{uuid.uuid4().hex}")
-        if not lock.acquire():
-            return False
-        try:
-            return self.runtime.remove(str(session_id))
-        finally:
-            lock.release()
+        return self._remove_unless_busy(session_id)
 
     def delete_session(
         self,
@@ -99,17 +93,21 @@ class Janitor:
                     log.info("removed container %s: no such session", container.name)
                 continue
             reason = _removal_reason(container, session, idle_before)
-            if reason is not None and self._remove_unless_busy(session.id, container):
+            if reason is not None and self._remove_unless_busy(session.id, container.id):
                 counts[reason] += 1
                 log.info("removed the container of session %s (%s)", session.id, reason)
         return {"removed": sum(counts.values()), **counts}
 
-    def _remove_unless_busy(self, session_id: uuid.UUID, container: ManagedContainer) -> bool:
-        lock = SessionLock(self.redis, session_id, f"reaper:{uuid.uuid4().hex}")
+    def _remove_unless_busy(self, session_id: uuid.UUID, container_id: str | None = None) -> bool:
+        """Remove the session's container (or the one given) under the session's lock;
+        False if a run holds the lock or the container was already gone."""
+        lock = SessionLock(self.redis, session_id, f"janitor:{uuid.uuid4().hex}")
         if not lock.acquire():  # a run is executing in it
             return False
         try:
-            return self.runtime.remove_container(container.id)
+            if container_id is None:
+                return self.runtime.remove(str(session_id))
+            return self.runtime.remove_container(container_id)
         finally:
             lock.release()
 

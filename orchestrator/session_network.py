@@ -27,11 +27,10 @@ import docker
 import docker.errors
 import requests
 
+from orchestrator.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROBE
+
 HOST_ALIAS = "host.docker.internal"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
-LABEL_MANAGED = "ccq.managed"
-LABEL_INSTANCE = "ccq.instance"
-LABEL_PROBE = "ccq.probe"
 # ioctl(2) request for an interface's IPv4 address (linux/sockios.h).
 _SIOCGIFADDR = 0x8915
 # Linux interface names are at most 15 bytes.

@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator.auth import mint_token
-from orchestrator.containers import LABEL_BATCH, LABEL_INSTANCE
+from orchestrator.labels import LABEL_BATCH, LABEL_INSTANCE
 from orchestrator.settings import Settings
 from orchestrator.stream_ids import parse_stream_id
 from tests.api_helpers import FINAL

@@ -14,8 +14,9 @@ import pytest
 
 from orchestrator import session_tokens
 from orchestrator.auth import mint_token
-from orchestrator.containers import LABEL_SESSION, SessionDirs
+from orchestrator.containers import SessionDirs
 from orchestrator.db import make_engine, make_session_factory, session_scope
+from orchestrator.labels import LABEL_SESSION
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL
 from tests.http_api import HttpApi
