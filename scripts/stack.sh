@@ -19,9 +19,6 @@ LOGS=$STATE/log
 ENV_FILE=$STATE/ccq.env
 BIN=${CCQ_BIN:-.venv/bin}
 mkdir -p "$RUN" "$LOGS"
-# Every process started here (and `ccq` run from anywhere with this exported) reads it.
-export CCQ_ENV_FILE
-CCQ_ENV_FILE=$(realpath "$ENV_FILE")
 
 say() { printf 'stack: %s\n' "$*"; }
 
@@ -58,6 +55,16 @@ ensure_env_file() {
     umask 077
     printf 'CCQ_JWT_SECRET=%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$ENV_FILE"
     say "wrote a development JWT secret to $ENV_FILE"
+  fi
+  use_env_file
+}
+
+use_env_file() {
+  # Every process started here (and `ccq` run from anywhere with this exported) reads it.
+  # Only once it exists: ccq refuses a CCQ_ENV_FILE that names no file.
+  if [[ -f $ENV_FILE ]]; then
+    CCQ_ENV_FILE=$(realpath "$ENV_FILE")
+    export CCQ_ENV_FILE
   fi
 }
 
@@ -142,6 +149,7 @@ wait_until() {  # wait_until SECONDS URL WHAT: until URL answers 2xx, or fail na
 }
 
 down() {
+  use_env_file  # absent before the first `up`: `down` then has only defaults to go by
   for name in flower beat worker api model-server; do stop "$name"; done
   # Session containers go too: their files stay, and the next prompt resumes the
   # conversation in a new container.

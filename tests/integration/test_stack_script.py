@@ -95,6 +95,14 @@ def stack(
         )
 
 
+def test_down_before_any_up_succeeds(stack: Stack) -> None:
+    """`make down` on a fresh clone (no state, no dotenv file yet) stops nothing, cleanly."""
+    down = stack.run("down", timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "stack: down" in down.stdout
+    assert not (Path(stack.env["CCQ_STATE_DIR"]) / "ccq.env").exists()
+
+
 def test_up_works_on_a_network_whose_inspect_names_no_gateway(
     stack: Stack, docker_client: docker.DockerClient
 ) -> None:
