@@ -1,7 +1,7 @@
 """Bearer-token authentication for views.
 
 Two kinds of bearer token reach the API: the owner's JWT, and a session token that a
-session's MCP tools hold during one run (``orchestrator.session_tokens``), which speaks
+session's MCP tools hold during one run (``orchestrator.auth.session_tokens``), which speaks
 for the owner only within that session's tree. ``@require_principal`` passes either in;
 ``@require_owner`` is for owner-wide endpoints and refuses session tokens with 403.
 """
@@ -18,8 +18,8 @@ from flask import request
 
 from api.errors import Forbidden, Unauthorized
 from api.extensions import get_services
-from orchestrator import session_tokens
-from orchestrator.auth import AuthError, verify_token
+from orchestrator.auth import session_tokens
+from orchestrator.auth.owner_tokens import AuthError, verify_token
 
 P = ParamSpec("P")
 R = TypeVar("R")

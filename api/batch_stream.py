@@ -29,8 +29,8 @@ from api.websocket import (
     serving,
     sock,
 )
-from orchestrator.batch_events import BatchFeed
-from orchestrator.batches import BatchService
+from orchestrator.domain.batches import BatchService
+from orchestrator.streams.batch_events import BatchFeed
 
 bp = Blueprint("batch_stream", __name__, url_prefix="/api/v1")
 

@@ -28,12 +28,12 @@ from api.schemas import (
 )
 from api.sessions import Reply
 from api.validation import parse_body
-from orchestrator import batches
-from orchestrator.batch_events import BATCH_PROGRESS, publish_batch
-from orchestrator.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch, batch_view
-from orchestrator.cancellation import signal_cancel
-from orchestrator.db import session_scope
-from orchestrator.models import Batch
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Batch
+from orchestrator.domain import batches
+from orchestrator.domain.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch, batch_view
+from orchestrator.domain.cancellation import signal_cancel
+from orchestrator.streams.batch_events import BATCH_PROGRESS, publish_batch
 from tasks.release import release_items
 
 log = logging.getLogger(__name__)

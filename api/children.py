@@ -27,11 +27,11 @@ from api.schemas import (
 )
 from api.sessions import Reply
 from api.validation import parse_body
-from orchestrator import tree
-from orchestrator.children import ChildSessions, NewFanout, StartedFanout, TreeLimits
-from orchestrator.db import session_scope
-from orchestrator.models import Session
-from orchestrator.sessions import NewSession, SessionService
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Session
+from orchestrator.domain import tree
+from orchestrator.domain.children import ChildSessions, NewFanout, StartedFanout, TreeLimits
+from orchestrator.domain.sessions import NewSession, SessionService
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session as DbSession
 
 from api.auth import Principal
 from api.schemas import session_json
-from orchestrator import tree
-from orchestrator.models import Session
-from orchestrator.sessions import SessionService
+from orchestrator.db.models import Session
+from orchestrator.domain import tree
+from orchestrator.domain.sessions import SessionService
 
 
 def scoped(db: DbSession, who: Principal) -> SessionService:

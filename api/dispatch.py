@@ -12,10 +12,10 @@ from sqlalchemy import update
 
 from api.errors import DependencyDown
 from api.extensions import Services
-from orchestrator.db import session_scope
-from orchestrator.events import publish_pending
-from orchestrator.models import Run, RunStatus
-from orchestrator.sessions import SessionService
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Run, RunStatus
+from orchestrator.domain.sessions import SessionService
+from orchestrator.streams.events import publish_pending
 
 log = logging.getLogger(__name__)
 

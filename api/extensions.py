@@ -11,7 +11,7 @@ from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import db
+from orchestrator.db import engine as db
 from orchestrator.settings import Settings
 from tasks.celery_app import make_celery
 

@@ -11,16 +11,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.errors import InvalidInput, TooLarge
-from orchestrator.children import DEFAULT_THEN
-from orchestrator.models import Fanout, Run, Session
-from orchestrator.webhook_urls import redact_url, validate_notify_url
+from orchestrator.db.models import Fanout, Run, Session
+from orchestrator.domain.children import DEFAULT_THEN
+from orchestrator.notify.urls import redact_url, validate_notify_url
 
 MAX_PROMPT_BYTES = 256 * 1024
 
 # The size limit is checked after parsing (check_prompt_size) so it can answer 413.
 Prompt = Annotated[str, StringConstraints(min_length=1)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-# A webhook: http(s), a host, no credentials or fragment (see orchestrator.notify).
+# A webhook: http(s), a host, no credentials or fragment (see orchestrator.notify.payloads).
 NotifyUrl = Annotated[str, StringConstraints(min_length=1), AfterValidator(validate_notify_url)]
 ToolName = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^,\s]+( ?\S+)*$")

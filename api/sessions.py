@@ -26,14 +26,14 @@ from api.schemas import (
     session_json,
 )
 from api.validation import parse_body
-from orchestrator.admission import pending_interactive
-from orchestrator.cancellation import signal_cancel
-from orchestrator.db import session_scope
-from orchestrator.events import WireEvent
-from orchestrator.history import EventHistory
-from orchestrator.models import Run, RunStatus
-from orchestrator.sessions import NewSession, Removal, SessionService
-from orchestrator.stream_ids import InvalidCursor, parse_stream_id
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Run, RunStatus
+from orchestrator.domain.admission import pending_interactive
+from orchestrator.domain.cancellation import signal_cancel
+from orchestrator.domain.sessions import NewSession, Removal, SessionService
+from orchestrator.streams.events import WireEvent
+from orchestrator.streams.history import EventHistory
+from orchestrator.streams.stream_ids import InvalidCursor, parse_stream_id
 
 log = logging.getLogger(__name__)
 

@@ -43,11 +43,11 @@ from api.websocket import (
     serving,
     sock,
 )
-from orchestrator.events import SESSION_DELETED
-from orchestrator.models import Run, RunStatus
-from orchestrator.sessions import SessionService
-from orchestrator.stream_ids import format_stream_id
-from orchestrator.tail import EventTail, TailEvent, TailTooSlow, live_start, run_start
+from orchestrator.db.models import Run, RunStatus
+from orchestrator.domain.sessions import SessionService
+from orchestrator.streams.events import SESSION_DELETED
+from orchestrator.streams.stream_ids import format_stream_id
+from orchestrator.streams.tail import EventTail, TailEvent, TailTooSlow, live_start, run_start
 
 bp = Blueprint("streams", __name__, url_prefix="/api/v1")
 

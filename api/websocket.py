@@ -27,7 +27,7 @@ from wsproto.events import Ping, TextMessage
 from api.auth import Principal, current_principal
 from api.errors import Unauthorized
 from orchestrator.errors import NotFoundError
-from orchestrator.stream_ids import InvalidCursor, parse_stream_id
+from orchestrator.streams.stream_ids import InvalidCursor, parse_stream_id
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from bench.machine import describe, one_line
 from bench.report import Comparison, format_markdown, format_table
 from bench.stack import LOG_DIR, clear_logs, running_stack
 from bench.submit import PENDING_LIMIT, submit
-from orchestrator.batches import MAX_ITEMS
+from orchestrator.domain.batches import MAX_ITEMS
 from orchestrator.settings import load_settings
 
 BENCHMARKS = ("warm", "cold", "delivery", "submit")

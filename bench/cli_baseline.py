@@ -16,15 +16,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench import BenchError
-from orchestrator.claude_cli import CliOptions, build_command, parse_line
-from orchestrator.containers import (
+from orchestrator.runtime.claude_cli import CliOptions, build_command, parse_line
+from orchestrator.runtime.containers import (
     CONTAINER_CLAUDE_HOME,
     CONTAINER_UID,
     CONTAINER_WORKSPACE,
     ContainerLimits,
     SessionDirs,
 )
-from orchestrator.labels import LABEL_INSTANCE
+from orchestrator.runtime.labels import LABEL_INSTANCE
 
 USER = f"{CONTAINER_UID}:{CONTAINER_UID}"
 

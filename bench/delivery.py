@@ -2,7 +2,7 @@
 100 and 500 clients of one session at once.
 
 A producer process appends events to the session's Redis stream exactly as the worker
-does (``orchestrator.events.publish``), each stamped with the wall-clock time of its
+does (``orchestrator.streams.events.publish``), each stamped with the wall-clock time of its
 append; every client notes when each event reached it. ccq's clients are WebSocket
 tails of the session through the API (one process, as `ccq api` runs by default); the
 baseline's are raw ``XREAD BLOCK`` readers of the same stream key: Redis with nothing in
@@ -33,7 +33,7 @@ from bench.machine import process_tree_cpu_seconds
 from bench.report import Comparison
 from bench.stack import Stack
 from bench.stats import Summary
-from orchestrator.events import publish, stream_key
+from orchestrator.streams.events import publish, stream_key
 
 TICK = "bench.tick"  # measured
 WARMUP = "bench.warmup"  # first through every path, not measured

@@ -27,11 +27,11 @@ import requests
 
 from bench import BenchError
 from model_server.server import ModelServer
-from orchestrator import migrate
-from orchestrator.auth import mint_token
-from orchestrator.claude_cli import cli_environment
-from orchestrator.labels import LABEL_INSTANCE
-from orchestrator.session_network import remove_networks
+from orchestrator.auth.owner_tokens import mint_token
+from orchestrator.db import migrate
+from orchestrator.runtime.claude_cli import cli_environment
+from orchestrator.runtime.labels import LABEL_INSTANCE
+from orchestrator.runtime.session_network import remove_networks
 from orchestrator.settings import ENV_PREFIX, Settings, load_settings
 from tests.processes import (
     SCRIPTED_MODEL_KEY,

@@ -21,7 +21,7 @@ database and drops its PostgreSQL one.
 Before each sample the scratch database is vacuumed and analysed (untimed), as autovacuum
 keeps a long-lived one: the benchmark adds thousands of rows a sample to tables that
 start empty, and with no statistics yet PostgreSQL plans the pending-limit count of
-``POST /sessions`` (``orchestrator.admission.pending_interactive``) as a nested loop over
+``POST /sessions`` (``orchestrator.domain.admission.pending_interactive``) as a nested loop over
 every pending run times every interactive session: 23 ms a request at 900 pending
 instead of 0.35 ms: the first sample's baseline took up to 1.7 times the next ones'.
 
@@ -52,9 +52,9 @@ from bench.machine import process_tree_cpu_seconds
 from bench.report import Comparison
 from bench.stack import Stack
 from bench.stats import Summary, percentile
-from orchestrator.batches import window
-from orchestrator.db import make_engine
-from orchestrator.models import Batch
+from orchestrator.db.engine import make_engine
+from orchestrator.db.models import Batch
+from orchestrator.domain.batches import window
 from tasks.celery_app import batch_queue, make_celery
 
 # The stack's CCQ_MAX_PENDING_RUNS_PER_OWNER: the baseline queues every prompt at once.

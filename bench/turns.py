@@ -23,9 +23,9 @@ from bench.cli_baseline import (
 from bench.report import Comparison
 from bench.stack import Stack
 from bench.stats import Summary
-from orchestrator.containers import SessionDirs
-from orchestrator.events import RUN_FINISHED
-from orchestrator.labels import LABEL_SESSION
+from orchestrator.runtime.containers import SessionDirs
+from orchestrator.runtime.labels import LABEL_SESSION
+from orchestrator.streams.events import RUN_FINISHED
 
 TURN_TIMEOUT = 120.0
 

@@ -69,7 +69,7 @@ def _token(token: str | None) -> str:
             "no API token: pass --token or set CCQ_TOKEN "
             "(`ccq token --sub NAME` mints one where CCQ_JWT_SECRET is set)"
         )
-    from orchestrator.auth import mint_token
+    from orchestrator.auth.owner_tokens import mint_token
 
     return mint_token(settings, "dev")
 

@@ -14,7 +14,7 @@ from orchestrator.settings import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from docker import DockerClient
 
-    from orchestrator.session_network import SessionNetwork
+    from orchestrator.runtime.session_network import SessionNetwork
 
 
 class Context:
@@ -46,7 +46,7 @@ def cli(ctx: click.Context) -> None:
 @pass_context
 def token(ctx: Context, subject: str, ttl: int) -> None:
     """Print a JWT the running stack accepts (HS256 with CCQ_JWT_SECRET)."""
-    from orchestrator.auth import AuthError, mint_token
+    from orchestrator.auth.owner_tokens import AuthError, mint_token
 
     try:
         click.echo(mint_token(ctx.settings, subject, ttl))
@@ -80,7 +80,7 @@ def model_server(ctx: Context, host: str | None, port: int | None, record: Path 
 @pass_context
 def image(ctx: Context) -> None:
     """Build the worker image if its inputs changed (a no-op otherwise)."""
-    from orchestrator.image import ImageBuildError, ensure_from_settings
+    from worker_image.builder import ImageBuildError, ensure_from_settings
 
     try:
         result = ensure_from_settings(ctx.settings, log=click.echo)
@@ -99,7 +99,7 @@ def _session_network(settings: Settings) -> tuple[DockerClient, SessionNetwork]:
     """The Docker client and the session network (made if missing), or a clear error."""
     import docker
 
-    from orchestrator.session_network import NetworkError, ensure_network
+    from orchestrator.runtime.session_network import NetworkError, ensure_network
 
     try:
         client = docker.from_env(timeout=30)
@@ -132,7 +132,7 @@ def network_address(ctx: Context) -> None:
 @pass_context
 def network_check(ctx: Context, urls: tuple[str, ...], timeout: float) -> None:
     """Run a throw-away container on the session network and GET each URL from it."""
-    from orchestrator.session_network import probe_from_container
+    from orchestrator.runtime.session_network import probe_from_container
 
     settings = ctx.settings
     client, found = _session_network(settings)
@@ -160,7 +160,7 @@ def db() -> None:
 @pass_context
 def db_upgrade(ctx: Context, revision: str) -> None:
     """Migrate the schema up to REVISION (default: the newest)."""
-    from orchestrator import migrate
+    from orchestrator.db import migrate
 
     migrate.upgrade(ctx.settings.database_url, revision)
     click.echo(f"schema at {migrate.current_revision(ctx.settings.database_url)}")
@@ -171,7 +171,7 @@ def db_upgrade(ctx: Context, revision: str) -> None:
 @pass_context
 def db_downgrade(ctx: Context, revision: str) -> None:
     """Migrate the schema down to REVISION (`base` removes everything)."""
-    from orchestrator import migrate
+    from orchestrator.db import migrate
 
     migrate.downgrade(ctx.settings.database_url, revision)
     click.echo(f"schema at {migrate.current_revision(ctx.settings.database_url)}")

@@ -36,7 +36,7 @@ from websockets.exceptions import (
 from websockets.sync.client import ClientConnection, connect
 
 from cli.client import JsonObject
-from orchestrator.stream_ids import InvalidCursor, parse_stream_id
+from orchestrator.streams.stream_ids import InvalidCursor, parse_stream_id
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 10.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from orchestrator.models import Base
+from orchestrator.db.models import Base
 from orchestrator.settings import load_settings
 
 config = context.config

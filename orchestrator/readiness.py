@@ -6,7 +6,8 @@ import redis
 import sqlalchemy.exc
 from sqlalchemy import Engine
 
-from orchestrator import db, heartbeat
+from orchestrator.db import engine as db
+from orchestrator.runtime import heartbeat
 
 
 def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:

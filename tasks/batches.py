@@ -11,8 +11,9 @@ from celery import Task, current_app, shared_task
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 
-from orchestrator import batch_events, batches
-from orchestrator.db import session_scope
+from orchestrator.db.engine import session_scope
+from orchestrator.domain import batches
+from orchestrator.streams import batch_events
 from tasks.context import WorkerContext, worker_context
 from tasks.notify import queue_batch_notification
 from tasks.release import release_items

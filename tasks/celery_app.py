@@ -21,7 +21,7 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 from kombu.entity import Queue
 
-from orchestrator import heartbeat
+from orchestrator.runtime import heartbeat
 from orchestrator.settings import Settings
 
 # Headroom between the run's own limit and Celery's: the run kills its container first.

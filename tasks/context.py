@@ -10,12 +10,12 @@ import redis
 from celery import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import db
-from orchestrator.containers import ContainerRuntime
-from orchestrator.executor import RunExecutor
-from orchestrator.fanout import FanoutJoin
-from orchestrator.host import HostResources
-from orchestrator.janitor import Janitor
+from orchestrator.db import engine as db
+from orchestrator.domain.fanout import FanoutJoin
+from orchestrator.runtime.containers import ContainerRuntime
+from orchestrator.runtime.executor import RunExecutor
+from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.janitor import Janitor
 from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from orchestrator.fanout import FanoutNotReady
+from orchestrator.domain.fanout import FanoutNotReady
 from tasks.context import worker_context
 from tasks.runs import run_prompt
 

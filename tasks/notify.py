@@ -41,8 +41,8 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.db import session_scope
-from orchestrator.notify import (
+from orchestrator.db.engine import session_scope
+from orchestrator.notify.payloads import (
     DeliveryResult,
     Notice,
     deliver,
@@ -51,7 +51,7 @@ from orchestrator.notify import (
     retry_delay,
     run_wants_notice,
 )
-from orchestrator.webhook_urls import redact_url, validate_notify_url
+from orchestrator.notify.urls import redact_url, validate_notify_url
 from tasks.context import worker_context
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Handing batch items to Celery a window at a time (see ``orchestrator.batches``).
+"""Handing batch items to Celery a window at a time (see ``orchestrator.domain.batches``).
 
 Called by the API for a new batch, by the worker when an item ends, and by the sweeper.
 Tasks are sent before the release commits: if sending fails, nothing is marked released
@@ -14,8 +14,8 @@ from celery import Celery
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator import batches
-from orchestrator.db import session_scope
+from orchestrator.db.engine import session_scope
+from orchestrator.domain import batches
 from orchestrator.settings import Settings
 from tasks.celery_app import batch_queue
 

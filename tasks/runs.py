@@ -10,9 +10,9 @@ import redis
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
-from orchestrator.admission import NoSlot
-from orchestrator.executor import NotYourTurn
-from orchestrator.models import RunStatus
+from orchestrator.db.models import RunStatus
+from orchestrator.domain.admission import NoSlot
+from orchestrator.runtime.executor import NotYourTurn
 from tasks.batches import advance as advance_batch
 from tasks.context import worker_context
 from tasks.notify import queue_run_notification

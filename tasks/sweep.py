@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from celery import current_app, shared_task
 
-from orchestrator import batches
-from orchestrator.db import session_scope
-from orchestrator.fanout import FanoutNotReady
-from orchestrator.session_tokens import purge_expired
+from orchestrator.auth.session_tokens import purge_expired
+from orchestrator.db.engine import session_scope
+from orchestrator.domain import batches
+from orchestrator.domain.fanout import FanoutNotReady
 from tasks.batches import finish as finish_batch
 from tasks.context import worker_context
 from tasks.fanouts import SWEEP_AFTER, queue_followup

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from orchestrator.auth import mint_token
+from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.settings import Settings
 from tests.waiting import wait_for
 

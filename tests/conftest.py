@@ -16,8 +16,8 @@ import docker
 import pytest
 
 from model_server.server import ModelServer
-from orchestrator import migrate
-from orchestrator.session_network import remove_networks
+from orchestrator.db import migrate
+from orchestrator.runtime.session_network import remove_networks
 from orchestrator.settings import Settings, load_settings
 from tests.processes import (
     TEST_TREE_LIMITS,

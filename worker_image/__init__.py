@@ -2,8 +2,9 @@
 
 This directory is the image's build context (the Dockerfile, ccq's MCP server, the files
 it copies) and holds the session templates the worker writes into each session's Claude
-home. The builder's own files beside them (this module, ``make-base-image.sh``) are not
-image inputs: orchestrator/image.py leaves them out of the context and its hash.
+home. The builder's own files beside them (this module, ``builder.py``, which builds the
+image, and ``make-base-image.sh``) are not image inputs: the builder leaves them out of the
+context and its hash.
 
 Found through :mod:`importlib.resources`, so an installed ccq (a wheel, the app image)
 builds the image and sets up sessions exactly as a checkout does.
@@ -15,7 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 
 # Top-level files of this directory that build the image but are not part of it.
-BUILDER_FILES = frozenset({"__init__.py", "make-base-image.sh"})
+BUILDER_FILES = frozenset({"__init__.py", "builder.py", "make-base-image.sh"})
 
 
 def directory() -> Path:

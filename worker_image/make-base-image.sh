@@ -8,7 +8,7 @@
 # http://deb.debian.org/debian, plain HTTP so no CA is needed), trims it the way the
 # official "-slim" images are trimmed, and `docker import`s it under IMAGE with the label
 # ccq.role=base-image. Needs root (debootstrap chroots and creates device nodes), the
-# `debootstrap` package and a running Docker engine. ccq's orchestrator/image.py runs it
+# `debootstrap` package and a running Docker engine. ccq's worker_image/builder.py runs it
 # when the configured base image is a Debian bookworm image that is neither present nor
 # pullable. The temporary root filesystem is always removed, also on failure.
 set -euo pipefail

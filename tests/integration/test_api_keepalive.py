@@ -13,7 +13,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from orchestrator.auth import mint_token
+from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.settings import Settings
 from tests.processes import ApiProcess, WorkerProcess
 

@@ -13,10 +13,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator import db
-from orchestrator.batches import BatchItem, BatchService, NewBatch
-from orchestrator.db import session_scope
-from orchestrator.models import Batch, BatchStatus, Run, Session
+from orchestrator.db import engine as db
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Batch, BatchStatus, Run, Session
+from orchestrator.domain.batches import BatchItem, BatchService, NewBatch
 from orchestrator.settings import Settings
 from tests.processes import WorkerProcess
 from tests.waiting import wait_for

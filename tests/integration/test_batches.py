@@ -19,10 +19,10 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from api.extensions import EXTENSION_KEY
-from orchestrator.auth import mint_token
-from orchestrator.labels import LABEL_BATCH, LABEL_INSTANCE
+from orchestrator.auth.owner_tokens import mint_token
+from orchestrator.runtime.labels import LABEL_BATCH, LABEL_INSTANCE
 from orchestrator.settings import Settings
-from orchestrator.stream_ids import parse_stream_id
+from orchestrator.streams.stream_ids import parse_stream_id
 from tests.api_helpers import FINAL
 from tests.http_api import HttpApi
 from tests.processes import ApiProcess, WorkerProcess

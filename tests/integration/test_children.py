@@ -12,11 +12,11 @@ from typing import Any
 import docker
 import pytest
 
-from orchestrator import session_tokens
-from orchestrator.auth import mint_token
-from orchestrator.containers import SessionDirs
-from orchestrator.db import make_engine, make_session_factory, session_scope
-from orchestrator.labels import LABEL_SESSION
+from orchestrator.auth import session_tokens
+from orchestrator.auth.owner_tokens import mint_token
+from orchestrator.db.engine import make_engine, make_session_factory, session_scope
+from orchestrator.runtime.containers import SessionDirs
+from orchestrator.runtime.labels import LABEL_SESSION
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL
 from tests.http_api import HttpApi

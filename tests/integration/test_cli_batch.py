@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from orchestrator.auth import mint_token
+from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.settings import Settings
 from tests.integration.test_cli_client import Ccq
 from tests.processes import ApiProcess, WorkerProcess

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from model_server.server import ModelServer
-from orchestrator.auth import mint_token
+from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.settings import Settings
 from tests.api_helpers import FINAL, message_count
 from tests.processes import ApiProcess, WorkerProcess, stack_environment

@@ -10,9 +10,9 @@ import docker
 import pytest
 
 from model_server.server import ModelServer
-from orchestrator.claude_cli import CliEvent, CliOptions, build_command
-from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
-from orchestrator.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
+from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command
+from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
+from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
 from orchestrator.settings import Settings
 from tests.processes import SCRIPTED_MODEL_KEY, container_base_url
 

@@ -42,7 +42,7 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(command: str) -> None:
 
 
 def test_token_prints_a_jwt_the_stack_accepts(settings: Settings) -> None:
-    from orchestrator.auth import verify_token
+    from orchestrator.auth.owner_tokens import verify_token
 
     secret = settings.jwt_secret
     assert secret is not None

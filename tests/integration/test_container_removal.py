@@ -12,11 +12,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.extensions import Services
-from orchestrator.containers import ContainerRuntime, SessionDirs
-from orchestrator.executor import transcript_path
-from orchestrator.host import HostResources
-from orchestrator.janitor import Janitor
-from orchestrator.locks import SessionLock
+from orchestrator.runtime.containers import ContainerRuntime, SessionDirs
+from orchestrator.runtime.executor import transcript_path
+from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.janitor import Janitor
+from orchestrator.runtime.locks import SessionLock
 from orchestrator.settings import Settings
 from tests.api_helpers import (
     auth,

@@ -16,12 +16,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator import db
-from orchestrator.db import ROW_LOCK, session_scope
-from orchestrator.events import WireEvent, persist_events, publish, stream_key
-from orchestrator.sessions import NewSession, SessionService
+from orchestrator.db import engine as db
+from orchestrator.db.engine import ROW_LOCK, session_scope
+from orchestrator.domain.sessions import NewSession, SessionService
 from orchestrator.settings import Settings
-from orchestrator.tail import EventTail, TailEvent, TailTooSlow, live_start
+from orchestrator.streams.events import WireEvent, persist_events, publish, stream_key
+from orchestrator.streams.tail import EventTail, TailEvent, TailTooSlow, live_start
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.image import WORKER_IMAGE_DIR, build_inputs_hash
 from orchestrator.settings import Settings, find_env_file
+from worker_image.builder import WORKER_IMAGE_DIR, build_inputs_hash
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_ccq_image_from_an_install_finds_the_image_up_to_date(
 ) -> None:
     """The installed inputs hash as the checkout's do: `make image` built the same image."""
     # Compared first, so a difference fails here instead of rebuilding the shared image.
-    probe = "from orchestrator.image import WORKER_IMAGE_DIR as d, build_inputs_hash as h"
+    probe = "from worker_image.builder import WORKER_IMAGE_DIR as d, build_inputs_hash as h"
     installed_hash = _run(
         installed, "python", "-c", f"{probe}; print(h(d, {{}}, b'', ''))", cwd=tmp_path
     )
@@ -151,7 +151,7 @@ def test_an_install_sets_up_a_sessions_files(installed: Path, tmp_path: Path) ->
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from orchestrator.session_setup import SessionContext, write_session_files\n"
+        "from orchestrator.runtime.session_setup import SessionContext, write_session_files\n"
         "ctx = SessionContext(session_id='s-1', parent_id=None, depth=0, max_depth=3)\n"
         "write_session_files(Path(sys.argv[1]), ctx)\n"
     )

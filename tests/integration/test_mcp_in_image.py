@@ -21,10 +21,10 @@ import pytest
 
 from model_server.recording import is_main_call
 from model_server.server import ModelServer
-from orchestrator.claude_cli import CliEvent, CliOptions, build_command
-from orchestrator.cli_runner import CliRunResult, run_cli
-from orchestrator.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
-from orchestrator.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
+from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command
+from orchestrator.runtime.cli_runner import CliRunResult, run_cli
+from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
+from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
 from orchestrator.settings import Settings
 from tests.processes import SCRIPTED_MODEL_KEY, container_base_url
 from tests.waiting import free_port

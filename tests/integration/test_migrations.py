@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from orchestrator import migrate
-from orchestrator.models import Base
+from orchestrator.db import migrate
+from orchestrator.db.models import Base
 from orchestrator.settings import Settings
 from tests.processes import drop_database, recreate_database
 

@@ -28,10 +28,10 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator import db
-from orchestrator.db import session_scope
-from orchestrator.models import Batch, BatchStatus, Run, RunStatus, Session
-from orchestrator.notify import load_batch_notice, run_wants_notice
+from orchestrator.db import engine as db
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Batch, BatchStatus, Run, RunStatus, Session
+from orchestrator.notify.payloads import load_batch_notice, run_wants_notice
 from orchestrator.settings import Settings
 from tasks.notify import Kind, sending_key, sent_key
 from tests.processes import WorkerProcess

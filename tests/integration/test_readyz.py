@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from api.extensions import EXTENSION_KEY
-from orchestrator import heartbeat
+from orchestrator.runtime import heartbeat
 from orchestrator.settings import Settings, load_settings
 from tests.processes import ApiProcess
 from tests.waiting import free_port, wait_for

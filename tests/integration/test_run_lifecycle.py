@@ -13,10 +13,10 @@ from flask.testing import FlaskClient
 
 from api.extensions import Services
 from model_server.server import ModelServer
-from orchestrator.containers import ContainerRuntime, SessionDirs
-from orchestrator.executor import transcript_path
-from orchestrator.host import HostResources
-from orchestrator.janitor import Janitor
+from orchestrator.runtime.containers import ContainerRuntime, SessionDirs
+from orchestrator.runtime.executor import transcript_path
+from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.janitor import Janitor
 from orchestrator.settings import Settings
 from tests.api_helpers import (
     auth,
@@ -181,7 +181,7 @@ def test_the_reaper_removes_containers_whose_session_is_gone(
     settings: Settings, services: Services, docker_client: docker.DockerClient
 ) -> None:
     runtime = ContainerRuntime(docker_client)
-    from orchestrator.containers import SessionContainerSpec
+    from orchestrator.runtime.containers import SessionContainerSpec
 
     orphan_id = str(uuid.uuid4())
     runtime.ensure_running(

@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from api.extensions import EXTENSION_KEY, Services
-from orchestrator.auth import mint_token
-from orchestrator.models import Run, Session
+from orchestrator.auth.owner_tokens import mint_token
+from orchestrator.db.models import Run, Session
 from orchestrator.settings import Settings
 from tests.api_helpers import auth, get_json, message_count, post_json, wait_run
 from tests.processes import WorkerProcess

@@ -17,9 +17,9 @@ import requests
 import websockets
 
 from model_server.server import ModelServer
-from orchestrator.auth import mint_token
-from orchestrator.events import stream_key
+from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.settings import Settings
+from orchestrator.streams.events import stream_key
 from tests.processes import ApiProcess, WorkerProcess, stack_environment
 from tests.stream_helpers import (
     Received,

@@ -16,7 +16,8 @@ import docker
 import docker.errors
 import pytest
 
-from orchestrator.image import (
+from orchestrator.settings import Settings, load_settings
+from worker_image.builder import (
     LABEL_CLAUDE_CODE_VERSION,
     LABEL_INPUTS_HASH,
     LABEL_ROLE,
@@ -25,7 +26,6 @@ from orchestrator.image import (
     ensure_worker_image,
     resolve_extra_ca_file,
 )
-from orchestrator.settings import Settings, load_settings
 
 # A first build downloads ~450 MB; the fixture that does it counts toward one test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]

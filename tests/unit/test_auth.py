@@ -5,7 +5,7 @@ import time
 import jwt
 import pytest
 
-from orchestrator.auth import AuthError, mint_token, verify_token
+from orchestrator.auth.owner_tokens import AuthError, mint_token, verify_token
 from orchestrator.settings import Settings, load_settings
 
 SECRET = "unit-test-secret-" + "y" * 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.__main__ import BENCHMARKS, parse_args
-from orchestrator.batches import MAX_ITEMS
+from orchestrator.domain.batches import MAX_ITEMS
 
 
 def test_submit_is_a_benchmark_with_its_own_options() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from orchestrator.claude_cli import (
+from orchestrator.runtime.claude_cli import (
     CliOptions,
     LineSplitter,
     RunOutcome,

@@ -6,8 +6,8 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from orchestrator.containers import SessionDirs
-from orchestrator.fanout import RESULT_CHARS_IN_PROMPT, ChildOutcome, followup_prompt
+from orchestrator.domain.fanout import RESULT_CHARS_IN_PROMPT, ChildOutcome, followup_prompt
+from orchestrator.runtime.containers import SessionDirs
 
 FANOUT = uuid.UUID(int=7)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import struct
 
-from orchestrator.containers import FrameDecoder
+from orchestrator.runtime.containers import FrameDecoder
 
 
 def frame(stream: int, payload: bytes) -> bytes:

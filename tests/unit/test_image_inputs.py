@@ -14,8 +14,8 @@ from typing import Any
 import docker.errors
 import pytest
 
-from orchestrator import image as image_module
-from orchestrator.image import (
+from worker_image import builder as image_module
+from worker_image.builder import (
     MAKE_BASE_IMAGE_SCRIPT,
     WORKER_IMAGE_DIR,
     ImageBuildError,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.notify import (
+from orchestrator.notify.payloads import (
     BACKOFF_CAP_SECONDS,
     DISCORD_CONTENT_MAX,
     RESULT_MAX,
@@ -33,7 +33,7 @@ from orchestrator.notify import (
     retry_delay,
     run_payload,
 )
-from orchestrator.webhook_urls import redact_url, validate_notify_url
+from orchestrator.notify.urls import redact_url, validate_notify_url
 from tests.waiting import free_port
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

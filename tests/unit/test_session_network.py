@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.session_network import (
+from orchestrator.runtime.session_network import (
     BRIDGE_NAME_OPTION,
     NetworkError,
     bridge_interface_name,

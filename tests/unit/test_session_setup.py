@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.session_setup import (
+from orchestrator.runtime.session_setup import (
     MARKER_RELPATH,
     MCP_CONFIG_PATH,
     MCP_CONFIG_RELPATH,

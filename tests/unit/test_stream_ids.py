@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from orchestrator.events import WireEvent
-from orchestrator.stream_ids import InvalidCursor, format_stream_id, parse_stream_id
-from orchestrator.tail import TailEvent, position_before
+from orchestrator.streams.events import WireEvent
+from orchestrator.streams.stream_ids import InvalidCursor, format_stream_id, parse_stream_id
+from orchestrator.streams.tail import TailEvent, position_before
 
 SESSION = "3a4e0109-5de1-4ad0-9286-57bf952c75c1"
 RUN = "6f00a5d8-e9a9-42a7-9eee-86853fdc2374"

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from orchestrator.cli_runner import EXIT_GRACE_SECONDS, StopReason, _watchdog, kill_tree_command
+from orchestrator.runtime.cli_runner import (
+    EXIT_GRACE_SECONDS,
+    StopReason,
+    _watchdog,
+    kill_tree_command,
+)
 
 
 def test_a_quiet_run_is_stopped_for_silence() -> None:

@@ -29,10 +29,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator import batches
-from orchestrator.batches import MAX_ITEMS
-from orchestrator.models import Batch, Run, Session
-from orchestrator.stream_ids import format_stream_id, parse_stream_id
+from orchestrator.db.models import Batch, Run, Session
+from orchestrator.domain import batches
+from orchestrator.domain.batches import MAX_ITEMS
+from orchestrator.streams.stream_ids import format_stream_id, parse_stream_id
 
 log = logging.getLogger(__name__)
 

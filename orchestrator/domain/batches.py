@@ -23,10 +23,10 @@ from typing import Any
 from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.db import ROW_LOCK, lock_key
+from orchestrator.db.engine import ROW_LOCK, lock_key
+from orchestrator.db.models import Batch, BatchStatus, Run, RunStatus, Session, SessionStatus
 from orchestrator.errors import ConflictError, NotFoundError
-from orchestrator.models import Batch, BatchStatus, Run, RunStatus, Session, SessionStatus
-from orchestrator.webhook_urls import redact_url
+from orchestrator.notify.urls import redact_url
 
 MAX_ITEMS = 10_000
 # A released item whose task was lost (a Redis flush) would hold its place in the window

@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from orchestrator.containers import ManagedContainer, SessionDirs
-from orchestrator.host import HostResources
-from orchestrator.locks import SessionLock
-from orchestrator.models import Session, SessionStatus
+from orchestrator.db.models import Session, SessionStatus
+from orchestrator.runtime.containers import ManagedContainer, SessionDirs
+from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.locks import SessionLock
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,17 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator import tree
-from orchestrator.db import ROW_LOCK, lock_key
+from orchestrator.db.engine import ROW_LOCK, lock_key
+from orchestrator.db.models import Fanout, FanoutStatus, Run, RunStatus, Session, SessionStatus
+from orchestrator.domain import tree
 from orchestrator.errors import ConflictError, ForbiddenError, NotFoundError
-from orchestrator.events import (
+from orchestrator.streams.events import (
     RUN_FINISHED,
     SESSION_DELETED,
     PendingEvent,
     next_run_seq,
     run_finished_data,
 )
-from orchestrator.models import Fanout, FanoutStatus, Run, RunStatus, Session, SessionStatus
 
 
 @dataclass(frozen=True)

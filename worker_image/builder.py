@@ -10,7 +10,7 @@ No registry may be reachable (as on ccq's own build machines). A Debian bookworm
 image is then made locally with ``worker_image/make-base-image.sh`` (debootstrap + docker
 import); see :func:`ensure_base_image` and ``docs/worker-image.md``.
 
-Run ``python -m orchestrator.image`` to build from the ``CCQ_*`` settings.
+Run ``python -m worker_image.builder`` to build from the ``CCQ_*`` settings.
 """
 
 from __future__ import annotations
@@ -567,7 +567,7 @@ def ensure_from_settings(
 
 
 def main() -> int:
-    """``python -m orchestrator.image``: build the worker image if needed; 1 on failure."""
+    """``python -m worker_image.builder``: build the worker image if needed; 1 on failure."""
     log = functools.partial(print, flush=True)
     try:
         result = ensure_from_settings(load_settings(), log)

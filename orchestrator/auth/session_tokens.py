@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.models import SessionToken
+from orchestrator.db.models import SessionToken
 
 # Tells a session token from a JWT at a glance (a JWT starts with "eyJ").
 TOKEN_PREFIX = "ccqs_"  # noqa: S105 - a prefix, not a secret

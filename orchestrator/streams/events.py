@@ -25,9 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator.db import session_scope
-from orchestrator.models import Event, Run
-from orchestrator.stream_ids import parse_stream_id
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Event, Run
+from orchestrator.streams.stream_ids import parse_stream_id
 
 log = logging.getLogger(__name__)
 

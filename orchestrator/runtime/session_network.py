@@ -27,7 +27,7 @@ import docker
 import docker.errors
 import requests
 
-from orchestrator.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROBE
+from orchestrator.runtime.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROBE
 
 HOST_ALIAS = "host.docker.internal"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"

@@ -20,14 +20,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator import batch_events, session_tokens, tree
-from orchestrator.admission import admit
-from orchestrator.cancellation import cancel_signalled
-from orchestrator.claude_cli import CliEvent, CliOptions, build_command, cli_environment
-from orchestrator.cli_runner import CliRunResult, StopReason, run_cli
-from orchestrator.containers import SessionContainerSpec, SessionDirs
-from orchestrator.db import ROW_LOCK, session_scope
-from orchestrator.events import (
+from orchestrator.auth import session_tokens
+from orchestrator.db.engine import ROW_LOCK, session_scope
+from orchestrator.db.models import Run, RunStatus, Session, SessionStatus
+from orchestrator.domain import tree
+from orchestrator.domain.admission import admit
+from orchestrator.domain.cancellation import cancel_signalled
+from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
+from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
+from orchestrator.runtime.containers import SessionContainerSpec, SessionDirs
+from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.labels import LABEL_BATCH
+from orchestrator.runtime.locks import SessionLock, is_locked
+from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
+from orchestrator.streams import batch_events
+from orchestrator.streams.events import (
     RUN_FINISHED,
     PendingEvent,
     RunEventSink,
@@ -37,11 +44,6 @@ from orchestrator.events import (
     publish_pending,
     run_finished_data,
 )
-from orchestrator.host import HostResources
-from orchestrator.labels import LABEL_BATCH
-from orchestrator.locks import SessionLock, is_locked
-from orchestrator.models import Run, RunStatus, Session, SessionStatus
-from orchestrator.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from orchestrator.labels import (
+from orchestrator.runtime.labels import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_OWNER,
     LABEL_PARENT,
     LABEL_SESSION,
 )
-from orchestrator.session_network import NetworkError, ensure_network
+from orchestrator.runtime.session_network import NetworkError, ensure_network
 
 CONTAINER_WORKSPACE = "/workspace"
 # Children's workspaces, inside their parent's.

@@ -11,8 +11,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.db import lock_key
-from orchestrator.models import Batch, Run, RunStatus, Session
+from orchestrator.db.engine import lock_key
+from orchestrator.db.models import Batch, Run, RunStatus, Session
 
 
 class NoSlot(Exception):

@@ -16,7 +16,7 @@ import docker
 import docker.errors
 import redis
 
-from orchestrator.session_network import NetworkError, ensure_network, probe_from_container
+from orchestrator.runtime.session_network import NetworkError, ensure_network, probe_from_container
 
 KEY_PREFIX = "ccq:heartbeat:"
 INTERVAL_SECONDS = 5.0

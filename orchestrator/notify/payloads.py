@@ -13,7 +13,7 @@ One payload suits every common receiver as it is:
 - anything else reads the structured ``ccq`` object (``ccq.event`` says what it is).
 
 Webhook URLs embed secrets, so a URL is never logged, raised or returned in full (see
-``orchestrator.webhook_urls``).
+``orchestrator.notify.urls``).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator import batches
-from orchestrator.models import Batch, Run, RunStatus, Session
-from orchestrator.webhook_urls import ELLIPSIS
+from orchestrator.db.models import Batch, Run, RunStatus, Session
+from orchestrator.domain import batches
+from orchestrator.notify.urls import ELLIPSIS
 
 USER_AGENT = "ccq-notify/1"
 # Discord rejects longer `content`; Slack truncates `text` past 40,000 but advises 4,000.

@@ -32,15 +32,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator.events import (
+from orchestrator.db.models import Event
+from orchestrator.streams.events import (
     RUN_FINISHED,
     STREAM_MAXLEN,
     WireEvent,
     stream_key,
 )
-from orchestrator.history import EventHistory
-from orchestrator.models import Event
-from orchestrator.stream_ids import MAX_ID_PART, format_stream_id, parse_stream_id
+from orchestrator.streams.history import EventHistory
+from orchestrator.streams.stream_ids import MAX_ID_PART, format_stream_id, parse_stream_id
 
 Position = tuple[int, int]
 

@@ -7,9 +7,9 @@ import uuid
 from sqlalchemy import ColumnElement, select, tuple_
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.events import WireEvent
-from orchestrator.models import Event
-from orchestrator.stream_ids import InvalidCursor, parse_stream_id
+from orchestrator.db.models import Event
+from orchestrator.streams.events import WireEvent
+from orchestrator.streams.stream_ids import InvalidCursor, parse_stream_id
 
 __all__ = ["EventHistory", "InvalidCursor"]
 

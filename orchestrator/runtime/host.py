@@ -8,7 +8,7 @@ import redis
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator.containers import ContainerRuntime
+from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.settings import Settings
 
 

@@ -194,7 +194,7 @@ class Run(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     celery_task_id: Mapped[str | None] = mapped_column(String(100))
     # A batch item's run is handed to Celery only when its batch has room (see
-    # orchestrator.batches.BatchService.release); until then it waits in PostgreSQL.
+    # orchestrator.domain.batches.BatchService.release); until then it waits in PostgreSQL.
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Deliveries that started this run; bounds requeue loops after worker deaths.
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -19,11 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator.children import FANOUT_FINISHED
-from orchestrator.db import ROW_LOCK, session_scope
-from orchestrator.events import PendingEvent, publish_pending
-from orchestrator.models import Fanout, FanoutStatus, Run, RunStatus, Session, SessionStatus
-from orchestrator.sessions import SessionService
+from orchestrator.db.engine import ROW_LOCK, session_scope
+from orchestrator.db.models import Fanout, FanoutStatus, Run, RunStatus, Session, SessionStatus
+from orchestrator.domain.children import FANOUT_FINISHED
+from orchestrator.domain.sessions import SessionService
+from orchestrator.streams.events import PendingEvent, publish_pending
 
 # How much of each child's result the follow-up prompt quotes (get_child_result has all).
 RESULT_CHARS_IN_PROMPT = 8000

@@ -16,8 +16,14 @@ from enum import StrEnum
 
 from docker.models.containers import Container
 
-from orchestrator.claude_cli import CliEvent, LineSplitter, RunOutcome, apply_event, parse_line
-from orchestrator.containers import ContainerRuntime, ExecProcess, FrameDecoder
+from orchestrator.runtime.claude_cli import (
+    CliEvent,
+    LineSplitter,
+    RunOutcome,
+    apply_event,
+    parse_line,
+)
+from orchestrator.runtime.containers import ContainerRuntime, ExecProcess, FrameDecoder
 
 POLL_SECONDS = 0.25
 # After the final `result` line the CLI should exit; if it lingers this long, it is killed.
@@ -71,7 +77,7 @@ def run_cli(
 
     Args:
         run_id: tags every process of this run (``CCQ_RUN_ID``) so it can be killed.
-        argv: from :func:`orchestrator.claude_cli.build_command`.
+        argv: from :func:`orchestrator.runtime.claude_cli.build_command`.
         prompt: written to the CLI's stdin (no argv size limit, no shell).
         env: the process environment, credentials included; never logged.
         on_event: called for every parsed stdout line and every stderr line

@@ -3,7 +3,7 @@
 A child is a session with a parent; it lives in the parent's workspace
 (``/workspace/children/<child_id>/`` as the parent sees it). A fan-out creates N children
 at once and, when every one of them has ended, queues one follow-up run on the parent
-(``orchestrator.fanout``). Callers own the transaction and dispatch tasks after it.
+(``orchestrator.domain.fanout``). Callers own the transaction and dispatch tasks after it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from orchestrator.db import ROW_LOCK, lock_key
+from orchestrator.db.engine import ROW_LOCK, lock_key
+from orchestrator.db.models import Fanout, FanoutStatus, Run, Session, SessionStatus
+from orchestrator.domain.sessions import NewSession, SessionService
 from orchestrator.errors import ConflictError, LimitExceeded, NotFoundError
-from orchestrator.events import PendingEvent
-from orchestrator.models import Fanout, FanoutStatus, Run, Session, SessionStatus
-from orchestrator.sessions import NewSession, SessionService
 from orchestrator.settings import Settings
+from orchestrator.streams.events import PendingEvent
 
 FANOUT_STARTED = "ccq.fanout.started"
 FANOUT_FINISHED = "ccq.fanout.finished"

@@ -13,7 +13,7 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import aliased
 
-from orchestrator.models import Session
+from orchestrator.db.models import Session
 
 
 def lineage(db: DbSession, session_id: uuid.UUID) -> list[uuid.UUID]:

@@ -1,0 +1,1 @@
+"""Who may call: owners' JWTs and sessions' run-scoped tokens."""

@@ -1,0 +1,1 @@
+"""Webhooks: the URL policy, the payloads and their delivery."""
