@@ -17,7 +17,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from flask import request
 
 from api.errors import Forbidden, Unauthorized
-from api.extensions import get_services
+from api.extensions import get_services, request_unit
 from orchestrator.auth import session_tokens
 from orchestrator.auth.owner_tokens import AuthError, verify_token
 
@@ -52,8 +52,9 @@ def current_principal(*, allow_query_token: bool = False) -> Principal:
     token = _bearer_token(allow_query_token)
     services = get_services()
     if session_tokens.is_session_token(token):
-        with services.session_factory() as db:
-            scope = session_tokens.resolve(db, token)
+        uow = request_unit()
+        scope = session_tokens.resolve(uow.db, token)
+        uow.rollback()  # a read: a long WebSocket tail must not hold its transaction
         if scope is None:
             raise Unauthorized("session token is unknown, expired or revoked (its run ended)")
         return Principal(owner=scope.owner, scope=scope.session_id)

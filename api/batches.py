@@ -10,12 +10,11 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, request, stream_with_context
-from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 
 from api.auth import require_owner
 from api.errors import InvalidInput, TooLarge, validation_details
-from api.extensions import Services, get_services
+from api.extensions import Services, get_services, request_unit
 from api.schemas import (
     MAX_PROMPT_BYTES,
     BatchItemBody,
@@ -28,13 +27,14 @@ from api.schemas import (
 )
 from api.sessions import Reply
 from api.validation import parse_body
-from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Batch
+from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain import batches
+from orchestrator.domain.batch_flow import BatchFlow
 from orchestrator.domain.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch, batch_view
 from orchestrator.domain.cancellation import signal_cancel
+from orchestrator.errors import QueueUnavailable
 from orchestrator.streams.batch_events import BATCH_PROGRESS, publish_batch
-from tasks.release import release_items
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,14 @@ def create_batch(owner: str) -> Reply:
     valid; invalid items are reported by index."""
     spec = _batch_from_request()
     services = get_services()
-    with session_scope(services.session_factory) as db:
-        batch, created = BatchService(db, owner).create(spec)
+    uow = request_unit()
+    batch, created = BatchService(uow.db, owner).create(spec)
+    uow.commit()
     if created:
-        _start(services, batch)
-    with services.session_factory() as db:
-        return {"batch": batch_view(batch, batches.progress(db, batch.id))}, (
-            201 if created else 200
-        )
+        _start(services, uow, batch)
+    return {"batch": batch_view(batch, batches.progress(uow.db, batch.id))}, (
+        201 if created else 200
+    )
 
 
 def _batch_from_request() -> NewBatch:
@@ -141,15 +141,26 @@ def _item_error(index: int, field: str, reason: str) -> dict[str, Any]:
     return {"index": index, "field": f"items.{index}.{field}", "reason": reason}
 
 
-def _start(services: Services, batch: Batch) -> None:
+def _flow(services: Services) -> BatchFlow:
+    return BatchFlow(
+        services.enqueue,
+        services.redis,
+        max_runs_per_owner=services.settings.max_runs_per_owner,
+        ttl=int(services.settings.event_stream_ttl),
+    )
+
+
+def _start(services: Services, uow: UnitOfWork, batch: Batch) -> None:
     """Queue the batch's first window of items; each item that ends releases the next.
 
     If Redis is down the batch stays accepted: its items wait in PostgreSQL, and beat's
     sweeper releases them once Redis is back.
     """
     try:
-        release_items(services.celery, services.session_factory, services.settings, batch.id)
-    except (redis.RedisError, KombuOperationalError) as exc:
+        _flow(services).release(uow, batch.id)
+        uow.commit()
+    except (redis.RedisError, QueueUnavailable) as exc:
+        uow.rollback()
         log.warning("batch %s: first items not queued yet (the sweeper will): %s", batch.id, exc)
 
 
@@ -157,9 +168,9 @@ def _start(services: Services, batch: Batch) -> None:
 @require_owner
 def show_batch(owner: str, batch_id: uuid.UUID) -> Reply:
     """Counts by state, cost, progress and timings."""
-    with get_services().session_factory() as db:
-        batch = BatchService(db, owner).get(batch_id)
-        return {"batch": batch_view(batch, batches.progress(db, batch.id))}, 200
+    db = request_unit().db
+    batch = BatchService(db, owner).get(batch_id)
+    return {"batch": batch_view(batch, batches.progress(db, batch.id))}, 200
 
 
 @bp.get("/batches")
@@ -167,43 +178,41 @@ def show_batch(owner: str, batch_id: uuid.UUID) -> Reply:
 def list_batches(owner: str) -> Reply:
     """The caller's batches, newest first, cursor-paged."""
     query = ListBatchesQuery.model_validate(request.args.to_dict())
-    with get_services().session_factory() as db:
-        rows = BatchService(db, owner).page(
-            limit=query.limit + 1,
-            before=decode_cursor(query.cursor) if query.cursor else None,
-        )
-        page, more = rows[: query.limit], len(rows) > query.limit
-        return {
-            "batches": [batch_view(b, batches.progress(db, b.id)) for b in page],
-            "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
-        }, 200
+    db = request_unit().db
+    rows = BatchService(db, owner).page(
+        limit=query.limit + 1,
+        before=decode_cursor(query.cursor) if query.cursor else None,
+    )
+    page, more = rows[: query.limit], len(rows) > query.limit
+    return {
+        "batches": [batch_view(b, batches.progress(db, b.id)) for b in page],
+        "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+    }, 200
 
 
 @bp.get("/batches/<uuid:batch_id>/results")
 @require_owner
 def batch_results(owner: str, batch_id: uuid.UUID) -> Response:
     """NDJSON, one line per item in item order, streamed in chunks from PostgreSQL."""
-    services = get_services()
-    with services.session_factory() as db:
-        BatchService(db, owner).get(batch_id)
+    db = request_unit().db
+    BatchService(db, owner).get(batch_id)
 
     def lines() -> Iterator[str]:
-        with services.session_factory() as db:
-            for item in batches.results(db, batch_id):
-                yield (
-                    json.dumps(
-                        {
-                            "index": item.index,
-                            "session_id": str(item.session_id),
-                            "run_id": str(item.run_id),
-                            "status": item.status,
-                            "result": item.result,
-                            "error": item.error,
-                            "total_cost_usd": _money(item.total_cost_usd),
-                        }
-                    )
-                    + "\n"
+        for item in batches.results(db, batch_id):
+            yield (
+                json.dumps(
+                    {
+                        "index": item.index,
+                        "session_id": str(item.session_id),
+                        "run_id": str(item.run_id),
+                        "status": item.status,
+                        "result": item.result,
+                        "error": item.error,
+                        "total_cost_usd": _money(item.total_cost_usd),
+                    }
                 )
+                + "\n"
+            )
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
 
@@ -214,20 +223,15 @@ def cancel_batch(owner: str, batch_id: uuid.UUID) -> Reply:
     """Queued items never start (they are cancelled in this request's commit); running
     ones are killed."""
     services = get_services()
-    with session_scope(services.session_factory) as db:
-        batch, running = BatchService(db, owner).cancel(batch_id)
+    uow = request_unit()
+    batch, running = BatchService(uow.db, owner).cancel(batch_id)
+    uow.commit()
     for run in running:
         signal_cancel(services.redis, run.id)
-    publish_batch(
-        services.redis,
-        services.session_factory,
-        batch_id,
-        BATCH_PROGRESS,
-        int(services.settings.event_stream_ttl),
-    )
-    services.celery.send_task("ccq.close_batch", args=[str(batch_id)])
-    with services.session_factory() as db:
-        return {"batch": batch_view(batch, batches.progress(db, batch.id))}, 202
+    ttl = int(services.settings.event_stream_ttl)
+    publish_batch(services.redis, uow.db, batch_id, BATCH_PROGRESS, ttl)
+    services.enqueue.close_batch(batch_id)
+    return {"batch": batch_view(batch, batches.progress(uow.db, batch.id))}, 202
 
 
 def _money(value: Any) -> float | None:

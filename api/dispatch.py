@@ -1,58 +1,93 @@
-"""After a commit: publish its lifecycle events and queue its tasks, in that order."""
+"""Committing a request's change: then its lifecycle events are published and its tasks
+queued, in that order, as after-commit hooks of the request's unit of work."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import redis
-from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import update
+from sqlalchemy.orm import Session as DbSession
 
 from api.errors import DependencyDown
 from api.extensions import Services
-from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Run, RunStatus
+from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain.sessions import SessionService
+from orchestrator.errors import QueueUnavailable
 from orchestrator.streams.events import publish_pending
 
 log = logging.getLogger(__name__)
 
 
-def announce(services: Services, service: SessionService) -> None:
-    """Publish the lifecycle events of a committed change (run queued, cancelled, ...)."""
-    publish_pending(services.redis, services.session_factory, service.outbox)
+def commit_and_announce(uow: UnitOfWork, services: Services, service: SessionService) -> None:
+    """Commit, then publish the change's lifecycle events (run cancelled, session stopped)."""
+    outbox = service.outbox
+    uow.after_commit(lambda db: publish_pending(services.redis, db, outbox))
+    uow.commit()
 
 
-def dispatch_run(services: Services, service: SessionService, run: Run | None) -> None:
-    """Announce a committed change and queue its new run, in that order.
+def commit_and_queue(
+    uow: UnitOfWork,
+    services: Services,
+    service: SessionService,
+    runs: Sequence[Run],
+    send: Callable[[], None],
+    *,
+    unavailable: str,
+) -> None:
+    """Commit, then publish the change's events and ``send`` its new runs' tasks.
 
-    Only after the commit: the task must never find its row missing. If Redis is down at
-    this point, the run is marked failed (it would otherwise wait forever for a task that
-    was never sent) and the client gets a 503 it can retry.
+    Only after the commit: a task must never find its row missing. If Redis is down at
+    that point, the new runs are marked failed (they would otherwise wait forever for a
+    task that was never sent) and the client gets a 503, saying ``unavailable``, that it
+    can retry.
     """
-    try:
-        announce(services, service)
-        if run is not None:
-            services.celery.send_task("ccq.run_prompt", args=[str(run.id)])
-    except (redis.RedisError, KombuOperationalError) as exc:
-        log.warning("could not queue run %s: %s", run.id if run else None, exc)
-        if run is not None:
-            fail_unqueued(services, run.id)
-        raise DependencyDown(
-            "redis is unavailable: the run was not queued (it is marked failed); retry later"
-        ) from None
+    outbox = service.outbox
+    failed: list[Exception] = []
+
+    def publish_and_send(db: DbSession) -> None:
+        try:
+            publish_pending(services.redis, db, outbox)
+            if runs:
+                send()
+        except (redis.RedisError, QueueUnavailable) as exc:
+            log.warning("could not queue runs %s: %s", [str(r.id) for r in runs], exc)
+            fail_unqueued(db, [r.id for r in runs])
+            failed.append(exc)
+
+    uow.after_commit(publish_and_send)
+    uow.commit()
+    if failed:
+        raise DependencyDown(unavailable)
 
 
-def fail_unqueued(services: Services, run_id: uuid.UUID) -> None:
-    with session_scope(services.session_factory) as db:
-        db.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
-            .values(
-                status=RunStatus.FAILED,
-                error="not queued: redis was unavailable",
-                finished_at=datetime.now(UTC),
-            )
+def commit_and_queue_run(
+    uow: UnitOfWork, services: Services, service: SessionService, run: Run | None
+) -> None:
+    """:func:`commit_and_queue` for one interactive run (or none: an idempotent repeat)."""
+    runs = [run] if run is not None else []
+    commit_and_queue(
+        uow,
+        services,
+        service,
+        runs,
+        lambda: services.enqueue.run(runs[0].id),
+        unavailable="redis is unavailable: the run was not queued (it is marked failed); "
+        "retry later",
+    )
+
+
+def fail_unqueued(db: DbSession, run_ids: Sequence[uuid.UUID]) -> None:
+    db.execute(
+        update(Run)
+        .where(Run.id.in_(run_ids), Run.status == RunStatus.QUEUED)
+        .values(
+            status=RunStatus.FAILED,
+            error="not queued: redis was unavailable",
+            finished_at=datetime.now(UTC),
         )
+    )

@@ -12,7 +12,13 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from orchestrator.errors import ConflictError, ForbiddenError, LimitExceeded, NotFoundError
+from orchestrator.errors import (
+    ConflictError,
+    ForbiddenError,
+    LimitExceeded,
+    NotFoundError,
+    QueueUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +128,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(OperationalError)
+    @app.errorhandler(QueueUnavailable)
     def _dependency_down(exc: Exception) -> tuple[Response, int]:
         # Redis or PostgreSQL unreachable: the client may retry; nothing half-written stays.
         log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
@@ -129,7 +136,8 @@ def register_error_handlers(app: Flask) -> None:
             # A deadlock or serialization failure: the database is fine, the request lost.
             message = "a concurrent change conflicted with this request; retry it"
         else:
-            name = "redis" if isinstance(exc, redis.RedisError) else "postgresql"
+            postgres = isinstance(exc, OperationalError)
+            name = "postgresql" if postgres else "redis"
             message = f"{name} is unavailable; retry later"
         body = error_body(DependencyDown.code, message)
         return jsonify(body), DependencyDown.status

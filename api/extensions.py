@@ -1,19 +1,20 @@
-"""The per-process resources the views use, bound to the app by the factory."""
+"""The per-process resources the views use, bound to the app by the factory, and each
+request's unit of work."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import redis
-from celery import Celery
-from flask import current_app
+from flask import current_app, g
 from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import engine as db
+from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.settings import Settings
-from tasks.celery_app import make_celery
+from tasks.enqueue import Enqueuer
 
 EXTENSION_KEY = "ccq"
 # How long one XREAD of a tail blocks before the tail checks on its client.
@@ -31,7 +32,7 @@ class Services:
     redis: Redis
     # Tails block in XREAD for seconds at a time: their own pool, with a longer timeout.
     stream_redis: Redis
-    celery: Celery
+    enqueue: Enqueuer
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -55,16 +56,41 @@ class Services:
                 # One connection per open tail, held while its XREAD blocks.
                 max_connections=MAX_REDIS_CONNECTIONS,
             ),
-            celery=make_celery(settings),
+            enqueue=Enqueuer.from_settings(settings),
         )
 
     def close(self) -> None:
         self.engine.dispose()
         self.redis.close()
         self.stream_redis.close()
-        self.celery.close()
+        self.enqueue.close()
 
 
 def get_services() -> Services:
     services: Services = current_app.extensions[EXTENSION_KEY]
     return services
+
+
+_UNIT_KEY = "ccq_unit_of_work"
+
+
+def request_unit() -> UnitOfWork:
+    """This request's one database session, opened on first use.
+
+    Views commit it themselves (``uow.commit()``), which runs its after-commit hooks;
+    whatever is left uncommitted when the request ends is rolled back. WebSocket tails,
+    which live for hours, read through short sessions of their own instead, so an open
+    tail holds no connection.
+    """
+    uow: UnitOfWork | None = g.get(_UNIT_KEY)
+    if uow is None:
+        uow = UnitOfWork(get_services().session_factory)
+        setattr(g, _UNIT_KEY, uow)
+    return uow
+
+
+def close_request_unit(_exc: BaseException | None = None) -> None:
+    """Teardown: roll back what the request left uncommitted and free its connection."""
+    uow: UnitOfWork | None = g.pop(_UNIT_KEY, None)
+    if uow is not None:
+        uow.close()

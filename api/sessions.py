@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session as DbSession
 
 from api.auth import Principal, require_owner, require_principal
 from api.describe import describe_sessions, scoped
-from api.dispatch import announce, dispatch_run
+from api.dispatch import commit_and_announce, commit_and_queue_run
 from api.errors import InvalidInput, TooManyRequests
-from api.extensions import Services, get_services
+from api.extensions import Services, get_services, request_unit
 from api.schemas import (
     CreateRun,
     CreateSession,
@@ -26,11 +26,10 @@ from api.schemas import (
     session_json,
 )
 from api.validation import parse_body
-from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Run, RunStatus
 from orchestrator.domain.admission import pending_interactive
 from orchestrator.domain.cancellation import signal_cancel
-from orchestrator.domain.sessions import NewSession, Removal, SessionService
+from orchestrator.domain.sessions import NewSession, SessionService
 from orchestrator.streams.events import WireEvent
 from orchestrator.streams.history import EventHistory
 from orchestrator.streams.stream_ids import InvalidCursor, parse_stream_id
@@ -67,22 +66,22 @@ def create_session(owner: str) -> Reply:
     body = parse_body(CreateSession)
     check_prompt_size(body.prompt)
     services = get_services()
-    with session_scope(services.session_factory) as db:
-        sessions = SessionService(db, owner)
-        session, created = sessions.create(
-            NewSession(
-                model=body.model,
-                options=body.cli_options(),
-                metadata=body.metadata,
-                idempotency_key=body.idempotency_key,
-                notify_url=body.notify_url,
-            )
+    uow = request_unit()
+    sessions = SessionService(uow.db, owner)
+    session, created = sessions.create(
+        NewSession(
+            model=body.model,
+            options=body.cli_options(),
+            metadata=body.metadata,
+            idempotency_key=body.idempotency_key,
+            notify_url=body.notify_url,
         )
-        run = None
-        if body.prompt is not None and created:
-            check_pending_limit(db, services, owner)
-            run, _ = sessions.queue_run(session.id, body.prompt)
-    dispatch_run(services, sessions, run)
+    )
+    run = None
+    if body.prompt is not None and created:
+        check_pending_limit(uow.db, services, owner)
+        run, _ = sessions.queue_run(session.id, body.prompt)
+    commit_and_queue_run(uow, services, sessions, run)
     return {"session": session_json(session), "run": run_json(run) if run else None}, (
         201 if created else 200
     )
@@ -92,10 +91,10 @@ def create_session(owner: str) -> Reply:
 @require_principal
 def show_session(who: Principal, session_id: uuid.UUID) -> Reply:
     """A session with its state, cost (own and tree), runs count and last run."""
-    with get_services().session_factory() as db:
-        service = scoped(db, who)
-        (described,) = describe_sessions(db, service, [service.get(session_id)])
-        return {"session": described}, 200
+    db = request_unit().db
+    service = scoped(db, who)
+    (described,) = describe_sessions(db, service, [service.get(session_id)])
+    return {"session": described}, 200
 
 
 @bp.post("/sessions/<uuid:session_id>/runs")
@@ -106,15 +105,13 @@ def queue_run(who: Principal, session_id: uuid.UUID) -> Reply:
     check_prompt_size(body.prompt)
     wait = _wait_seconds()
     services = get_services()
-    with session_scope(services.session_factory) as db:
-        check_pending_limit(db, services, who.owner)
-        sessions = scoped(db, who)
-        run, created = sessions.queue_run(
-            session_id, body.prompt, idempotency_key=body.idempotency_key
-        )
-    dispatch_run(services, sessions, run if created else None)
+    uow = request_unit()
+    check_pending_limit(uow.db, services, who.owner)
+    sessions = scoped(uow.db, who)
+    run, created = sessions.queue_run(session_id, body.prompt, idempotency_key=body.idempotency_key)
+    commit_and_queue_run(uow, services, sessions, run if created else None)
     if wait is not None:
-        run = _wait_until_final(services, who, run, wait)
+        run = _wait_until_final(who, run, wait)
         if RunStatus(run.status).is_final:
             return {"run": run_json(run)}, 200
     return {"run": run_json(run)}, 202
@@ -123,8 +120,7 @@ def queue_run(who: Principal, session_id: uuid.UUID) -> Reply:
 @bp.get("/runs/<uuid:run_id>")
 @require_principal
 def show_run(who: Principal, run_id: uuid.UUID) -> Reply:
-    with get_services().session_factory() as db:
-        return {"run": run_json(scoped(db, who).get_run(run_id))}, 200
+    return {"run": run_json(scoped(request_unit().db, who).get_run(run_id))}, 200
 
 
 @bp.get("/runs/<uuid:run_id>/events")
@@ -132,9 +128,9 @@ def show_run(who: Principal, run_id: uuid.UUID) -> Reply:
 def run_events(who: Principal, run_id: uuid.UUID) -> Reply:
     """The run's events in stream order, after the ``after`` event ID, at most ``limit``."""
     after, limit = _history_page_args()
-    with get_services().session_factory() as db:
-        scoped(db, who).get_run(run_id)
-        events = EventHistory(db).for_run(run_id, after=after, limit=limit)
+    db = request_unit().db
+    scoped(db, who).get_run(run_id)
+    events = EventHistory(db).for_run(run_id, after=after, limit=limit)
     return _history_page(events, after)
 
 
@@ -143,9 +139,9 @@ def run_events(who: Principal, run_id: uuid.UUID) -> Reply:
 def session_events(who: Principal, session_id: uuid.UUID) -> Reply:
     """The session's events (all its runs) in stream order, paged like a run's."""
     after, limit = _history_page_args()
-    with get_services().session_factory() as db:
-        scoped(db, who).get(session_id)
-        events = EventHistory(db).for_session(session_id, after=after, limit=limit)
+    db = request_unit().db
+    scoped(db, who).get(session_id)
+    events = EventHistory(db).for_session(session_id, after=after, limit=limit)
     return _history_page(events, after)
 
 
@@ -193,12 +189,17 @@ def _wait_seconds() -> float | None:
     return seconds
 
 
-def _wait_until_final(services: Services, who: Principal, run: Run, seconds: float) -> Run:
-    """Poll the run's row until it finishes or ``seconds`` pass (the caller asked to wait)."""
+def _wait_until_final(who: Principal, run: Run, seconds: float) -> Run:
+    """Poll the run's row until it finishes or ``seconds`` pass (the caller asked to wait).
+
+    Each look is a transaction of its own, ended before the pause: a waiting request
+    holds no connection while it sleeps.
+    """
+    uow = request_unit()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        with services.session_factory() as db:
-            current = scoped(db, who).get_run(run.id)
+        current = scoped(uow.db, who).get_run(run.id)
+        uow.rollback()
         if RunStatus(current.status).is_final:
             return current
         time.sleep(WAIT_POLL_SECONDS)
@@ -210,20 +211,20 @@ def _wait_until_final(services: Services, who: Principal, run: Run, seconds: flo
 def list_sessions(owner: str) -> Reply:
     """The caller's sessions, newest first; filters and an opaque ``cursor`` for paging."""
     query = ListSessionsQuery.model_validate(request.args.to_dict())
-    with get_services().session_factory() as db:
-        service = SessionService(db, owner)
-        rows = service.list_sessions(
-            status=query.status,
-            parent_id=query.parent_id,
-            batch_id=query.batch_id,
-            limit=query.limit + 1,
-            before=decode_cursor(query.cursor) if query.cursor else None,
-        )
-        page, more = rows[: query.limit], len(rows) > query.limit
-        return {
-            "sessions": describe_sessions(db, service, page),
-            "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
-        }, 200
+    db = request_unit().db
+    service = SessionService(db, owner)
+    rows = service.list_sessions(
+        status=query.status,
+        parent_id=query.parent_id,
+        batch_id=query.batch_id,
+        limit=query.limit + 1,
+        before=decode_cursor(query.cursor) if query.cursor else None,
+    )
+    page, more = rows[: query.limit], len(rows) > query.limit
+    return {
+        "sessions": describe_sessions(db, service, page),
+        "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+    }, 200
 
 
 def _signal_running(services: Services, running: list[Run]) -> None:
@@ -238,13 +239,13 @@ def stop_session(who: Principal, session_id: uuid.UUID) -> Reply:
     """Stop a session and its descendants: pending runs are cancelled, containers stop;
     resumable."""
     services = get_services()
-    with session_scope(services.session_factory) as db:
-        sessions = scoped(db, who)
-        session, running, stopped = sessions.stop(session_id)
-    announce(services, sessions)
+    uow = request_unit()
+    sessions = scoped(uow.db, who)
+    session, running, stopped = sessions.stop(session_id)
+    commit_and_announce(uow, services, sessions)
     _signal_running(services, running)
     for member in stopped:
-        services.celery.send_task("ccq.stop_session", args=[str(member)])
+        services.enqueue.stop_session(member)
     return {"session": session_json(session), "stopped": [str(m) for m in stopped]}, 202
 
 
@@ -253,24 +254,13 @@ def stop_session(who: Principal, session_id: uuid.UUID) -> Reply:
 def delete_session(who: Principal, session_id: uuid.UUID) -> Reply:
     """Delete a session and its descendants: history, containers and files."""
     services = get_services()
-    with session_scope(services.session_factory) as db:
-        sessions = scoped(db, who)
-        removal = sessions.delete(session_id)
-    announce(services, sessions)
+    uow = request_unit()
+    sessions = scoped(uow.db, who)
+    removal = sessions.delete(session_id)
+    commit_and_announce(uow, services, sessions)
     _signal_running(services, removal.running)
-    _remove_files(services, removal)
+    services.enqueue.delete_session(removal.session_id, removal.lineage, removal.descendants)
     return {"deleted": str(session_id), "descendants": [str(d) for d in removal.descendants]}, 202
-
-
-def _remove_files(services: Services, removal: Removal) -> None:
-    services.celery.send_task(
-        "ccq.delete_session",
-        args=[
-            str(removal.session_id),
-            [str(i) for i in removal.lineage],
-            [str(i) for i in removal.descendants],
-        ],
-    )
 
 
 @bp.post("/runs/<uuid:run_id>/cancel")
@@ -279,10 +269,10 @@ def cancel_run(who: Principal, run_id: uuid.UUID) -> Reply:
     """Cancel a run: a queued one never starts, a running one's CLI is killed; the
     session's descendants' runs are cancelled with it."""
     services = get_services()
-    with session_scope(services.session_factory) as db:
-        sessions = scoped(db, who)
-        run, descendants_running = sessions.cancel_run(run_id)
-    announce(services, sessions)
+    uow = request_unit()
+    sessions = scoped(uow.db, who)
+    run, descendants_running = sessions.cancel_run(run_id)
+    commit_and_announce(uow, services, sessions)
     _signal_running(
         services,
         [run, *descendants_running] if run.status == RunStatus.RUNNING else descendants_running,

@@ -24,3 +24,7 @@ class ForbiddenError(DomainError):
 
 class LimitExceeded(DomainError):
     """A tree limit (depth, children per session, sessions per tree) would be passed."""
+
+
+class QueueUnavailable(Exception):
+    """The task queue (Redis, through Celery) could not take a task; nothing was sent."""

@@ -1,9 +1,9 @@
 """The one place the Celery app is built, from settings passed in (never at import time).
 
 Reliability choices (see DESIGN.md, "Reliability notes"):
-- ``acks_late`` + ``reject_on_worker_lost``: a task whose worker died is requeued, and
-  run bodies are idempotent (their state lives in PostgreSQL) so a second delivery is
-  harmless.
+- ``acks_late`` + ``reject_on_worker_lost``, for every task (no decorator repeats them):
+  a task whose worker died is requeued, and task bodies are idempotent (their state
+  lives in PostgreSQL) so a second delivery is harmless.
 - ``worker_prefetch_multiplier = 1``: a worker holds one long run at a time per slot.
 - soft time limit < hard time limit < visibility timeout, so Redis never redelivers a run
   that is still inside its limits.
@@ -23,6 +23,7 @@ from kombu.entity import Queue
 
 from orchestrator.runtime import heartbeat
 from orchestrator.settings import Settings
+from tasks import names
 
 # Headroom between the run's own limit and Celery's: the run kills its container first.
 TIME_LIMIT_MARGIN_SECONDS = 120
@@ -71,10 +72,10 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
         beat_schedule={
             "reap-containers": {
-                "task": "ccq.reap_containers",
+                "task": names.REAP_CONTAINERS,
                 "schedule": max(10.0, settings.idle_timeout / 4),
             },
-            "sweep": {"task": "ccq.sweep", "schedule": 60.0},
+            "sweep": {"task": names.SWEEP, "schedule": 60.0},
         },
     )
     app.conf.ccq_settings = settings

@@ -11,6 +11,7 @@ from celery import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import engine as db
+from orchestrator.domain.batch_flow import BatchFlow
 from orchestrator.domain.fanout import FanoutJoin
 from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.runtime.executor import RunExecutor
@@ -18,6 +19,8 @@ from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.janitor import Janitor
 from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
+from tasks.enqueue import Enqueuer
+from tasks.listeners import run_listeners
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class WorkerContext:
     executor: RunExecutor
     janitor: Janitor
     fanouts: FanoutJoin
+    batches: BatchFlow
+    enqueue: Enqueuer
     session_factory: sessionmaker[Session]
     redis: redis.Redis
     settings: Settings
@@ -40,10 +45,20 @@ def worker_context() -> WorkerContext:
         redis=redis.Redis.from_url(settings.redis_url),
         runtime=ContainerRuntime(docker.from_env(timeout=120)),
     )
+    enqueue = Enqueuer(current_app, settings)
+    batches = BatchFlow(
+        enqueue,
+        host.redis,
+        max_runs_per_owner=settings.max_runs_per_owner,
+        ttl=int(settings.event_stream_ttl),
+    )
+    listeners = run_listeners(host.redis, settings, batches, enqueue)
     return WorkerContext(
-        executor=RunExecutor(host),
+        executor=RunExecutor(host, listeners),
         janitor=Janitor(host),
-        fanouts=FanoutJoin(host.session_factory, host.redis),
+        fanouts=FanoutJoin(host.redis),
+        batches=batches,
+        enqueue=enqueue,
         session_factory=host.session_factory,
         redis=host.redis,
         settings=settings,

@@ -1,7 +1,9 @@
-"""One engine per process, one database session per request or task.
+"""One engine per process, and its sessions.
 
 Services take a :class:`sqlalchemy.orm.Session` argument and never commit on their own;
-the caller (a request, a task) owns the transaction through :func:`session_scope`.
+the caller (a request, a task) owns the transactions through its
+:class:`~orchestrator.db.unit_of_work.UnitOfWork`. :func:`session_scope` is the plain
+commit-or-roll-back block, for scripts and tests.
 """
 
 from __future__ import annotations

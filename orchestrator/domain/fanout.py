@@ -17,10 +17,10 @@ from decimal import Decimal
 from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
-from sqlalchemy.orm import sessionmaker
 
-from orchestrator.db.engine import ROW_LOCK, session_scope
+from orchestrator.db.engine import ROW_LOCK
 from orchestrator.db.models import Fanout, FanoutStatus, Run, RunStatus, Session, SessionStatus
+from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain.children import FANOUT_FINISHED
 from orchestrator.domain.sessions import SessionService
 from orchestrator.streams.events import PendingEvent, publish_pending
@@ -101,20 +101,25 @@ class Completion:
 class FanoutJoin:
     """Completes fan-outs whose children have all ended."""
 
-    def __init__(self, session_factory: sessionmaker[DbSession], redis: Redis) -> None:
-        self.session_factory = session_factory
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    def complete(self, fanout_id: uuid.UUID) -> Completion:
-        """Queue the parent's follow-up run if every child has ended (once per fan-out).
+    def complete(self, uow: UnitOfWork, fanout_id: uuid.UUID) -> Completion:
+        """Create the parent's follow-up run if every child has ended (once per fan-out),
+        and commit; its events are published after the commit. The caller queues
+        ``queued_run_id``.
 
         Raises:
-            FanoutNotReady: a child is still queued or running.
+            FanoutNotReady: a child is still queued or running (nothing is committed).
         """
         outbox: list[PendingEvent] = []
-        with session_scope(self.session_factory) as db:
-            completion = self._complete(db, fanout_id, outbox)
-        publish_pending(self.redis, self.session_factory, outbox)
+        uow.after_commit(lambda db: publish_pending(self.redis, db, outbox))
+        try:
+            completion = self._complete(uow.db, fanout_id, outbox)
+        except BaseException:
+            uow.rollback()
+            raise
+        uow.commit()
         return completion
 
     def _complete(
@@ -187,15 +192,15 @@ class FanoutJoin:
         status = db.scalar(select(Run.status).where(Run.id == run_id))
         return run_id if status == RunStatus.QUEUED else None
 
-    def overdue(self, older_than: timedelta) -> list[uuid.UUID]:
+    @staticmethod
+    def overdue(db: DbSession, older_than: timedelta) -> list[uuid.UUID]:
         """Running fan-outs older than ``older_than``: the sweeper tries to complete them
         in case their chord was lost (a Redis restart, a chord error)."""
-        with self.session_factory() as db:
-            return list(
-                db.scalars(
-                    select(Fanout.id).where(
-                        Fanout.status == FanoutStatus.RUNNING,
-                        Fanout.created_at < datetime.now(UTC) - older_than,
-                    )
-                ).all()
-            )
+        return list(
+            db.scalars(
+                select(Fanout.id).where(
+                    Fanout.status == FanoutStatus.RUNNING,
+                    Fanout.created_at < datetime.now(UTC) - older_than,
+                )
+            ).all()
+        )

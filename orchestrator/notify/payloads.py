@@ -1,8 +1,8 @@
 """Webhook notifications: a JSON POST to a batch's or session's ``notify_url`` when it ends.
 
-What lives here needs no Celery: payloads, one delivery attempt, the
-backoff between attempts, and reading what to send from PostgreSQL. ``tasks/notify.py``
-schedules the attempts.
+This module builds the payloads; ``notices`` reads what to send from PostgreSQL and
+``delivery`` sends it (one attempt, the backoff between attempts, at-most-once-per-object
+bookkeeping). ``tasks/notify.py`` only schedules the attempts.
 
 One payload suits every common receiver as it is:
 
@@ -18,25 +18,17 @@ Webhook URLs embed secrets, so a URL is never logged, raised or returned in full
 
 from __future__ import annotations
 
-import email.utils
-import random
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import requests
-from sqlalchemy import select
-from sqlalchemy.orm import Session as DbSession
-
-from orchestrator.db.models import Batch, Run, RunStatus, Session
-from orchestrator.domain import batches
+from orchestrator.db.models import RunStatus
 from orchestrator.notify.urls import ELLIPSIS
 
-USER_AGENT = "ccq-notify/1"
 # Discord rejects longer `content`; Slack truncates `text` past 40,000 but advises 4,000.
 DISCORD_CONTENT_MAX = 2000
 SLACK_TEXT_MAX = 3000
@@ -47,11 +39,6 @@ EMBED_FIELD_MAX = 1000
 RESULT_MAX = 4000
 ERROR_MAX = 1000
 SNIPPET_MAX = 1500
-BACKOFF_BASE_SECONDS = 2.0
-BACKOFF_CAP_SECONDS = 300.0
-BACKOFF_JITTER = 0.1  # each delay is shortened by up to this fraction
-# A receiver's Retry-After is honoured up to this (longer waits are cut to it).
-RETRY_AFTER_MAX_SECONDS = 900.0
 PAYLOAD_VERSION = 1
 
 
@@ -331,196 +318,3 @@ def _embed(
     if timestamp is not None:
         embed["timestamp"] = timestamp.astimezone(UTC).isoformat()
     return embed
-
-
-# --- delivery ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    """The outcome of one POST.
-
-    Attributes:
-        ok: the receiver answered 2xx.
-        retry: another attempt may succeed (no answer, a timeout, 5xx, 408 or 429).
-        status: the HTTP status, None when no response came.
-        retry_after: seconds the receiver asked us to wait (429/503 ``Retry-After``).
-        reason: a short, URL-free description for logs ("HTTP 500", "timeout").
-    """
-
-    ok: bool
-    retry: bool
-    status: int | None = None
-    retry_after: float | None = None
-    reason: str = ""
-
-
-def _retryable_status(status: int) -> bool:
-    # 408 (the receiver timed out reading us) and 429 (rate limited) are worth another go.
-    return status >= 500 or status in (408, 429)
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN, inf
-        return None
-    return max(0.0, seconds)
-
-
-def deliver(url: str, payload: dict[str, Any], *, timeout: float) -> DeliveryResult:
-    """POST ``payload`` as JSON to ``url`` once; never raises for network trouble.
-
-    Redirects are not followed (a webhook that moved is a configuration error, and
-    following one would re-send the body somewhere unvetted). The response body is never
-    read: only the status line and headers matter, so a slow or huge body cannot hold a
-    worker. ``timeout`` bounds the connect and each read separately.
-    """
-    try:
-        with requests.post(
-            url,
-            json=payload,
-            headers={"User-Agent": USER_AGENT},
-            timeout=(timeout, timeout),
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            status = response.status_code
-            retry_after = (
-                parse_retry_after(response.headers.get("Retry-After"))
-                if status in (429, 503)
-                else None
-            )
-    except requests.Timeout:
-        return DeliveryResult(ok=False, retry=True, reason="timeout")
-    except requests.ConnectionError:
-        return DeliveryResult(ok=False, retry=True, reason="connection failed")
-    except requests.RequestException as exc:
-        # An unusable URL or request: another attempt would fail the same way. Only the
-        # exception's type is kept: its message quotes the URL.
-        return DeliveryResult(ok=False, retry=False, reason=type(exc).__name__)
-    if 200 <= status < 300:
-        return DeliveryResult(ok=True, retry=False, status=status, reason=f"HTTP {status}")
-    reason = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
-    return DeliveryResult(
-        ok=False,
-        retry=_retryable_status(status),
-        status=status,
-        retry_after=retry_after,
-        reason=reason,
-    )
-
-
-def backoff_seconds(attempt: int, *, rand: Callable[[], float] = random.random) -> float:
-    """The wait after failed attempt ``attempt`` (0-based): 2, 4, 8, … s, at most 300 s.
-
-    Each delay is shortened by up to 10 % at random (``rand`` returns [0, 1)), so many
-    notifications failing together do not come back in lockstep.
-    """
-    exponent = min(max(attempt, 0), 32)
-    delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0**exponent)
-    return delay * (1.0 - BACKOFF_JITTER * rand())
-
-
-def retry_delay(
-    attempt: int,
-    retry_after: float | None,
-    *,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """The receiver's ``Retry-After`` if it gave one (within 1 s … 15 min), else backoff."""
-    if retry_after is not None:
-        return min(RETRY_AFTER_MAX_SECONDS, max(1.0, retry_after))
-    return backoff_seconds(attempt, rand=rand)
-
-
-# --- what to send, from PostgreSQL --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A notification ready to go: where (None if nobody asked) and what."""
-
-    url: str | None
-    finished: bool
-    payload: dict[str, Any]
-
-
-def batch_counts(db: DbSession, batch: Batch) -> dict[str, int]:
-    """The batch's items by the state of their run, states with none left out (items
-    whose session was deleted: ``not_started``)."""
-    counts = {state: n for state, n in batches.progress(db, batch.id).counts.items() if n}
-    missing = batch.total_items - sum(counts.values())
-    if missing > 0:
-        counts["not_started"] = missing
-    return counts
-
-
-def load_batch_notice(db: DbSession, batch_id: uuid.UUID) -> Notice | None:
-    """The batch's notification, or None if the batch does not exist."""
-    batch = db.get(Batch, batch_id)
-    if batch is None:
-        return None
-    summary = BatchSummary(
-        id=batch.id,
-        status=batch.status,
-        total_items=batch.total_items,
-        counts=batch_counts(db, batch),
-        total_cost_usd=batch.total_cost_usd,
-        created_at=batch.created_at,
-        finished_at=batch.finished_at,
-        metadata=batch.meta or {},
-    )
-    return Notice(
-        url=batch.notify_url, finished=batch.finished_at is not None, payload=batch_payload(summary)
-    )
-
-
-def load_run_notice(db: DbSession, run_id: uuid.UUID) -> Notice | None:
-    """The run's notification (to its session's ``notify_url``), or None if it is gone."""
-    row = db.execute(
-        select(Run, Session.notify_url, Session.meta)
-        .join(Session, Session.id == Run.session_id)
-        .where(Run.id == run_id)
-    ).one_or_none()
-    if row is None:
-        return None
-    run, notify_url, metadata = row
-    summary = RunSummary(
-        session_id=run.session_id,
-        run_id=run.id,
-        status=run.status,
-        result=clip(run.result_text, RESULT_MAX) if run.result_text is not None else None,
-        error=clip(run.error, ERROR_MAX) if run.error is not None else None,
-        total_cost_usd=run.total_cost_usd,
-        finished_at=run.finished_at,
-        started_at=run.started_at,
-        metadata=metadata or {},
-    )
-    payload = run_payload(summary)
-    # Clipped above (a result can be megabytes); say whether the original was longer.
-    if summary.result != run.result_text:
-        payload["ccq"]["run"]["result_truncated"] = True
-    return Notice(url=notify_url, finished=RunStatus(run.status).is_final, payload=payload)
-
-
-def run_wants_notice(db: DbSession, run_id: uuid.UUID) -> bool:
-    """Whether the run has ended and its session asked for notifications (one lookup)."""
-    row = db.execute(
-        select(Run.status, Session.notify_url)
-        .join(Session, Session.id == Run.session_id)
-        .where(Run.id == run_id)
-    ).one_or_none()
-    return row is not None and bool(row.notify_url) and RunStatus(row.status).is_final

@@ -4,10 +4,15 @@ Idempotent by construction: the run's state in PostgreSQL decides whether anythi
 happens, so a redelivered task never starts the CLI a second time. Runs of one session
 go strictly in ``seq`` order; a run whose turn has not come raises :class:`NotYourTurn`
 and its task retries later without holding a worker slot.
+
+The path goes one way: claim, prepare the container, run the CLI, record, and announce
+(``orchestrator.domain.run_lifecycle``). Whatever else reacts to a run (batches,
+webhooks) listens to those announcements; the executor does not call it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -16,16 +21,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.auth import session_tokens
-from orchestrator.db.engine import ROW_LOCK, session_scope
+from orchestrator.db.engine import ROW_LOCK
 from orchestrator.db.models import Run, RunStatus, Session, SessionStatus
+from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain import tree
 from orchestrator.domain.admission import admit
 from orchestrator.domain.cancellation import cancel_signalled
+from orchestrator.domain.run_lifecycle import RunFinished, RunListeners, RunRecording, RunStarted
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.runtime.containers import SessionContainerSpec, SessionDirs
@@ -33,7 +41,6 @@ from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.labels import LABEL_BATCH
 from orchestrator.runtime.locks import SessionLock, is_locked
 from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
-from orchestrator.streams import batch_events
 from orchestrator.streams.events import (
     RUN_FINISHED,
     PendingEvent,
@@ -49,6 +56,7 @@ log = logging.getLogger(__name__)
 
 # A run whose worker died this many times is failed instead of started again.
 MAX_ATTEMPTS = 3
+FINAL_STATES = frozenset(s.value for s in RunStatus if s.is_final)
 
 
 class NotYourTurn(Exception):
@@ -75,7 +83,7 @@ class ClaimedRun:
     # For the session's MCP tools during this run only; never logged (repr=False).
     session_token: str = field(repr=False)
     # A batch item's batch: its container is removed as soon as the run ends (thousands
-    # would idle), and the batch's stream hears when it starts and ends.
+    # would idle), and the run's announcements carry it.
     batch_id: uuid.UUID | None = None
 
     @property
@@ -104,97 +112,118 @@ def transcript_path(dirs: SessionDirs, session_id: uuid.UUID) -> Path:
 class RunExecutor:
     """Runs prompts on this worker host. One instance per worker process."""
 
-    def __init__(self, host: HostResources) -> None:
+    def __init__(self, host: HostResources, listeners: RunListeners | None = None) -> None:
         self.settings = host.settings
         self.session_factory = host.session_factory
         self.redis = host.redis
         self.runtime = host.runtime
+        self.listeners = listeners or RunListeners()
 
     # --- claim ---------------------------------------------------------------------------
 
     def _claim(
-        self, run_id: uuid.UUID, holder: str, outbox: list[PendingEvent]
+        self, uow: UnitOfWork, run_id: uuid.UUID, holder: str
     ) -> tuple[ClaimedRun | None, SessionLock | None, str]:
-        """Mark the run running if it is its turn; return it, the session lock and a status.
+        """Mark the run running if it is its turn, and commit; return it, the session lock
+        and a status.
 
-        A run that ends here (cancelled while queued, lost too often) puts its
-        ``ccq.run.finished`` into ``outbox``, published once this transaction commits.
+        A run that ends here (cancelled while queued, lost too often) has its
+        ``ccq.run.finished`` published once this transaction commits.
         """
-        with session_scope(self.session_factory) as db:
-            run = db.get(Run, run_id)
-            if run is None:
-                return None, None, "missing"
-            # Lock order everywhere: session row, then run row.
-            session = db.get(Session, run.session_id, with_for_update=ROW_LOCK)
-            db.refresh(run, with_for_update=ROW_LOCK)
-            assert session is not None
-            if RunStatus(run.status).is_final:
-                return None, None, run.status
-            if run.status == RunStatus.RUNNING:
-                if is_locked(self.redis, session.id):
-                    return None, None, "running elsewhere"
-                if run.attempts >= MAX_ATTEMPTS:
-                    self._finish_without_cli(
-                        db,
-                        run,
-                        session,
-                        RunStatus.FAILED,
-                        f"worker lost {run.attempts} times",
-                        outbox,
-                    )
-                    return None, None, RunStatus.FAILED
-                log.warning("run %s was orphaned by a dead worker; taking it over", run_id)
-            elif run.cancel_requested:
-                self._finish_without_cli(db, run, session, RunStatus.CANCELLED, None, outbox)
-                return None, None, RunStatus.CANCELLED
-            earlier = db.scalar(
-                select(Run.id)
-                .where(
-                    Run.session_id == session.id,
-                    Run.seq < run.seq,
-                    Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
-                )
-                .limit(1)
-            )
-            if earlier is not None:
-                raise NotYourTurn(f"run {earlier} of session {session.id} goes first")
-            if run.status == RunStatus.QUEUED:  # a taken-over run already holds its slot
-                admit(db, session, self.settings.max_runs_per_owner)
-            session_lock = SessionLock(self.redis, session.id, holder)
-            if not session_lock.acquire():
-                raise NotYourTurn(f"session {session.id} is busy")
-            run.status = RunStatus.RUNNING
-            run.attempts += 1
-            run.started_at = datetime.now(UTC)
-            session.status = SessionStatus.RUNNING
-            session.last_active_at = run.started_at
-            session_tokens.revoke_run(db, run.id)  # a dead worker's delivery minted one
-            # A taken-over run continues its event numbering after what was persisted.
-            claimed = ClaimedRun(
-                run_id=run.id,
-                session_id=session.id,
-                owner=session.owner,
-                parent_id=session.parent_id,
-                lineage=tree.lineage(db, session.id),
-                depth=session.depth,
-                prompt=run.prompt,
-                options=_cli_options(session, run),
-                first_event_seq=next_run_seq(db, run.id),
-                session_token=session_tokens.mint(
+        outbox: list[PendingEvent] = []
+        uow.after_commit(lambda db: publish_pending(self.redis, db, outbox))
+        try:
+            answer = self._claim_in(uow.db, run_id, holder, outbox)
+        except BaseException:
+            uow.rollback()
+            raise
+        session_lock = answer[1]
+        try:
+            uow.commit()
+        except BaseException:
+            if session_lock is not None:  # not claimed after all: nobody may wait on it
+                with contextlib.suppress(redis.RedisError):
+                    session_lock.release()
+            raise
+        return answer
+
+    def _claim_in(
+        self, db: DbSession, run_id: uuid.UUID, holder: str, outbox: list[PendingEvent]
+    ) -> tuple[ClaimedRun | None, SessionLock | None, str]:
+        run = db.get(Run, run_id)
+        if run is None:
+            return None, None, "missing"
+        # Lock order everywhere: session row, then run row.
+        session = db.get(Session, run.session_id, with_for_update=ROW_LOCK)
+        db.refresh(run, with_for_update=ROW_LOCK)
+        assert session is not None
+        if RunStatus(run.status).is_final:
+            return None, None, run.status
+        if run.status == RunStatus.RUNNING:
+            if is_locked(self.redis, session.id):
+                return None, None, "running elsewhere"
+            if run.attempts >= MAX_ATTEMPTS:
+                self._finish_without_cli(
                     db,
-                    session_id=session.id,
-                    run_id=run.id,
-                    owner=session.owner,
-                    ttl=timedelta(seconds=self.settings.run_time_limit) + TOKEN_TTL_MARGIN,
-                ),
-                batch_id=session.batch_id,
+                    run,
+                    session,
+                    RunStatus.FAILED,
+                    f"worker lost {run.attempts} times",
+                    outbox,
+                )
+                return None, None, RunStatus.FAILED
+            log.warning("run %s was orphaned by a dead worker; taking it over", run_id)
+        elif run.cancel_requested:
+            self._finish_without_cli(db, run, session, RunStatus.CANCELLED, None, outbox)
+            return None, None, RunStatus.CANCELLED
+        earlier = db.scalar(
+            select(Run.id)
+            .where(
+                Run.session_id == session.id,
+                Run.seq < run.seq,
+                Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
             )
-            return claimed, session_lock, RunStatus.RUNNING
+            .limit(1)
+        )
+        if earlier is not None:
+            raise NotYourTurn(f"run {earlier} of session {session.id} goes first")
+        if run.status == RunStatus.QUEUED:  # a taken-over run already holds its slot
+            admit(db, session, self.settings.max_runs_per_owner)
+        session_lock = SessionLock(self.redis, session.id, holder)
+        if not session_lock.acquire():
+            raise NotYourTurn(f"session {session.id} is busy")
+        run.status = RunStatus.RUNNING
+        run.attempts += 1
+        run.started_at = datetime.now(UTC)
+        session.status = SessionStatus.RUNNING
+        session.last_active_at = run.started_at
+        session_tokens.revoke_run(db, run.id)  # a dead worker's delivery minted one
+        # A taken-over run continues its event numbering after what was persisted.
+        claimed = ClaimedRun(
+            run_id=run.id,
+            session_id=session.id,
+            owner=session.owner,
+            parent_id=session.parent_id,
+            lineage=tree.lineage(db, session.id),
+            depth=session.depth,
+            prompt=run.prompt,
+            options=_cli_options(session, run),
+            first_event_seq=next_run_seq(db, run.id),
+            session_token=session_tokens.mint(
+                db,
+                session_id=session.id,
+                run_id=run.id,
+                owner=session.owner,
+                ttl=timedelta(seconds=self.settings.run_time_limit) + TOKEN_TTL_MARGIN,
+            ),
+            batch_id=session.batch_id,
+        )
+        return claimed, session_lock, RunStatus.RUNNING
 
     # --- execute -------------------------------------------------------------------------
 
     def execute(self, run_id: uuid.UUID) -> dict[str, Any]:
-        """Run the prompt if it is this run's turn and nobody ran it yet.
+        """Run the prompt if it is this run's turn and nobody ran it yet; announce it.
 
         Returns:
             ``{"run_id", "status"}``: the same shape on every delivery.
@@ -202,35 +231,36 @@ class RunExecutor:
         Raises:
             NotYourTurn: an earlier run of the session has not finished.
         """
-        outbox: list[PendingEvent] = []
-        claimed, session_lock, status = self._claim(
-            run_id, holder=f"{run_id}:{uuid.uuid4().hex}", outbox=outbox
-        )
-        publish_pending(self.redis, self.session_factory, outbox)
-        if claimed is None or session_lock is None:
-            return {"run_id": str(run_id), "status": status}
-        if claimed.one_shot:
-            batch_events.publish_item(
-                self.redis, self.session_factory, run_id, int(self.settings.event_stream_ttl)
+        with UnitOfWork(self.session_factory) as uow:
+            claimed, session_lock, status = self._claim(
+                uow, run_id, holder=f"{run_id}:{uuid.uuid4().hex}"
             )
-        try:
-            final = self._execute_claimed(claimed)
-        finally:
-            session_lock.release()
-        return {"run_id": str(run_id), "status": final}
+            if claimed is not None and session_lock is not None:
+                try:
+                    self.listeners.announce_started(
+                        RunStarted(claimed.run_id, claimed.session_id, claimed.batch_id), uow
+                    )
+                    uow.commit()  # ends the listeners' reads: no transaction idles meanwhile
+                    status = self._execute_claimed(uow, claimed)
+                finally:
+                    session_lock.release()
+            if status in FINAL_STATES:
+                self.listeners.announce_finished(RunFinished(run_id, status), uow)
+        return {"run_id": str(run_id), "status": status}
 
-    def _persist(self, events: list[WireEvent]) -> None:
+    def _persist(self, uow: UnitOfWork, events: list[WireEvent]) -> None:
         try:
-            with session_scope(self.session_factory) as db:
-                persist_events(db, events)
+            persist_events(uow.db, events)
+            uow.commit()
         except IntegrityError:
             # The session was deleted mid-run: its history goes with it.
+            uow.rollback()
             log.info("dropped %d events of a deleted session", len(events))
 
-    def _execute_claimed(self, claimed: ClaimedRun) -> str:
+    def _execute_claimed(self, uow: UnitOfWork, claimed: ClaimedRun) -> str:
         sink = RunEventSink(
             self.redis,
-            self._persist,
+            lambda events: self._persist(uow, events),
             claimed.session_id,
             claimed.run_id,
             claimed.first_event_seq,
@@ -281,11 +311,12 @@ class RunExecutor:
         except Exception as exc:  # the run must end recorded, whatever broke
             log.exception("run %s failed outside the CLI", claimed.run_id)
             error = f"{type(exc).__name__}: {exc}"
+            uow.rollback()  # a failed flush of its events leaves the session unusable
         if claimed.one_shot:
             # Before the outcome commits: that commit lets the batch release its next
             # item, whose container must not exist beside this one.
             self._remove_container(claimed.session_id)
-        status, stopped = self._record(claimed, result, error, sink, resumed=resume)
+        status, stopped = self._record(uow, claimed, result, error, sink, resumed=resume)
         if stopped and not claimed.one_shot:
             # Stopped while this run went (the stop could not remove the container then).
             self._remove_container(claimed.session_id)
@@ -318,6 +349,7 @@ class RunExecutor:
 
     def _record(
         self,
+        uow: UnitOfWork,
         claimed: ClaimedRun,
         result: CliRunResult | None,
         error: str | None,
@@ -333,50 +365,47 @@ class RunExecutor:
         Returns:
             The run's final status, and whether its session has been stopped meanwhile.
         """
-        with session_scope(self.session_factory) as db:
-            session = db.get(Session, claimed.session_id, with_for_update=ROW_LOCK)
-            run = db.get(Run, claimed.run_id, with_for_update=ROW_LOCK)
-            if session is None or run is None:
-                return "deleted", False  # the session was deleted while the run was going
-            session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
-            status = _final_status(result, error)
-            if result is not None:
-                o = result.outcome
-                run.result_text = o.result_text
-                run.result_subtype = o.subtype
-                run.is_error = o.is_error
-                run.total_cost_usd = _run_cost(o.total_cost_usd, session, resumed)
-                run.usage = o.usage
-                run.num_turns = o.num_turns
-                run.duration_ms = o.duration_ms
-                run.duration_api_ms = o.duration_api_ms
-                run.exit_code = result.exit_code
-                if status == RunStatus.FAILED and not o.has_result:
-                    error = (
-                        f"the CLI exited ({result.exit_code}) without a result: "
-                        + result.stderr_tail[-2000:]
-                    )
-                if o.cli_version:
-                    session.cli_started = True
-            run.error = error
-            run.status = status
-            run.finished_at = datetime.now(UTC)
-            session.total_cost_usd = (session.total_cost_usd or Decimal(0)) + (
-                run.total_cost_usd or Decimal(0)
-            )
-            stopped = session.status == SessionStatus.STOPPED  # a stop during the run stands
-            if not stopped:
-                session.status = SessionStatus.IDLE
-            session.last_active_at = run.finished_at
-            sink.persist_pending(db)
-            finished = run_finished_data(run)
-            if claimed.batch_id is not None:
-                # Before the commit: whoever then sees every item ended and closes the
-                # batch announces it after this item's end, never before.
-                db.flush()
-                batch_events.publish_item_end(
-                    db, self.redis, claimed.batch_id, run, int(self.settings.event_stream_ttl)
+        db = uow.db
+        session = db.get(Session, claimed.session_id, with_for_update=ROW_LOCK)
+        run = db.get(Run, claimed.run_id, with_for_update=ROW_LOCK)
+        if session is None or run is None:
+            uow.rollback()
+            return "deleted", False  # the session was deleted while the run was going
+        session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
+        status = _final_status(result, error)
+        if result is not None:
+            o = result.outcome
+            run.result_text = o.result_text
+            run.result_subtype = o.subtype
+            run.is_error = o.is_error
+            run.total_cost_usd = _run_cost(o.total_cost_usd, session, resumed)
+            run.usage = o.usage
+            run.num_turns = o.num_turns
+            run.duration_ms = o.duration_ms
+            run.duration_api_ms = o.duration_api_ms
+            run.exit_code = result.exit_code
+            if status == RunStatus.FAILED and not o.has_result:
+                error = (
+                    f"the CLI exited ({result.exit_code}) without a result: "
+                    + result.stderr_tail[-2000:]
                 )
+            if o.cli_version:
+                session.cli_started = True
+        run.error = error
+        run.status = status
+        run.finished_at = datetime.now(UTC)
+        session.total_cost_usd = (session.total_cost_usd or Decimal(0)) + (
+            run.total_cost_usd or Decimal(0)
+        )
+        stopped = session.status == SessionStatus.STOPPED  # a stop during the run stands
+        if not stopped:
+            session.status = SessionStatus.IDLE
+        session.last_active_at = run.finished_at
+        sink.persist_pending(db)
+        finished = run_finished_data(run)
+        db.flush()
+        self.listeners.announce_recording(RunRecording(db, run, claimed.batch_id))
+        uow.commit()
         sink.finish(RUN_FINISHED, finished)
         return status, stopped
 

@@ -1,4 +1,5 @@
-"""A per-session Redis lock, renewed while a run executes.
+"""Redis locks held by a named holder: the per-session run lock, and the compare-and-set
+steps any holder-keyed lock uses (a webhook's "sending" key, for one).
 
 PostgreSQL says which run is next; this lock says whether some worker is executing it
 right now. A run left ``running`` by a dead worker has no live lock, so a redelivery can
@@ -24,6 +25,22 @@ _RENEW = (
 _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
+# Take the key if it is free or already ours (a redelivery of the same task).
+_TAKE_UNLESS_HELD = (
+    "local v = redis.call('get', KEYS[1]) "
+    "if (not v) or v == ARGV[1] then "
+    "redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0"
+)
+
+
+def take_unless_held(client: redis.Redis, key: str, holder: str, ttl_seconds: int) -> bool:
+    """Hold ``key`` for ``holder`` unless another holder has it; whether we hold it."""
+    return bool(client.eval(_TAKE_UNLESS_HELD, 1, key, holder, ttl_seconds))
+
+
+def release_if_held(client: redis.Redis, key: str, holder: str) -> None:
+    """Delete ``key`` only if ``holder`` still holds it (never another's, after expiry)."""
+    client.eval(_RELEASE, 1, key, holder)
 
 
 def lock_key(session_id: uuid.UUID | str) -> str:
@@ -57,7 +74,7 @@ class SessionLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._client.eval(_RELEASE, 1, self._key, self._holder)
+        release_if_held(self._client, self._key, self._holder)
 
 
 def is_locked(client: redis.Redis, session_id: uuid.UUID) -> bool:

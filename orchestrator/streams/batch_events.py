@@ -111,21 +111,18 @@ def publish(
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-def publish_item(
-    client: redis.Redis, session_factory: sessionmaker[DbSession], run_id: uuid.UUID, ttl: int
-) -> None:
+def publish_item(client: redis.Redis, db: DbSession, run_id: uuid.UUID, ttl: int) -> None:
     """``ccq.batch.progress`` for a batch item's run that started (no-op for a run outside
     batches). Never raises."""
     try:
-        with session_factory() as db:
-            found = item_json(db, run_id)
-            if found is None:
-                return
-            batch_id, item = found
-            batch = db.get(Batch, batch_id)
-            if batch is None:
-                return
-            data = state(db, batch, item)
+        found = item_json(db, run_id)
+        if found is None:
+            return
+        batch_id, item = found
+        batch = db.get(Batch, batch_id)
+        if batch is None:
+            return
+        data = state(db, batch, item)
         publish(client, batch_id, BATCH_PROGRESS, data, ttl)
     except (redis.RedisError, SQLAlchemyError) as exc:
         log.warning("batch progress of run %s not published: %s", run_id, exc)
@@ -153,19 +150,15 @@ def publish_item_end(
 
 
 def publish_batch(
-    client: redis.Redis,
-    session_factory: sessionmaker[DbSession],
-    batch_id: uuid.UUID,
-    type_: str,
-    ttl: int,
+    client: redis.Redis, db: DbSession, batch_id: uuid.UUID, type_: str, ttl: int
 ) -> None:
-    """The batch's state as an event of ``type_`` (after a cancel, or its end). Never raises."""
+    """The batch's state as an event of ``type_`` (after a cancel, or its end), read from
+    ``db``: call it once the change it reports has committed. Never raises."""
     try:
-        with session_factory() as db:
-            batch = db.get(Batch, batch_id)
-            if batch is None:
-                return
-            data = state(db, batch)
+        batch = db.get(Batch, batch_id)
+        if batch is None:
+            return
+        data = state(db, batch)
         publish(client, batch_id, type_, data, ttl)
     except (redis.RedisError, SQLAlchemyError) as exc:
         log.warning("batch %s event %s not published: %s", batch_id, type_, exc)

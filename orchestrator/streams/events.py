@@ -23,9 +23,7 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
-from sqlalchemy.orm import sessionmaker
 
-from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Event, Run
 from orchestrator.streams.stream_ids import parse_stream_id
 
@@ -119,9 +117,13 @@ def next_run_seq(db: DbSession, run_id: uuid.UUID) -> int:
 
 
 def publish_pending(
-    client: redis.Redis, session_factory: sessionmaker[DbSession], pending: Iterable[PendingEvent]
+    client: redis.Redis, db: DbSession, pending: Iterable[PendingEvent]
 ) -> list[WireEvent]:
-    """Publish committed lifecycle events, then persist them in one transaction."""
+    """Publish committed lifecycle events, then add them to ``db`` with their stream IDs.
+
+    An after-commit step: the caller's unit of work commits what this adds. Events of a
+    session deleted meanwhile are dropped (inside a savepoint, so the rest stands).
+    """
     events = [publish(client, p.session_id, p.run_id, p.seq, p.type, p.data) for p in pending]
     for event in events:
         if event.type == SESSION_DELETED:
@@ -129,7 +131,7 @@ def publish_pending(
     durable = [e for e in events if e.type != SESSION_DELETED]  # its rows are gone
     if durable:
         try:
-            with session_scope(session_factory) as db:
+            with db.begin_nested():
                 persist_events(db, durable)
         except IntegrityError:
             log.info("dropped %d events of a session deleted meanwhile", len(durable))

@@ -29,7 +29,7 @@ def services(app: Flask) -> Services:
 
 @pytest.fixture
 def celery_app(services: Services) -> Celery:
-    return services.celery
+    return services.enqueue.celery
 
 
 @pytest.fixture

@@ -31,9 +31,9 @@ from sqlalchemy.orm import sessionmaker
 from orchestrator.db import engine as db
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Batch, BatchStatus, Run, RunStatus, Session
-from orchestrator.notify.payloads import load_batch_notice, run_wants_notice
+from orchestrator.notify.delivery import Kind, sending_key, sent_key
+from orchestrator.notify.notices import load_batch_notice, run_wants_notice
 from orchestrator.settings import Settings
-from tasks.notify import Kind, sending_key, sent_key
 from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 from tests.webhooks import SECRET, ScriptedReceiver

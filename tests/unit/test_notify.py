@@ -15,22 +15,24 @@ from typing import Any
 
 import pytest
 
-from orchestrator.notify.payloads import (
+from orchestrator.notify.delivery import (
     BACKOFF_CAP_SECONDS,
+    USER_AGENT,
+    backoff_seconds,
+    deliver,
+    parse_retry_after,
+    retry_delay,
+)
+from orchestrator.notify.payloads import (
     DISCORD_CONTENT_MAX,
     RESULT_MAX,
     SLACK_TEXT_MAX,
-    USER_AGENT,
     BatchSummary,
     RunSummary,
-    backoff_seconds,
     batch_headline,
     batch_payload,
     clip,
-    deliver,
     format_duration,
-    parse_retry_after,
-    retry_delay,
     run_payload,
 )
 from orchestrator.notify.urls import redact_url, validate_notify_url
