@@ -9,7 +9,6 @@ runs after the commit that made it true, never after a rollback.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,11 +58,5 @@ class UnitOfWork:
     def __enter__(self) -> UnitOfWork:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc_info: object) -> None:
         self.close()
-
