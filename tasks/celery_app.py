@@ -11,17 +11,9 @@ Reliability choices (see DESIGN.md, "Reliability notes"):
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-from typing import Any
-
-import redis
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
 from kombu.entity import Queue
 
-from orchestrator.runtime import heartbeat
 from orchestrator.settings import Settings
 from tasks import names
 
@@ -41,6 +33,9 @@ def make_celery(settings: Settings) -> Celery:
             "tasks.batches",
             "tasks.notify",
             "tasks.sweep",
+            # Not a task module: the worker's heartbeat thread, started when it is ready.
+            # Included here so only workers import it (and, through it, Docker).
+            "tasks.heartbeat",
         ],
     )
     hard_limit = settings.run_time_limit + TIME_LIMIT_MARGIN_SECONDS
@@ -89,37 +84,3 @@ def batch_queue(settings: Settings) -> str:
 def settings_of(app: Celery) -> Settings:
     settings: Settings = app.conf.ccq_settings
     return settings
-
-
-def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    hostname = socket.gethostname()
-    reach = heartbeat.ReachCheck(
-        image=settings.worker_image,
-        network=settings.session_network_name,
-        instance=settings.instance,
-        url=settings.api_url_for_containers,
-        recheck=heartbeat.REACH_RECHECK_SECONDS,
-    )
-    while not stop.is_set():
-        status = heartbeat.probe_host(hostname, settings.worker_image, reach)
-        # Redis down: the heartbeat expires and /readyz says so.
-        with contextlib.suppress(redis.RedisError):
-            heartbeat.publish(client, status)
-        stop.wait(heartbeat.INTERVAL_SECONDS)
-
-
-_heartbeat_stop = threading.Event()
-
-
-@worker_ready.connect
-def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    settings = settings_of(sender.app)
-    threading.Thread(
-        target=_heartbeat_loop, args=(settings, _heartbeat_stop), name="ccq-heartbeat", daemon=True
-    ).start()
-
-
-@worker_shutdown.connect
-def _stop_heartbeat(**_: Any) -> None:
-    _heartbeat_stop.set()
