@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
 import redis
 import requests
 
@@ -30,8 +29,7 @@ from model_server.server import ModelServer
 from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.db import migrate
 from orchestrator.runtime.claude_cli import cli_environment
-from orchestrator.runtime.labels import LABEL_INSTANCE
-from orchestrator.runtime.session_network import remove_networks
+from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.settings import ENV_PREFIX, Settings, load_settings
 from tests.processes import (
     SCRIPTED_MODEL_KEY,
@@ -41,7 +39,6 @@ from tests.processes import (
     drop_database,
     recreate_database,
     redis_url_with_db,
-    remove_containers,
     stack_environment,
 )
 
@@ -57,7 +54,7 @@ class Stack:
     api: ApiProcess
     worker: WorkerProcess | None  # None: nothing consumes the queues, nothing runs
     model: ModelServer
-    docker: docker.DockerClient
+    runtime: ContainerRuntime  # on the process's shared Docker client
     redis: redis.Redis
     token: str = field(repr=False)
 
@@ -150,11 +147,10 @@ def running_stack(
         database_url = recreate_database(base.database_url, database)
         migrate.upgrade(database_url)
 
-        docker_client = docker.from_env(timeout=120)
-        cleanup.callback(docker_client.close)
+        runtime = ContainerRuntime()
         # Callbacks run last-in first-out: the network goes after the containers on it.
-        cleanup.callback(remove_networks, docker_client, instance)
-        cleanup.callback(remove_containers, docker_client, f"{LABEL_INSTANCE}={instance}")
+        cleanup.callback(runtime.remove_networks, instance)
+        cleanup.callback(runtime.remove_instance, instance)
 
         model = ModelServer(host="0.0.0.0", port=0).start()  # noqa: S104 - containers reach it
         cleanup.callback(model.stop)
@@ -188,7 +184,7 @@ def running_stack(
             api=api,
             worker=worker,
             model=model,
-            docker=docker_client,
+            runtime=runtime,
             redis=redis_client,
             token=mint_token(settings, "bench"),
         )

@@ -24,7 +24,6 @@ from bench.report import Comparison
 from bench.stack import Stack
 from bench.stats import Summary
 from orchestrator.runtime.containers import SessionDirs
-from orchestrator.runtime.labels import LABEL_SESSION
 from orchestrator.streams.events import RUN_FINISHED
 
 TURN_TIMEOUT = 120.0
@@ -99,19 +98,17 @@ def ccq_cold_session(stack: Stack, prompt: str) -> tuple[float, str]:
 
 
 def _session_container(stack: Stack, session_id: str) -> str:
-    found = stack.docker.containers.list(filters={"label": f"{LABEL_SESSION}={session_id}"})
-    if not found:
+    found = stack.runtime.find(session_id)
+    if found is None or not found.running:
         raise BenchError(f"no running container for session {session_id}")
-    return str(found[0].id)
+    return found.id
 
 
 def _delete_session(stack: Stack, session_id: str) -> None:
     """Delete a session and wait until its container is gone (a quiet machine again)."""
     stack.delete(f"/api/v1/sessions/{session_id}")
     deadline = time.monotonic() + 60
-    while stack.docker.containers.list(
-        all=True, filters={"label": f"{LABEL_SESSION}={session_id}"}
-    ):
+    while stack.runtime.find(session_id) is not None:
         if time.monotonic() > deadline:
             raise BenchError(f"session {session_id}'s container outlived its deletion by 60 s")
         time.sleep(0.2)

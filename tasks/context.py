@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-import docker
 import redis
 from celery import current_app
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,7 +42,7 @@ def worker_context() -> WorkerContext:
         settings=settings,
         session_factory=db.make_session_factory(db.make_engine(settings)),
         redis=redis.Redis.from_url(settings.redis_url),
-        runtime=ContainerRuntime(docker.from_env(timeout=120)),
+        runtime=ContainerRuntime.connected(),
     )
     enqueue = Enqueuer(current_app, settings)
     batches = BatchFlow(

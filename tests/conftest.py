@@ -17,7 +17,8 @@ import pytest
 
 from model_server.server import ModelServer
 from orchestrator.db import migrate
-from orchestrator.runtime.session_network import remove_networks
+from orchestrator.runtime.containers import ContainerRuntime
+from orchestrator.runtime.containers import docker_client as shared_docker_client
 from orchestrator.settings import Settings, load_settings
 from tests.processes import (
     TEST_TREE_LIMITS,
@@ -70,10 +71,9 @@ def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Ite
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
-    client = docker.from_env(timeout=120)
-    yield client
-    client.close()
+def docker_client() -> docker.DockerClient:
+    """The test process's Docker client: the one ccq's code in this process shares."""
+    return shared_docker_client()
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,8 @@ def _remove_test_containers(
     yield
     for label in (f"ccq.test={test_label}", f"ccq.instance={test_instance}"):
         remove_containers(docker_client, label)
-    remove_networks(docker_client, test_instance)  # the session network its workers made
+    # The session network its workers made.
+    ContainerRuntime(docker_client).remove_networks(test_instance)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from docker.models.containers import Container
-
 from orchestrator.runtime.claude_cli import (
     CliEvent,
     LineSplitter,
@@ -23,7 +21,12 @@ from orchestrator.runtime.claude_cli import (
     apply_event,
     parse_line,
 )
-from orchestrator.runtime.containers import ContainerRuntime, ExecProcess, FrameDecoder
+from orchestrator.runtime.containers import (
+    ContainerRuntime,
+    ExecProcess,
+    FrameDecoder,
+    SessionContainer,
+)
 
 POLL_SECONDS = 0.25
 # After the final `result` line the CLI should exit; if it lingers this long, it is killed.
@@ -61,7 +64,7 @@ def kill_tree_command(run_id: str) -> list[str]:
 
 def run_cli(
     runtime: ContainerRuntime,
-    container: Container,
+    container: SessionContainer,
     *,
     run_id: str,
     argv: list[str],
@@ -74,6 +77,9 @@ def run_cli(
     on_tick: Callable[[], None] = lambda: None,
 ) -> CliRunResult:
     """Run the CLI to completion (or until a watchdog or cancel stops it).
+
+    The runtime starts it (and the killer) in ``container``; a container gone meanwhile
+    raises :class:`~orchestrator.runtime.containers.ContainerMissing`.
 
     Args:
         run_id: tags every process of this run (``CCQ_RUN_ID``) so it can be killed.
@@ -159,7 +165,7 @@ def _watchdog(
     return None
 
 
-def _kill(runtime: ContainerRuntime, container: Container, run_id: str) -> None:
+def _kill(runtime: ContainerRuntime, container: SessionContainer, run_id: str) -> None:
     killer: ExecProcess = runtime.exec(container, kill_tree_command(run_id), env={})
     try:
         killer.write_stdin_and_close(b"")

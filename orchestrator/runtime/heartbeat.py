@@ -12,11 +12,14 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
-import docker
-import docker.errors
 import redis
 
-from orchestrator.runtime.session_network import NetworkError, ensure_network, probe_from_container
+from orchestrator.runtime.containers import (
+    ContainerError,
+    ContainerRuntime,
+    ImageMissing,
+    NetworkError,
+)
 
 KEY_PREFIX = "ccq:heartbeat:"
 INTERVAL_SECONDS = 5.0
@@ -52,39 +55,48 @@ class ReachCheck:
         self.recheck = recheck
         self._passed_at: float | None = None
 
-    def __call__(self, client: docker.DockerClient) -> str | None:
+    def __call__(self, runtime: ContainerRuntime) -> str | None:
+        """None if a container reaches the API, else why not.
+
+        Raises:
+            ContainerError: the engine itself failed (the caller reports it as such).
+        """
         now = time.monotonic()
         if self._passed_at is not None and now - self._passed_at < self.recheck:
             return None
         try:
-            network = ensure_network(client, self.network, self.instance)
+            network = runtime.ensure_network(self.network, self.instance)
         except NetworkError as exc:
             error: str | None = str(exc)
         else:
-            error = probe_from_container(
-                client, self.image, network, self.url + "/healthz", self.instance
+            error = runtime.probe_from_container(
+                self.image, network, self.url + "/healthz", self.instance
             )
         self._passed_at = now if error is None else None
         return error
 
 
-def probe_host(hostname: str, image: str, reach: ReachCheck | None = None) -> HostStatus:
+def probe_host(
+    hostname: str,
+    image: str,
+    reach: ReachCheck | None = None,
+    runtime: ContainerRuntime | None = None,
+) -> HostStatus:
     """Check this host's Docker engine, that the worker image exists on it and, with
-    ``reach``, that session containers reach the API."""
+    ``reach``, that session containers reach the API.
+
+    ``runtime``: by default one on the process's shared Docker client.
+    """
+    runtime = runtime or ContainerRuntime()
     docker_error = image_error = network_error = None
     try:
-        client = docker.from_env(timeout=5)
         try:
-            client.ping()
-            try:
-                client.images.get(image)
-            except docker.errors.ImageNotFound:
-                image_error = f"image {image} not found (run `make image`)"
-            if reach is not None and image_error is None:
-                network_error = reach(client)
-        finally:
-            client.close()
-    except docker.errors.DockerException as exc:
+            runtime.check_engine(image)
+        except ImageMissing:
+            image_error = f"image {image} not found (run `make image`)"
+        if reach is not None and image_error is None:
+            network_error = reach(runtime)
+    except ContainerError as exc:
         docker_error = f"engine unreachable: {exc}"
     return HostStatus(hostname, docker_error, image_error, time.time(), network_error)
 

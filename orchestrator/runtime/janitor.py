@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from orchestrator.db.models import Session, SessionStatus
-from orchestrator.runtime.containers import ManagedContainer, SessionDirs
+from orchestrator.runtime.containers import SessionContainer, SessionDirs
 from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.locks import SessionLock
 
@@ -88,32 +88,34 @@ class Janitor:
         for container in containers:
             session = known.get(container.session_id)
             if session is None:
-                if self.runtime.remove_container(container.id):
+                if self.runtime.remove_container(container):
                     counts["no_session"] += 1
                     log.info("removed container %s: no such session", container.name)
                 continue
             reason = _removal_reason(container, session, idle_before)
-            if reason is not None and self._remove_unless_busy(session.id, container.id):
+            if reason is not None and self._remove_unless_busy(session.id, container):
                 counts[reason] += 1
                 log.info("removed the container of session %s (%s)", session.id, reason)
         return {"removed": sum(counts.values()), **counts}
 
-    def _remove_unless_busy(self, session_id: uuid.UUID, container_id: str | None = None) -> bool:
+    def _remove_unless_busy(
+        self, session_id: uuid.UUID, container: SessionContainer | None = None
+    ) -> bool:
         """Remove the session's container (or the one given) under the session's lock;
         False if a run holds the lock or the container was already gone."""
         lock = SessionLock(self.redis, session_id, f"janitor:{uuid.uuid4().hex}")
         if not lock.acquire():  # a run is executing in it
             return False
         try:
-            if container_id is None:
+            if container is None:
                 return self.runtime.remove(str(session_id))
-            return self.runtime.remove_container(container_id)
+            return self.runtime.remove_container(container)
         finally:
             lock.release()
 
 
 def _removal_reason(
-    container: ManagedContainer, session: Session, idle_before: datetime
+    container: SessionContainer, session: Session, idle_before: datetime
 ) -> str | None:
     """Why the container of a known session goes (None: it stays)."""
     if session.status == SessionStatus.RUNNING:

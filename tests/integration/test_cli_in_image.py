@@ -126,22 +126,25 @@ def test_resume_in_a_new_container_reaches_the_model_with_the_earlier_messages(
 
 
 def test_a_hanging_model_is_stopped_by_the_silence_watchdog(
-    runtime: ContainerRuntime, spec: SessionContainerSpec, model: ModelServer
+    runtime: ContainerRuntime,
+    spec: SessionContainerSpec,
+    model: ModelServer,
+    docker_client: docker.DockerClient,
 ) -> None:
     events: list[CliEvent] = []
     result = _run(runtime, spec, model, "[[hang]]", resume=False, events=events, silence_timeout=3)
 
     assert result.stop_reason is StopReason.SILENCE
     assert not result.outcome.has_result
-    container = runtime.ensure_running(spec)
+    container = docker_client.containers.get(runtime.ensure_running(spec).id)
     leftover = container.exec_run(["pgrep", "-f", "claude"], user="1000")
     assert leftover.exit_code == 1, leftover.output  # pgrep: no process matched
 
 
 def test_session_containers_are_locked_down_and_labelled(
-    runtime: ContainerRuntime, spec: SessionContainerSpec
+    runtime: ContainerRuntime, spec: SessionContainerSpec, docker_client: docker.DockerClient
 ) -> None:
-    container = runtime.ensure_running(spec)
+    container = docker_client.containers.get(runtime.ensure_running(spec).id)
     host = container.attrs["HostConfig"]
     assert container.attrs["Config"]["User"] == "1000:1000"
     assert host["CapDrop"] == ["ALL"]

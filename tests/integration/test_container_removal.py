@@ -94,6 +94,7 @@ def test_the_reaper_removes_leftover_containers_but_not_a_locked_sessions(
     settings: Settings,
     services: Services,
     runtime: ContainerRuntime,
+    docker_client: docker.DockerClient,
     worker: WorkerProcess,
 ) -> None:
     headers = auth(settings)
@@ -105,7 +106,7 @@ def test_the_reaper_removes_leftover_containers_but_not_a_locked_sessions(
     # A stopped container, as a crashed run or an older ccq left them.
     container = runtime.find(leftover_id)
     assert container is not None
-    container.stop(timeout=1)
+    docker_client.containers.get(container.id).stop(timeout=1)
     janitor = Janitor(HostResources(settings, services.session_factory, services.redis, runtime))
 
     lock = SessionLock(services.redis, uuid.UUID(leftover_id), "a run executing")

@@ -362,9 +362,9 @@ def test_every_tool_sends_its_api_request_and_answers_in_words(
 
 
 def test_the_session_settings_are_valid_for_the_cli(
-    runtime: ContainerRuntime, spec: SessionContainerSpec
+    runtime: ContainerRuntime, spec: SessionContainerSpec, docker_client: docker.DockerClient
 ) -> None:
-    container = runtime.ensure_running(spec)
+    container = docker_client.containers.get(runtime.ensure_running(spec).id)
     doctor = container.exec_run(["claude", "doctor"], user="1000:1000")
 
     output = doctor.output.decode(errors="replace")

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator.runtime import heartbeat
+from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.settings import Settings, load_settings
 from tests.processes import ApiProcess
 from tests.waiting import free_port, wait_for
@@ -187,9 +188,10 @@ def test_the_reach_check_passes_against_the_real_api_and_is_not_repeated_at_once
     since = int(time.time()) - 1
     instance = settings.instance + "-reach"
     reach = _reach(settings, api_server.port, instance)
-    assert reach(docker_client) is None
+    runtime = ContainerRuntime(docker_client)
+    assert reach(runtime) is None
     assert _probe_containers_run(docker_client, instance, since) == 1
-    assert reach(docker_client) is None  # remembered: no second container
+    assert reach(runtime) is None  # remembered: no second container
     assert _probe_containers_run(docker_client, instance, since) == 1
     # The throw-away container is gone once the check returns.
     assert not docker_client.containers.list(

@@ -111,8 +111,9 @@ def test_cancel_during_a_streaming_run_kills_the_cli_and_the_session_goes_on(
     cancelled = wait_run(client, headers, run_id, timeout=30)
 
     assert cancelled["status"] == "cancelled"
-    container = ContainerRuntime(docker_client).find(session_id)
-    assert container is not None
+    found = ContainerRuntime(docker_client).find(session_id)
+    assert found is not None
+    container = docker_client.containers.get(found.id)
     leftover = container.exec_run(["pgrep", "-f", "claude"], user="1000")
     assert leftover.exit_code == 1, leftover.output
     next_run = wait_run(client, headers, queue_run(client, headers, session_id, "still there?"))

@@ -19,7 +19,7 @@ import docker
 import pytest
 import requests
 
-from orchestrator.runtime.session_network import gateway_address
+from orchestrator.runtime.containers.network import gateway_address
 from orchestrator.settings import Settings
 from tests.processes import drop_database, recreate_database, redis_url_with_db
 from tests.waiting import free_port, wait_for

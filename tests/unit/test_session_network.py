@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.runtime.session_network import (
+from orchestrator.runtime.containers import NetworkError
+from orchestrator.runtime.containers.network import (
     BRIDGE_NAME_OPTION,
-    NetworkError,
     bridge_interface_name,
     gateway_address,
     interface_ipv4,

@@ -10,6 +10,9 @@ The gateway is found from what every engine has, never from optional fields alon
 default bridge of Docker 20.10 reports only its subnet), so the host's own address on the
 bridge interface comes first, then the inspected gateway, then the subnet's first host
 (where Docker puts the gateway when it picks one itself).
+
+The functions taking a Docker client are the package's own: others call them through
+:class:`~orchestrator.runtime.containers.ContainerRuntime`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import docker
 import docker.errors
 import requests
 
+from orchestrator.runtime.containers.client import engine_errors
+from orchestrator.runtime.containers.errors import EngineUnavailable, NetworkError
 from orchestrator.runtime.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROBE
 
 HOST_ALIAS = "host.docker.internal"
@@ -35,10 +40,6 @@ BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 _SIOCGIFADDR = 0x8915
 # Linux interface names are at most 15 bytes.
 _IFNAMSIZ = 15
-
-
-class NetworkError(Exception):
-    """The session network cannot be made or its gateway cannot be found."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,14 @@ def ensure_network(client: docker.DockerClient, name: str, instance: str) -> Ses
 
     Raises:
         NetworkError: the engine refused to create it, or its gateway cannot be found.
+        EngineUnavailable: the engine did not answer.
     """
     try:
         network = _get_or_create(client, name, instance)
     except docker.errors.APIError as exc:
         raise NetworkError(f"cannot create network {name}: {exc.explanation or exc}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise EngineUnavailable(f"cannot create network {name}: {exc}") from exc
     return SessionNetwork(name=name, gateway=gateway_address(network.attrs))
 
 
@@ -136,9 +140,11 @@ def _get_or_create(client: docker.DockerClient, name: str, instance: str) -> Any
 def remove_networks(client: docker.DockerClient, instance: str) -> int:
     """Remove the session networks ccq made for ``instance`` (those still in use stay)."""
     removed = 0
-    for network in client.networks.list(
-        filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={instance}"]}
-    ):
+    with engine_errors("cannot list networks"):
+        networks = client.networks.list(
+            filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={instance}"]}
+        )
+    for network in networks:
         with contextlib.suppress(docker.errors.APIError):
             network.remove()
             removed += 1
