@@ -1,242 +1,68 @@
-"""The ``ccq`` command: process entry points for operators and the dev helpers."""
+"""The ``ccq`` command: the client commands, and the server's found by entry point.
+
+The client commands (cli/runs.py, sessions.py, tail.py, children.py, batches.py) talk
+to the API only, through the ``client`` package. The server's commands (``ccq api``,
+``worker``, ``image``, ``token``, …) live in ``ops/`` and join the group through the
+``ccq.commands`` entry points, so nothing here imports the server.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+from importlib.metadata import entry_points
 
 import click
 
-from orchestrator.settings import ConfigError, Settings, load_settings
+from cli.batches import batch_group
+from cli.children import children_command, fanout_command
+from cli.context import API_URL_HELP, BEARER_HELP, ClientSource
+from cli.runs import cancel_command, run_command, send_command
+from cli.sessions import rm_command, sessions_command, show_command, stop_command
+from cli.tail import tail_command
 
-if TYPE_CHECKING:
-    from docker import DockerClient
-
-    from orchestrator.runtime.session_network import SessionNetwork
-
-
-class Context:
-    """Settings are read lazily so `ccq --help` works even with a broken environment."""
-
-    def __init__(self) -> None:
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings()
-        return self._settings
-
-
-pass_context = click.make_pass_decorator(Context, ensure=True)
+ENTRY_POINT_GROUP = "ccq.commands"
 
 
 @click.group()
+@click.option("--api-url", metavar="URL", default=None, help=API_URL_HELP)
+@click.option("--token", metavar="JWT", default=None, help=BEARER_HELP)
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, api_url: str | None, token: str | None) -> None:
     """ccq: run Claude Code sessions at scale."""
-    ctx.obj = Context()
+    ctx.obj = ClientSource(api_url, token)
+    ctx.call_on_close(ctx.obj.close)
 
 
-@cli.command()
-@click.option("--sub", "subject", required=True, help="The owner the token speaks for.")
-@click.option("--ttl", default=24 * 3600, show_default=True, type=click.IntRange(60, 366 * 86400))
-@pass_context
-def token(ctx: Context, subject: str, ttl: int) -> None:
-    """Print a JWT the running stack accepts (HS256 with CCQ_JWT_SECRET)."""
-    from orchestrator.auth.owner_tokens import AuthError, mint_token
-
-    try:
-        click.echo(mint_token(ctx.settings, subject, ttl))
-    except AuthError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-@cli.command("model-server")
-@click.option("--host", default=None, help="Bind address [CCQ_MODEL_SERVER_HOST].")
-@click.option("--port", default=None, type=click.IntRange(0, 65535), help="[CCQ_MODEL_SERVER_PORT]")
-@click.option(
-    "--record",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Append every request received to this JSON-lines file.",
+CLIENT_COMMANDS = (
+    run_command,
+    send_command,
+    tail_command,
+    sessions_command,
+    show_command,
+    cancel_command,
+    stop_command,
+    rm_command,
+    children_command,
+    fanout_command,
+    batch_group,
 )
-@pass_context
-def model_server(ctx: Context, host: str | None, port: int | None, record: Path | None) -> None:
-    """Serve the scripted Anthropic Messages API (tests, demo, benchmarks)."""
-    from model_server.server import serve
-
-    settings = ctx.settings
-    serve(
-        host or settings.model_server_host,
-        settings.model_server_port if port is None else port,
-        record,
-    )
 
 
-@cli.command()
-@pass_context
-def image(ctx: Context) -> None:
-    """Build the worker image if its inputs changed (a no-op otherwise)."""
-    from worker_image.builder import ImageBuildError, ensure_from_settings
-
-    try:
-        result = ensure_from_settings(ctx.settings, log=click.echo)
-    except ImageBuildError as exc:
-        raise click.ClickException(str(exc)) from None
-    verb = "built" if result.built else "up to date"
-    click.echo(f"{result.tag}: {verb} ({result.image_id[:19]}, inputs {result.inputs_hash[:12]})")
+def add_commands(group: click.Group) -> None:
+    """The client commands, then every command an installed package offers under
+    ``ccq.commands`` (ccq's own: the server's, from ops/)."""
+    for command in CLIENT_COMMANDS:
+        group.add_command(command)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        command = entry.load()
+        if isinstance(command, click.Command):
+            group.add_command(command, entry.name)
 
 
-@cli.group()
-def network() -> None:
-    """The Docker network session containers join, and their path to the API."""
-
-
-def _session_network(settings: Settings) -> tuple[DockerClient, SessionNetwork]:
-    """The Docker client and the session network (made if missing), or a clear error."""
-    import docker
-
-    from orchestrator.runtime.session_network import NetworkError, ensure_network
-
-    try:
-        client = docker.from_env(timeout=30)
-        return client, ensure_network(client, settings.session_network_name, settings.instance)
-    except (NetworkError, docker.errors.DockerException) as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@network.command("address")
-@pass_context
-def network_address(ctx: Context) -> None:
-    """Make the session network if needed; print the host's address on it.
-
-    The API must listen there (CCQ_API_HOST) for session containers to reach it.
-    """
-    _client, found = _session_network(ctx.settings)
-    click.echo(found.gateway)
-
-
-@network.command("check")
-@click.option(
-    "--url",
-    "urls",
-    multiple=True,
-    metavar="URL",
-    help="A health URL as containers see it, expected to answer 200 (repeatable; "
-    "default: the API's /healthz at CCQ_CONTAINER_API_URL).",
-)
-@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.5, 60))
-@pass_context
-def network_check(ctx: Context, urls: tuple[str, ...], timeout: float) -> None:
-    """Run a throw-away container on the session network and GET each URL from it."""
-    from orchestrator.runtime.session_network import probe_from_container
-
-    settings = ctx.settings
-    client, found = _session_network(settings)
-    failed = False
-    for url in urls or (settings.api_url_for_containers + "/healthz",):
-        error = probe_from_container(
-            client, settings.worker_image, found, url, settings.instance, timeout
-        )
-        if error is None:
-            click.echo(f"{url}: answers from network {found.name} ({found.gateway})")
-        else:
-            click.echo(f"ccq: {error}", err=True)
-            failed = True
-    if failed:
-        sys.exit(1)
-
-
-@cli.group()
-def db() -> None:
-    """Database schema (Alembic migrations)."""
-
-
-@db.command("upgrade")
-@click.argument("revision", default="head")
-@pass_context
-def db_upgrade(ctx: Context, revision: str) -> None:
-    """Migrate the schema up to REVISION (default: the newest)."""
-    from orchestrator.db import migrate
-
-    migrate.upgrade(ctx.settings.database_url, revision)
-    click.echo(f"schema at {migrate.current_revision(ctx.settings.database_url)}")
-
-
-@db.command("downgrade")
-@click.argument("revision")
-@pass_context
-def db_downgrade(ctx: Context, revision: str) -> None:
-    """Migrate the schema down to REVISION (`base` removes everything)."""
-    from orchestrator.db import migrate
-
-    migrate.downgrade(ctx.settings.database_url, revision)
-    click.echo(f"schema at {migrate.current_revision(ctx.settings.database_url)}")
-
-
-@cli.command()
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option(
-    "--connections",
-    default=2000,
-    show_default=True,
-    type=click.IntRange(10, 100_000),
-    help="Open connections (live tails included) per worker process.",
-)
-@pass_context
-def api(ctx: Context, workers: int, connections: int) -> None:
-    """Serve the HTTP and WebSocket API (gunicorn, gevent workers)."""
-    ctx.settings  # noqa: B018 - fail here, with the variable named, before replacing the process
-    argv = ["--workers", str(workers), "--connections", str(connections)]
-    # A fresh interpreter: gevent must patch the standard library before it is imported.
-    os.execv(sys.executable, [sys.executable, "-m", "api.serve", *argv])  # noqa: S606
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-@pass_context
-def worker(ctx: Context, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker (extra arguments go to `celery worker`)."""
-    from tasks.celery_app import make_celery
-
-    make_celery(ctx.settings).worker_main(["worker", *celery_args])
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-@pass_context
-def beat(ctx: Context, celery_args: tuple[str, ...]) -> None:
-    """Run Celery beat, the periodic scheduler (idle reaper and housekeeping)."""
-    from tasks.celery_app import make_celery
-
-    make_celery(ctx.settings).start(["beat", *celery_args])
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-@pass_context
-def flower(ctx: Context, flower_args: tuple[str, ...]) -> None:
-    """Run Flower, the Celery monitoring UI."""
-    from tasks.celery_app import make_celery
-
-    settings = ctx.settings
-    make_celery(settings).start(["flower", f"--port={settings.flower_port}", *flower_args])
-
-
-from cli.commands import register  # noqa: E402 - the client commands join the group above
-
-register(cli)
+add_commands(cli)
 
 
 def main() -> None:
-    try:
-        cli(standalone_mode=True)
-    except ConfigError as exc:
-        click.echo(f"ccq: {exc}", err=True)
-        sys.exit(2)
+    cli(standalone_mode=True)
 
 
 if __name__ == "__main__":

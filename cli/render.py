@@ -1,8 +1,9 @@
 """The `ccq` client's pure formatting: events, runs, sessions, tables, trees and errors.
 
-Dicts in, strings out, nothing written anywhere: the commands (cli/commands.py) do the
-I/O, and these are unit-tested without a server. Colors are ANSI styles added only when
-the caller says the output is a terminal.
+Dicts in, strings out, nothing written anywhere: the commands do the I/O, and these are
+unit-tested without a server. Styles are rich's, added as ANSI codes only when the
+caller says the output is a terminal that wants colors; tables are laid out by rich
+(cli/tables.py).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
-import click
+from rich.cells import cell_len
+from rich.text import Text
 
-from cli.client import ApiError, JsonObject
+from cli.tables import render_table, styled
+from client import ApiError, JsonObject
+from client.formatting import format_cost, format_duration
 
 TOOL_INPUT_CHARS = 200
 TOOL_RESULT_CHARS = 160
@@ -33,29 +36,26 @@ _STATUS_COLORS = {
 }
 
 
-def paint(text: str, color: bool, **styles: Any) -> str:
-    """``click.style`` only when colors are on, so piped output stays plain text."""
-    return click.style(text, **styles) if color else text
+def paint(text: str, color: bool, fg: str | None = None, **flags: bool) -> str:
+    """``text`` in a rich style (a color ``fg``, ``bold=True``, ``dim=True``) only when
+    colors are on, so piped output stays plain text."""
+    style = " ".join([*(name for name, on in flags.items() if on), *([fg] if fg else [])])
+    return styled(text, color, style or None)
 
 
 def paint_status(status: str, color: bool) -> str:
     return paint(status, color, fg=_STATUS_COLORS.get(status))
 
 
-def format_cost(usd: float | None) -> str:
-    if usd is None:
-        return "-"
-    return "$0" if usd == 0 else f"${usd:.4f}"
+def status_text(status: str, color: bool) -> Text:
+    """A state as a table cell: colored by what it means, when colors are on."""
+    style = _STATUS_COLORS.get(status) if color else None
+    return Text(status, style=style or "")
 
 
-def format_duration(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes}m{rest:02d}s"
+def duration_ms(ms: int | float | None) -> str:
+    """A run's ``duration_ms`` as ``0.2s``, ``59.0s``, ``2m05s``."""
+    return format_duration(None if ms is None else ms / 1000, tenths=True)
 
 
 def format_age(iso: str | None, now: datetime) -> str:
@@ -130,7 +130,7 @@ def run_summary(run: JsonObject, color: bool = False) -> str:
         f"run {run['id']} {paint_status(run['status'], color)}",
         format_cost(run.get("total_cost_usd")),
         _plural(turns, "turn") if isinstance(turns, int) else "- turns",
-        format_duration(run.get("duration_ms")),
+        duration_ms(run.get("duration_ms")),
     ]
     line = "  ".join(parts)
     if run.get("error"):
@@ -141,17 +141,12 @@ def run_summary(run: JsonObject, color: bool = False) -> str:
 def status_table(
     header: tuple[str, ...], rows: Sequence[tuple[str, ...]], color: bool = False
 ) -> str:
-    """Columns padded before styling so they line up; the second column is a state."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...], styled: bool) -> str:
-        padded = [c.ljust(w) for c, w in zip(cells, widths, strict=True)]
-        if styled:
-            padded[1] = paint_status(cells[1], color) + " " * (widths[1] - len(cells[1]))
-        return "  ".join(padded).rstrip()
-
-    head = paint(line(header, styled=False), color, bold=True)
-    return "\n".join([head, *(line(r, styled=True) for r in rows)])
+    """A header in bold, then one line per row; the second column is a state."""
+    bold = "bold" if color else ""
+    lines = [[Text(cell, style=bold) for cell in header]]
+    for row in rows:
+        lines.append([Text(row[0]), status_text(row[1], color), *map(Text, row[2:])])
+    return render_table(lines, color)
 
 
 def sessions_table(sessions: list[JsonObject], now: datetime, color: bool = False) -> str:
@@ -188,7 +183,7 @@ def run_details(run: JsonObject, color: bool = False) -> str:
         ("session", run["session_id"]),
         ("cost", format_cost(run.get("total_cost_usd"))),
         ("turns", str(run.get("num_turns") if run.get("num_turns") is not None else "-")),
-        ("duration", format_duration(run.get("duration_ms"))),
+        ("duration", duration_ms(run.get("duration_ms"))),
         ("created", format_time(run.get("created_at"))),
         ("started", format_time(run.get("started_at"))),
         ("finished", format_time(run.get("finished_at"))),
@@ -486,8 +481,8 @@ def children_tree(tree: JsonObject, color: bool = False, width: int | None = Non
     Each line: the session's ID (in bold for the root, the tree's header line), its
     state, its last run's state, its own cost and its subtree's cost, and the first line
     of its last run's result. ``width`` (a terminal's) trims results so lines fit it;
-    without it they are cut at ``RESULT_CHARS``. Padding comes before styling so colors
-    keep the columns.
+    without it they are cut at ``RESULT_CHARS``. rich lays the columns out, so styles
+    and wide characters keep them aligned.
     """
     rows = tree_rows(tree)
     cells = [
@@ -500,24 +495,29 @@ def children_tree(tree: JsonObject, color: bool = False, width: int | None = Non
         )
         for prefix, s in rows
     ]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    widths = [max(cell_len(c[i]) for c in cells) for i in range(len(cells[0]))]
     used = sum(widths) + 2 * len(widths)
     limit = RESULT_CHARS if width is None else max(MIN_RESULT_CHARS, width - used - 1)
 
-    lines = []
+    table = []
     for index, ((prefix, session), row) in enumerate(zip(rows, cells, strict=True)):
-        label = prefix + paint(str(session["id"]), color and index == 0, bold=True)
+        label = Text(prefix)
+        label.append(str(session["id"]), style="bold" if color and index == 0 else "")
         run = session.get("last_run")
-        shown = [
-            label + " " * (widths[0] - len(row[0])),
-            paint_status(row[1], color) + " " * (widths[1] - len(row[1])),
-            (f"run {paint_status(run['status'], color)}" if run else row[2])
-            + " " * (widths[2] - len(row[2])),
-            row[3].ljust(widths[3]),
-            row[4].ljust(widths[4]),
-            run_outcome(run, limit),
-        ]
-        lines.append("  ".join(shown).rstrip())
+        last = Text("no runs")
+        if run:
+            last = Text("run ").append_text(status_text(str(run["status"]), color))
+        table.append(
+            [
+                label,
+                status_text(row[1], color),
+                last,
+                Text(row[3]),
+                Text(row[4]),
+                Text(run_outcome(run, limit)),
+            ]
+        )
+    lines = render_table(table, color).split("\n")
     if len(rows) == 1:
         lines.append(paint("└─ (no children)", color, dim=True))
     sessions = [s for _, s in rows]
@@ -597,7 +597,8 @@ def format_eta(seconds: float | None) -> str:
     return f"{left // 86400}d{left % 86400 // 3600:02d}h"
 
 
-def _count(batch: JsonObject, state: str) -> int:
+def item_count(batch: JsonObject, state: str) -> int:
+    """How many of the batch's items are in ``state``."""
     counts = batch.get("counts")
     value = counts.get(state) if isinstance(counts, dict) else None
     return value if isinstance(value, int) else 0
@@ -605,7 +606,7 @@ def _count(batch: JsonObject, state: str) -> int:
 
 def batch_counts(batch: JsonObject) -> str:
     """``118 succeeded, 2 failed, 8 running, 72 queued``: the states that have items."""
-    tally = [f"{_count(batch, s)} {s}" for s in _ITEM_STATES if _count(batch, s)]
+    tally = [f"{item_count(batch, s)} {s}" for s in _ITEM_STATES if item_count(batch, s)]
     return ", ".join(tally) or "no items"
 
 
@@ -635,13 +636,13 @@ def progress_line(batch: JsonObject, width: int = 80, color: bool = False) -> st
     done = int(batch.get("done") or 0)
     ratio = min(1.0, done / total) if total else 1.0
     counter = f"{done:>{len(str(total))}}/{total} {int(ratio * 100):3d}%"
-    failed = _count(batch, "failed") + _count(batch, "timed_out")
+    failed = item_count(batch, "failed") + item_count(batch, "timed_out")
     marks: list[tuple[str, int, str | None, bool]] = [
-        ("✓", _count(batch, "succeeded"), "green", True),
+        ("✓", item_count(batch, "succeeded"), "green", True),
         ("✗", failed, "red", True),
-        ("⊘", _count(batch, "cancelled"), "yellow", False),
-        ("▶", _count(batch, "running"), "cyan", False),
-        ("…", _count(batch, "queued"), None, False),
+        ("⊘", item_count(batch, "cancelled"), "yellow", False),
+        ("▶", item_count(batch, "running"), "cyan", False),
+        ("…", item_count(batch, "queued"), None, False),
     ]
     shown = [(f"{sign}{n}", fg) for sign, n, fg, always in marks if always or n]
     tally_plain = " ".join(text for text, _ in shown)
@@ -685,14 +686,14 @@ def batch_summary(batch: JsonObject, color: bool = False) -> str:
         format_cost(batch.get("total_cost_usd")),
     ]
     if isinstance(elapsed, int | float):
-        parts.append(format_duration(round(elapsed * 1000)))
+        parts.append(duration_ms(round(elapsed * 1000)))
     return "  ".join(parts)
 
 
 def batch_cancelled(batch: JsonObject) -> str:
     """What `ccq batch cancel` did: the tally after the cancel."""
     line = f"batch {batch['id']}: {batch['status']}; {batch_counts(batch)}"
-    if running := _count(batch, "running"):
+    if running := item_count(batch, "running"):
         line += f" (the {running} running {'one is' if running == 1 else 'ones are'} stopping)"
     return line
 
@@ -714,7 +715,7 @@ def batch_details(batch: JsonObject, color: bool = False) -> str:
         ("finished", format_time(batch.get("finished_at"))),
         (
             "elapsed",
-            format_duration(round(elapsed * 1000)) if isinstance(elapsed, int | float) else "-",
+            duration_ms(round(elapsed * 1000)) if isinstance(elapsed, int | float) else "-",
         ),
     ]
     if not batch.get("finished_at"):

@@ -7,7 +7,8 @@ Code CLI in the session's container, and is tailed here live over the run's WebS
 stream. The parent delegates through ccq's MCP tool `delegate` inside its container: a
 Celery chord runs the children in parallel and resumes the parent with their results.
 Runs against the scripted model server unless a Claude credential is set, then against
-the real API.
+the real API. It talks to ccq through the `client` package, as any program would; on a
+terminal rich styles the headings, in a CI log the lines are plain.
 """
 
 from __future__ import annotations
@@ -19,28 +20,26 @@ import sys
 import time
 from typing import Any
 
-import requests
-from websockets.exceptions import ConnectionClosedOK
-from websockets.sync.client import connect
+from rich.console import Console
 
-from orchestrator.settings import load_settings
+from client import ApiClient, ApiError, ApiUnreachable, ConfigError, Kind, TailTimeout, resolve
+from client.config import read_environment
 
 SCRIPTED = not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"))
+OWNER = "demo"
+RUN_DEADLINE = 600.0  # seconds a run may take before the demo gives up on it
+CONSOLE = Console(highlight=False, soft_wrap=True)
 
 
-class Api:
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.token = token
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {token}"
+def say(text: str, style: str | None = None) -> None:
+    """A line of the story; ``style`` (rich's) shows only on a terminal."""
+    CONSOLE.print(text, style=style, markup=False)
 
-    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self.http.request(method, self.base + path, timeout=30, **kwargs)
-        if response.status_code >= 400:
-            sys.exit(f"demo: {method} {path} -> {response.status_code} {response.text}")
-        body: dict[str, Any] = response.json()
-        return body
+
+def step(text: str) -> None:
+    """A numbered step's heading, after an empty line."""
+    say("")
+    say(text, "bold")
 
 
 def tool_errors(event: dict[str, Any]) -> list[str]:
@@ -75,34 +74,29 @@ def describe(event: dict[str, Any]) -> str | None:
     if kind == "result":
         return f"result: {data.get('subtype')}, cost ${data.get('total_cost_usd', 0):.6f}"
     if kind.startswith("ccq."):
-        return kind + (f" ({data['status']})" if "status" in data else "")
+        return str(kind) + (f" ({data['status']})" if "status" in data else "")
     return None
 
 
-def tail(api: Api, run_id: str, errors: list[str] | None = None) -> dict[str, Any]:
-    """Print the run's events live from its WebSocket stream; return the finished run.
+def tail(api: ApiClient, run_id: str, errors: list[str] | None = None) -> dict[str, Any]:
+    """Print the run's events live from its stream; return the finished run.
 
     The stream starts at the run's first event and closes after its last, so this sees
     the whole run even when it finished before the socket opened. Failed tool calls are
     added to ``errors``.
     """
-    url = api.base.replace("http", "ws", 1) + f"/api/v1/runs/{run_id}/stream"
-    headers = {"Authorization": api.http.headers["Authorization"]}
-    with connect(url, additional_headers=headers, proxy=None, open_timeout=30) as ws:
-        try:
-            while True:
-                event = json.loads(ws.recv(timeout=300))
-                if "tail" in event:
-                    continue
-                if errors is not None:
-                    errors.extend(tool_errors(event))
-                if (line := describe(event)) is not None:
-                    print(f"    {line}")
-        except ConnectionClosedOK:
-            pass  # code 1000: the run finished
-        except TimeoutError:
-            sys.exit(f"demo: run {run_id} sent nothing for 300 s")
-    return api.call("GET", f"/api/v1/runs/{run_id}")["run"]
+
+    def show(event: dict[str, Any], _raw: str) -> None:
+        if errors is not None:
+            errors.extend(tool_errors(event))
+        if (line := describe(event)) is not None:
+            say(f"    {line}")
+
+    try:
+        api.follower(Kind.RUN, run_id).follow(show, deadline=time.monotonic() + RUN_DEADLINE)
+    except TailTimeout:
+        sys.exit(f"demo: run {run_id} did not finish within {RUN_DEADLINE:.0f} s")
+    return api.get_run(run_id)
 
 
 ANIMALS = {
@@ -132,7 +126,7 @@ def delegation_prompt() -> str:
     return f"[[tool mcp__ccq__delegate {json.dumps(arguments)}]]"
 
 
-def wait_for_followup(api: Api, session_id: str, timeout: float = 600) -> str:
+def wait_for_followup(api: ApiClient, session_id: str, timeout: float = 600) -> str:
     """The follow-up run the fan-out queues on the parent once every child ended.
 
     Called after the delegating run ended, so its children exist already: none means
@@ -141,7 +135,7 @@ def wait_for_followup(api: Api, session_id: str, timeout: float = 600) -> str:
     deadline = time.monotonic() + timeout
     announced: set[str] = set()
     while time.monotonic() < deadline:
-        children = api.call("GET", f"/api/v1/sessions/{session_id}/children")["children"]
+        children = api.children(session_id, recursive=False)["children"]
         if not children:
             sys.exit(f"demo: session {session_id} ended its run without any child session")
         for child in children:
@@ -151,40 +145,40 @@ def wait_for_followup(api: Api, session_id: str, timeout: float = 600) -> str:
                 and child["id"] not in announced
             ):
                 announced.add(child["id"])
-                print(f"    child {child['id']}: {run['status']} -> {run.get('result')!r}")
+                say(f"    child {child['id']}: {run['status']} -> {run.get('result')!r}")
         fanouts = {c["fanout_id"] for c in children if c["fanout_id"]}
         for fanout_id in fanouts:
-            fanout = api.call("GET", f"/api/v1/fanouts/{fanout_id}")["fanout"]
+            fanout = api.get_fanout(fanout_id)["fanout"]
             if fanout["followup_run_id"]:
                 return str(fanout["followup_run_id"])
         time.sleep(0.5)
     sys.exit(f"demo: session {session_id} was not resumed within {timeout:.0f} s")
 
 
-def delegate(api: Api) -> bool:
+def delegate(api: ApiClient) -> bool:
     prompt = delegation_prompt()
-    created = api.call("POST", "/api/v1/sessions", json={"prompt": prompt})
+    created = api.create_session({"prompt": prompt})
     parent_id = created["session"]["id"]
-    print(f"\n[3] parent {parent_id} delegates to three children (MCP tool `delegate`)")
+    step(f"[3] parent {parent_id} delegates to three children (MCP tool `delegate`)")
     errors: list[str] = []
     delegated = tail(api, created["run"]["id"], errors)
     if delegated["status"] != "succeeded" or (SCRIPTED and errors):
         # The children never started: say why now instead of waiting for them.
         cause = "; ".join(errors) or delegated.get("error") or delegated.get("result")
         sys.exit(f"demo: the parent could not delegate ({delegated['status']}): {cause}")
-    print(f"  < {delegated['status']}; children running in parallel:")
+    say(f"  < {delegated['status']}; children running in parallel:")
     followup_id = wait_for_followup(api, parent_id)
-    print(f"\n[4] the parent, resumed once with all three results (run {followup_id})")
+    step(f"[4] the parent, resumed once with all three results (run {followup_id})")
     summary = tail(api, followup_id)
-    print(f"  < {summary['status']}")
-    print("\n[5] the tree: ccq children " + parent_id)
+    say(f"  < {summary['status']}")
+    step("[5] the tree: ccq children " + parent_id)
     ccq = os.path.join(os.path.dirname(sys.executable), "ccq")
     subprocess.run(
         [ccq, "children", parent_id],
         check=True,
-        env={**os.environ, "CCQ_API_URL": api.base, "CCQ_TOKEN": api.token},
+        env={**os.environ, "CCQ_API_URL": api.base_url, "CCQ_TOKEN": api.token},
     )
-    return delegated["status"] == "succeeded" and summary["status"] == "succeeded"
+    return bool(delegated["status"] == "succeeded" and summary["status"] == "succeeded")
 
 
 BATCH_PROMPTS = [
@@ -197,12 +191,12 @@ BATCH_PROMPTS = [
 ]
 
 
-def batch(api: Api) -> bool:
+def batch(api: ApiClient) -> bool:
     """Submit a small batch with `ccq batch submit --wait`, then export its results."""
     ccq = os.path.join(os.path.dirname(sys.executable), "ccq")
-    env = {**os.environ, "CCQ_API_URL": api.base, "CCQ_TOKEN": api.token}
+    env = {**os.environ, "CCQ_API_URL": api.base_url, "CCQ_TOKEN": api.token}
     items = "".join(json.dumps({"prompt": p}) + "\n" for p in BATCH_PROMPTS)
-    print(f"\n[6] a batch of {len(BATCH_PROMPTS)} prompts: ccq batch submit - --wait")
+    step(f"[6] a batch of {len(BATCH_PROMPTS)} prompts: ccq batch submit - --wait")
     submitted = subprocess.run(
         [ccq, "batch", "submit", "-", "--max-concurrency", "3", "--wait"],
         input=items,
@@ -213,63 +207,67 @@ def batch(api: Api) -> bool:
     batch_id = submitted.stdout.strip().splitlines()[0] if submitted.stdout.strip() else ""
     if not batch_id:
         return False
-    print(f"\n[7] its results, one NDJSON line per item: ccq batch results {batch_id}")
+    step(f"[7] its results, one NDJSON line per item: ccq batch results {batch_id}")
     exported = subprocess.run(
         [ccq, "batch", "results", batch_id], capture_output=True, text=True, env=env, check=True
     )
     for line in exported.stdout.splitlines():
         item = json.loads(line)
-        print(f"    #{item['index']} {item['status']}: {item['result']!r}")
+        say(f"    #{item['index']} {item['status']}: {item['result']!r}")
     return submitted.returncode == 0
 
 
-def check_ready(base: str) -> None:
+def check_ready(api: ApiClient) -> None:
     """Stop at once, naming the cause, if the stack cannot run prompts."""
     try:
-        response = requests.get(base + "/readyz", timeout=10)
-    except requests.RequestException as exc:
-        sys.exit(f"demo: the API at {base} does not answer ({exc}); run `make up`")
-    if response.status_code != 200:
-        problems = response.json().get("error", {}).get("details", {})
+        api.ready()
+    except ApiUnreachable as exc:
+        sys.exit(f"demo: the API at {api.base_url} does not answer ({exc.reason}); run `make up`")
+    except ApiError as exc:
+        problems = exc.details if isinstance(exc.details, dict) else {}
         lines = "".join(f"\n  {name}: {problem}" for name, problem in problems.items())
-        sys.exit(f"demo: the stack at {base} is not ready:{lines or ' ' + response.text}")
+        sys.exit(f"demo: the stack at {api.base_url} is not ready:{lines or ' ' + exc.message}")
 
 
-def main() -> None:
-    settings = load_settings()
-    check_ready(settings.api_url)
-    token = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ccq"), "token", "--sub", "demo"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    api = Api(settings.api_url, token)
-    print(
-        f"demo: talking to {settings.api_url}"
+def connect() -> ApiClient:
+    """The local stack's API, with a token for owner ``demo`` minted from the stack's
+    ``CCQ_JWT_SECRET`` (a shell's CCQ_API_URL and CCQ_TOKEN are not the demo's)."""
+    values = {k: v for k, v in read_environment().items() if k not in ("CCQ_API_URL", "CCQ_TOKEN")}
+    try:
+        config = resolve(values=values, subject=OWNER)
+    except ConfigError as exc:
+        sys.exit(f"demo: {exc}; run `make up`")
+    return ApiClient(config.api_url, config.token)
+
+
+def story(api: ApiClient) -> None:
+    say(
+        f"demo: talking to {api.base_url}"
         + (" (scripted model server)" if SCRIPTED else " (the real Claude API)")
     )
 
     first_prompt = "Remember this word: tangerine. Reply briefly."
-    created = api.call("POST", "/api/v1/sessions", json={"prompt": first_prompt})
+    created = api.create_session({"prompt": first_prompt})
     session_id = created["session"]["id"]
-    print(f"\n[1] session {session_id}\n  > {first_prompt}")
+    step(f"[1] session {session_id}")
+    say(f"  > {first_prompt}")
     first = tail(api, created["run"]["id"])
-    print(f"  < {first['result']!r} ({first['status']})")
+    say(f"  < {first['result']!r} ({first['status']})")
 
     second_prompt = "Which word did I ask you to remember?"
-    queued = api.call("POST", f"/api/v1/sessions/{session_id}/runs", json={"prompt": second_prompt})
-    print(f"\n[2] same session, resumed by its ID\n  > {second_prompt}")
-    second = tail(api, queued["run"]["id"])
-    print(f"  < {second['result']!r} ({second['status']})")
+    queued = api.queue_run(session_id, second_prompt)
+    step("[2] same session, resumed by its ID")
+    say(f"  > {second_prompt}")
+    second = tail(api, queued["id"])
+    say(f"  < {second['result']!r} ({second['status']})")
 
-    session = api.call("GET", f"/api/v1/sessions/{session_id}")["session"]
-    print(
+    session = api.get_session(session_id)
+    say(
         f"\nsession {session_id}: {session['runs_count']} runs, "
         f"status {session['status']}, cost ${session['total_cost_usd']:.6f}"
     )
     if SCRIPTED:
-        print(
+        say(
             "(the scripted model echoes with the number of messages it received: the "
             "second answer saw the first exchange)"
         )
@@ -279,6 +277,17 @@ def main() -> None:
         sys.exit("demo: the delegation did not succeed")
     if not batch(api):
         sys.exit("demo: the batch did not succeed")
+
+
+def main() -> None:
+    with connect() as api:
+        check_ready(api)
+        try:
+            story(api)
+        except ApiError as exc:
+            sys.exit(f"demo: the API answered {exc.status} {exc.code}: {exc.message}")
+        except ApiUnreachable as exc:
+            sys.exit(f"demo: {exc}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from client.formatting import format_cost_cents as format_cost
+from client.formatting import format_duration as format_duration  # tests import it here
 from orchestrator.db.models import RunStatus
 from orchestrator.notify.urls import ELLIPSIS
 
@@ -102,26 +104,6 @@ def _clip_slack(escaped: str, limit: int) -> str:
 
 def short_id(value: uuid.UUID | str) -> str:
     return str(value)[:8] + ELLIPSIS
-
-
-def format_cost(cost: Decimal | None) -> str:
-    if cost is None:
-        return "$?"
-    if 0 < cost < Decimal("0.01"):
-        return f"${cost:.4f}"
-    return f"${cost:.2f}"
-
-
-def format_duration(seconds: float) -> str:
-    """``45s``, ``3m12s``, ``2h05m``."""
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _duration(start: datetime | None, end: datetime | None) -> float | None:

@@ -18,14 +18,20 @@ import click
 import pytest
 import requests
 from click.testing import CliRunner
+from rich.console import Console
 from urllib3.exceptions import ProtocolError
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from cli import batch as batch_cli
-from cli.batch import PLAIN_EVERY_SECONDS, ProgressDisplay, Shown, plain_line_due
-from cli.client import ApiClient, ApiError, ApiUnreachable, JsonObject
+from cli import batches as batch_cli
 from cli.main import cli
+from cli.progress import (
+    PLAIN_EVERY_SECONDS,
+    ProgressDisplay,
+    RichProgress,
+    Shown,
+    plain_line_due,
+)
 from cli.render import (
     BAR_MAX,
     batch_cancelled,
@@ -38,7 +44,8 @@ from cli.render import (
     format_eta,
     progress_line,
 )
-from cli.tail import Action, Backoff, Decision, Follower, Kind, on_close, stream_url
+from client import ApiClient, ApiError, ApiUnreachable, JsonObject
+from client.tail import Action, Backoff, Decision, Follower, Kind, on_close, stream_url
 from tests.waiting import free_port
 
 BATCH_ID = "b0000000-0000-4000-8000-000000000000"
@@ -209,8 +216,9 @@ class Clock:
 
 
 def test_a_terminal_gets_one_line_redrawn_in_place_and_a_newline_at_the_end() -> None:
-    written: list[str] = []
-    display = ProgressDisplay(written.append, tty=True, color=False, width=lambda: 80)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80, color_system=None)
+    display = RichProgress(console)
     first, second = _batch(succeeded=10), _batch(succeeded=11)
 
     display.update(first)
@@ -218,24 +226,23 @@ def test_a_terminal_gets_one_line_redrawn_in_place_and_a_newline_at_the_end() ->
     display.note("ccq: the connection dropped; reconnecting")
     display.close()
 
-    line = progress_line(second, 80)
-    assert written == [
-        "\r" + progress_line(first, 80) + "\x1b[K",
-        "\r" + line + "\x1b[K",
-        "\r\x1b[K",  # the bar makes way for the note...
-        "ccq: the connection dropped; reconnecting\n",
-        "\r" + line + "\x1b[K",  # ...and comes back under it
-        "\n",
-    ]
+    written = out.getvalue()
+    # The bar makes way for the note (the line is erased, the note printed on its own)...
+    assert "\r\x1b[2Kccq: the connection dropped; reconnecting\n" in written
+    # ...and comes back under it, redrawn in place, showing the last state at the end.
+    last = written.rsplit("\r\x1b[2K", 1)[1]
+    assert "11/200" in last
+    assert "✓11" in last
+    assert "10/200" not in last
+    assert last.endswith("\n\x1b[?25h")  # a newline after the bar, the cursor back
     display.close()
-    assert written[-1] == "\n"
-    assert len(written) == 6  # closing twice adds nothing
+    assert out.getvalue() == written  # closing twice adds nothing
 
 
 def test_elsewhere_plain_lines_are_throttled_and_the_final_one_is_written() -> None:
     written: list[str] = []
     clock = Clock()
-    display = ProgressDisplay(written.append, tty=False, color=True, clock=clock)
+    display = ProgressDisplay(written.append, clock=clock)
 
     display.update(_batch(succeeded=0))  # the first: written
     clock.now = 1.0

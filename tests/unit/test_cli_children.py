@@ -13,8 +13,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from cli import commands
-from cli.client import ApiClient, ApiError, JsonObject
+from cli import children as commands
 from cli.main import cli
 from cli.render import (
     MIN_RESULT_CHARS,
@@ -27,6 +26,8 @@ from cli.render import (
     run_outcome,
     tree_rows,
 )
+from cli.waiting import WaitOptions
+from client import ApiClient, ApiError, JsonObject
 
 ROOT = "00000000-0000-4000-8000-000000000000"
 FANOUT_ID = "f0000000-0000-4000-8000-000000000000"
@@ -434,15 +435,13 @@ def test_fanout_follow_shows_children_then_follows_the_parents_run(
     done = _state({1: "succeeded", 2: "failed"}, FOLLOWUP_ID, "finished")
     monkeypatch.setattr(ApiClient, "get_fanout", lambda self, fanout_id: done)
     monkeypatch.setattr(ApiClient, "get_run", lambda self, run_id: _run("queued", id=run_id))
-    followed: list[tuple[JsonObject, commands.WaitOptions]] = []
+    followed: list[tuple[JsonObject, WaitOptions]] = []
 
-    def finish(
-        client: ApiClient, run: JsonObject, options: commands.WaitOptions, _: Any
-    ) -> NoReturn:
+    def finish(client: ApiClient, run: JsonObject, options: WaitOptions, _: Any) -> NoReturn:
         followed.append((run, options))
         raise SystemExit(0)
 
-    monkeypatch.setattr(commands, "_finish", finish)
+    monkeypatch.setattr(commands, "finish", finish)
     monkeypatch.setattr(commands, "FANOUT_POLL_FIRST", 0.01)
     result = _invoke("fanout", ROOT, "--prompt", "a", "--prompt", "b", "--then", "go", "-f")
     assert result.exit_code == 0, result.output
@@ -457,7 +456,7 @@ def test_fanout_follow_shows_children_then_follows_the_parents_run(
     ]
     [(run, options)] = followed
     assert run["id"] == FOLLOWUP_ID
-    assert options == commands.WaitOptions(stream=True, as_json=False, timeout=None)
+    assert options == WaitOptions(stream=True, as_json=False, timeout=None)
 
 
 def test_fanout_follow_of_a_cancelled_fanout_exits_1(

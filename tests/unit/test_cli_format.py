@@ -8,15 +8,12 @@ from typing import Any
 import click
 import pytest
 
-from cli.client import ApiError
 from cli.render import (
     StreamState,
     TailView,
     finish_stream,
     format_age,
     format_api_error,
-    format_cost,
-    format_duration,
     format_time,
     format_unreachable,
     render_event,
@@ -26,6 +23,8 @@ from cli.render import (
     session_details,
     sessions_table,
 )
+from client import ApiError
+from client.formatting import format_cost, format_duration
 
 NOW = datetime(2026, 1, 31, 12, 0, 0, tzinfo=UTC)
 SESSION_ID = "3a4e0109-5de1-4ad0-9286-57bf952c75c1"
@@ -318,7 +317,7 @@ def test_format_cost(value: float | None, text: str) -> None:
     ("ms", "text"), [(None, "-"), (157, "0.2s"), (59_000, "59.0s"), (125_000, "2m05s")]
 )
 def test_format_duration(ms: int | None, text: str) -> None:
-    assert format_duration(ms) == text
+    assert format_duration(None if ms is None else ms / 1000, tenths=True) == text
 
 
 @pytest.mark.parametrize(

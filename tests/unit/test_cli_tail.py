@@ -15,7 +15,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from cli.tail import (
+from client.tail import (
     Action,
     Backoff,
     Decision,

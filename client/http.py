@@ -1,16 +1,23 @@
-"""A small typed client for the ccq HTTP API, used by the `ccq` client commands.
+"""The ccq HTTP API as typed methods: the CLI, the demo and the tests call it.
 
-Every failure comes out as one of two exceptions, so the commands can print one clear
-line instead of a traceback: :class:`ApiError` (the API answered with its error shape, or
-something that was not JSON) and :class:`ApiUnreachable` (no answer at all).
+Every failure comes out as :class:`~client.errors.ApiError` or
+:class:`~client.errors.ApiUnreachable`. A 429 or 503 that says how long to wait is
+waited out and sent again (:mod:`client.retry`), so a caller sees only what a person
+must decide about.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import requests
+
+from client.errors import ApiError, ApiUnreachable, error_from_body
+from client.pagination import collect, iter_items
+from client.retry import RetryPolicy, parse_retry_after
+from client.tail import Follower, Kind
 
 JsonObject = dict[str, Any]
 
@@ -24,57 +31,52 @@ BATCH_UPLOAD_READ_TIMEOUT = 300.0
 RESULTS_CHUNK_BYTES = 64 * 1024
 
 
-class ApiError(Exception):
-    """The API answered with an error: ``{"error": {"code", "message", "details"}}``."""
-
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-
-
-class ApiUnreachable(Exception):
-    """No HTTP answer at all: refused, DNS, TLS or a timeout."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"cannot reach the ccq API at {url}: {reason}")
-        self.url = url
-        self.reason = reason
-
-
-def _error_from(response: requests.Response) -> ApiError:
-    """The API's own error if the body has its shape; otherwise the bare HTTP status.
-
-    A proxy or a crashed server may answer HTML: its body is not shown (it may be long
-    and says nothing the status does not).
-    """
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return ApiError(
-            response.status_code,
-            str(error.get("code") or "error"),
-            error["message"],
-            error.get("details"),
-        )
-    reason = response.reason or "error"
-    return ApiError(response.status_code, "http_error", f"HTTP {response.status_code} {reason}")
-
-
 class ApiClient:
-    """The ccq API as methods; each returns the decoded JSON body of a success."""
+    """The ccq API as methods; each returns the decoded JSON body of a success.
 
-    def __init__(self, base_url: str, token: str, http: requests.Session | None = None) -> None:
+    Args:
+        retry: how 429 and 503 answers are waited out (``client.retry.NO_RETRY``: never).
+        sleep: how a wait is spent (tests pass a stub).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        http: requests.Session | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token  # live tails send it on their WebSocket handshake
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
         self._http = http or requests.Session()
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._http.headers["Accept"] = "application/json"
+
+    @classmethod
+    def from_environment(cls, api_url: str | None = None, token: str | None = None) -> ApiClient:
+        """A client for the API and token ccq finds (:func:`client.config.resolve`)."""
+        from client.config import resolve
+
+        config = resolve(api_url, token)
+        return cls(config.api_url, config.token)
+
+    def follower(
+        self,
+        kind: Kind,
+        object_id: str,
+        *,
+        after: str | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> Follower:
+        """A live tail of a run, a session or a batch with this client's URL and token."""
+        follower = Follower(self.base_url, self.token, kind, object_id, after=after)
+        if notify is not None:
+            follower.notify = notify
+        return follower
 
     def close(self) -> None:
         self._http.close()
@@ -98,7 +100,39 @@ class ApiClient:
         stream: bool = False,
     ) -> requests.Response:
         """The API's answer to a success (its body unread with ``stream``); every failure
-        as ApiError or ApiUnreachable."""
+        as ApiError or ApiUnreachable, after the retries the policy allows.
+
+        A body read from a file is sent again from where it started, or not retried if
+        the file cannot go back there (stdin).
+        """
+        start = _position(data)
+        replayable = data is None or isinstance(data, bytes) or start is not None
+        attempt = 0
+        while True:
+            try:
+                return self._attempt(
+                    method, path, params, json, data, headers, read_timeout, stream
+                )
+            except ApiError as error:
+                delay = self.retry.delay(attempt, error.status, error.retry_after)
+                if delay is None or not replayable:
+                    raise
+            self._sleep(delay)
+            if start is not None and not isinstance(data, bytes | None):
+                data.seek(start)
+            attempt += 1
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json: JsonObject | None,
+        data: bytes | IO[bytes] | None,
+        headers: dict[str, str] | None,
+        read_timeout: float,
+        stream: bool,
+    ) -> requests.Response:
         url = self.base_url + path
         try:
             response = self._http.request(
@@ -135,6 +169,11 @@ class ApiClient:
         response = self._request(method, path, params=params, json=json, read_timeout=read_timeout)
         return _json_object(response)
 
+    def ready(self) -> JsonObject:
+        """``GET /readyz``: ``{"status": "ready"}``, or ApiError 503 whose ``details`` name
+        each dependency that is down."""
+        return self._call("GET", "/readyz")
+
     # --- sessions -----------------------------------------------------------------------
 
     def create_session(self, body: JsonObject) -> JsonObject:
@@ -159,6 +198,23 @@ class ApiClient:
             "batch_id": batch_id,
         }
         return self._call("GET", "/api/v1/sessions", params=params)
+
+    def sessions(
+        self, *, status: str | None = None, limit: int | None = None, all_pages: bool = False
+    ) -> tuple[list[JsonObject], str | None]:
+        """The first page of sessions (every page with ``all_pages``), and the cursor of
+        the page after them (None: there is no more)."""
+        found = collect(
+            lambda cursor: self.list_sessions(status=status, limit=limit, cursor=cursor),
+            "sessions",
+            all_pages=all_pages,
+        )
+        return found.items, found.next_cursor
+
+    def iter_sessions(self, **filters: Any) -> Iterator[JsonObject]:
+        """Every session matching ``filters`` (as :meth:`list_sessions` takes them), newest
+        first, a page read at a time."""
+        return iter_items(lambda cursor: self.list_sessions(cursor=cursor, **filters), "sessions")
 
     def get_session(self, session_id: str) -> JsonObject:
         session: JsonObject = self._call("GET", f"/api/v1/sessions/{session_id}")["session"]
@@ -268,6 +324,17 @@ class ApiClient:
         """One page: ``{"batches", "next_cursor"}``, newest first."""
         return self._call("GET", "/api/v1/batches", params={"limit": limit, "cursor": cursor})
 
+    def batches(
+        self, *, limit: int | None = None, all_pages: bool = False
+    ) -> tuple[list[JsonObject], str | None]:
+        """The first page of batches (every page with ``all_pages``), and the next cursor."""
+        found = collect(
+            lambda cursor: self.list_batches(limit=limit, cursor=cursor),
+            "batches",
+            all_pages=all_pages,
+        )
+        return found.items, found.next_cursor
+
     def cancel_batch(self, batch_id: str) -> JsonObject:
         """The batch after the cancel: queued items are cancelled, running ones stopping."""
         batch: JsonObject = self._call("POST", f"/api/v1/batches/{batch_id}/cancel")["batch"]
@@ -293,6 +360,25 @@ class ApiClient:
                         yield line
             except requests.RequestException:
                 raise ApiUnreachable(self.base_url, "the connection broke mid-answer") from None
+
+
+def _position(data: bytes | IO[bytes] | None) -> int | None:
+    """Where a file body starts, if it can be read again from there."""
+    if data is None or isinstance(data, bytes):
+        return None
+    try:
+        return data.tell() if data.seekable() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _error_from(response: requests.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return error_from_body(response.status_code, body, response.reason or "", retry_after)
 
 
 def _json_object(response: requests.Response) -> JsonObject:

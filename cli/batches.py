@@ -10,39 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import shutil
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, NoReturn
 
 import click
 
-from cli.client import ApiClient, ApiError, JsonObject
-from cli.commands import (
-    api_client,
-    api_options,
-    fail,
-    reports_api_errors,
-    stderr_color,
-    stdout_color,
-)
+from cli.console import stderr_color, stdout_color
+from cli.context import api_options, fail, pass_client
+from cli.progress import Display, progress_display
 from cli.render import (
     batch_cancelled,
     batch_details,
     batch_submitted,
     batch_summary,
     batches_table,
-    progress_line,
 )
-from cli.tail import Follower, Kind
+from client import ApiClient, ApiError, JsonObject, Kind
 
 # The last event of a batch's stream (before it, ccq.batch.progress ones).
 BATCH_FINISHED = "ccq.batch.finished"
@@ -58,115 +48,10 @@ CLEAR_LINE = "\x1b[K"
 POLL_FIRST, POLL_MAX = 0.5, 2.0
 
 
-# --- the progress display -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shown:
-    """The last plain progress line written: when, at how many items done, and its text."""
-
-    at: float
-    done: int
-    line: str
-
-
-def plain_line_due(
-    last: Shown | None, now: float, done: int, total: int, line: str, *, final: bool = False
-) -> bool:
-    """Whether a plain progress line (stderr is not a terminal) should be written now.
-
-    The first is; one that says nothing new is not (the final one included). The final
-    one is, and so is one whenever ``done`` grew by a tenth of ``total`` since the last;
-    otherwise at most one per ``PLAIN_EVERY_SECONDS``.
-    """
-    if last is None:
-        return True
-    if line == last.line:
-        return False
-    if final:
-        return True
-    if done - last.done >= max(1, math.ceil(total * PLAIN_STEP)):
-        return True
-    return now - last.at >= PLAIN_EVERY_SECONDS
-
-
-def _stderr_width() -> int:
-    try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
-    except (OSError, ValueError):
-        return shutil.get_terminal_size().columns
-
-
-class ProgressDisplay:
-    """A batch's progress line on stderr while the command waits.
-
-    On a terminal (``tty``) the line is redrawn in place (``\\r``, the line, clear to its
-    end) on every update, and :meth:`close` ends it with a newline. Elsewhere plain lines
-    are written when :func:`plain_line_due` says so, and :meth:`close` writes the last
-    state if it was not written yet. Only the thread following the stream calls it.
-    """
-
-    def __init__(
-        self,
-        write: Callable[[str], None],
-        *,
-        tty: bool,
-        color: bool,
-        width: Callable[[], int] = _stderr_width,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.write, self.tty, self.color = write, tty, color
-        self.width, self.clock = width, clock
-        self.batch: JsonObject | None = None
-        self._drawn = False  # a terminal's line holds the bar (the cursor is at its end)
-        self._shown: Shown | None = None
-
-    def update(self, batch: JsonObject) -> None:
-        self.batch = batch
-        self._draw(final=False)
-
-    def note(self, text: str) -> None:
-        """A line of its own (the stream broke, it is back), above the bar."""
-        if self._drawn:
-            self.write("\r" + CLEAR_LINE)
-        self.write(text + "\n")
-        if self._drawn:
-            self._drawn = False
-            self._draw(final=False)
-
-    def close(self) -> None:
-        """Leave the terminal clean: the final state shown, the cursor on a new line."""
-        if self.tty:
-            if self._drawn:
-                self.write("\n")
-            self._drawn = False
-        else:
-            self._draw(final=True)
-
-    def _draw(self, final: bool) -> None:
-        if self.batch is None:
-            return
-        if self.tty:
-            line = progress_line(self.batch, self.width(), self.color)
-            self.write("\r" + line + CLEAR_LINE)
-            self._drawn = True
-            return
-        line = progress_line(self.batch, PLAIN_WIDTH, color=False)
-        done, total = int(self.batch.get("done") or 0), int(self.batch.get("total_items") or 0)
-        now = self.clock()
-        if plain_line_due(self._shown, now, done, total, line, final=final):
-            self.write(line + "\n")
-            self._shown = Shown(now, done, line)
-
-
-def _stderr_writer(text: str) -> None:
-    click.echo(text, nl=False, err=True)  # flushes: the bar moves as events come
-
-
 # --- following a batch ----------------------------------------------------------------
 
 
-def _poll_finished(client: ApiClient, batch: JsonObject, display: ProgressDisplay) -> JsonObject:
+def _poll_finished(client: ApiClient, batch: JsonObject, display: Display) -> JsonObject:
     """Read the batch until it finished (when its stream ended without saying so)."""
     delay = POLL_FIRST
     while not batch.get("finished_at"):
@@ -192,8 +77,7 @@ def follow_batch(client: ApiClient, batch: JsonObject) -> JsonObject:
     Following stops at the ``ccq.batch.finished`` event, whether or not the server has
     closed the stream yet.
     """
-    tty = sys.stderr.isatty()
-    display = ProgressDisplay(_stderr_writer, tty=tty, color=stderr_color())
+    display = progress_display()
 
     def on_event(event: JsonObject, _raw: str) -> None:
         state = (event.get("data") or {}).get("batch")
@@ -206,7 +90,7 @@ def follow_batch(client: ApiClient, batch: JsonObject) -> JsonObject:
         display.note(f"ccq: {message}")
 
     display.update(batch)
-    follower = Follower(client.base_url, client.token, Kind.BATCH, batch["id"], notify=notify)
+    follower = client.follower(Kind.BATCH, batch["id"], notify=notify)
     try:
         follower.follow(on_event)
         return _poll_finished(client, client.get_batch(batch["id"]), display)
@@ -284,16 +168,15 @@ def _upload_body(items: IO[bytes]) -> bytes | IO[bytes]:
     help="Print the API's JSON (with --wait: the finished batch).",
 )
 @api_options
-@reports_api_errors
+@pass_client
 def submit_command(
+    client: ApiClient,
     items: IO[bytes],
     max_concurrency: int | None,
     notify_url: str | None,
     idempotency_key: str | None,
     wait: bool,
     as_json: bool,
-    api_url: str | None,
-    token: str | None,
 ) -> None:
     """Submit FILE (NDJSON: one item object per line, `-` reads stdin) as a batch.
 
@@ -303,23 +186,22 @@ def submit_command(
     0). The batch's ID goes to stdout. With --wait, the exit status is 0 if every item
     succeeded, 1 otherwise (130 on Ctrl-C: the batch goes on).
     """
-    with api_client(api_url, token) as client:
-        batch, created = client.create_batch_ndjson(
-            _upload_body(items),
-            max_concurrency=max_concurrency,
-            notify_url=notify_url,
-            idempotency_key=idempotency_key,
-        )
-        if as_json and not wait:
-            click.echo(json.dumps({"batch": batch}, indent=2))
-        elif not as_json:
-            click.echo(batch["id"])  # at once, so a script has it even if it stops waiting
-        summary = batch_submitted(batch, created)
-        if not wait:
-            click.echo(f"{summary} (`ccq batch status {batch['id']} --wait` follows it)", err=True)
-            return
-        click.echo(summary, err=True)
-        _await(client, batch, as_json=as_json, details=False)
+    batch, created = client.create_batch_ndjson(
+        _upload_body(items),
+        max_concurrency=max_concurrency,
+        notify_url=notify_url,
+        idempotency_key=idempotency_key,
+    )
+    if as_json and not wait:
+        click.echo(json.dumps({"batch": batch}, indent=2))
+    elif not as_json:
+        click.echo(batch["id"])  # at once, so a script has it even if it stops waiting
+    summary = batch_submitted(batch, created)
+    if not wait:
+        click.echo(f"{summary} (`ccq batch status {batch['id']} --wait` follows it)", err=True)
+        return
+    click.echo(summary, err=True)
+    _await(client, batch, as_json=as_json, details=False)
 
 
 @batch_group.command("status")
@@ -331,15 +213,12 @@ def submit_command(
     help="Follow the batch with a progress bar until it finished; exit 0 if it succeeded.",
 )
 @api_options
-@reports_api_errors
-def status_command(
-    batch_id: uuid.UUID, as_json: bool, wait: bool, api_url: str | None, token: str | None
-) -> None:
+@pass_client
+def status_command(client: ApiClient, batch_id: uuid.UUID, as_json: bool, wait: bool) -> None:
     """Show a batch: counts by state, cost, progress and timings."""
-    with api_client(api_url, token) as client:
-        batch = client.get_batch(str(batch_id))
-        if wait:
-            _await(client, batch, as_json=as_json, details=True)
+    batch = client.get_batch(str(batch_id))
+    if wait:
+        _await(client, batch, as_json=as_json, details=True)
     if as_json:
         click.echo(json.dumps({"batch": batch}, indent=2))
     else:
@@ -392,10 +271,8 @@ def _write_file(lines: Iterable[bytes], path: Path) -> tuple[int, int]:
     help="Write to FILE instead of stdout (replaced once every line arrived).",
 )
 @api_options
-@reports_api_errors
-def results_command(
-    batch_id: uuid.UUID, output: Path | None, api_url: str | None, token: str | None
-) -> None:
+@pass_client
+def results_command(client: ApiClient, batch_id: uuid.UUID, output: Path | None) -> None:
     """Write a batch's results as NDJSON, one line per item.
 
     Lines come in item order as they stream: "index", "session_id", "run_id", "status",
@@ -403,17 +280,16 @@ def results_command(
     unfinished items too (queued or running, without a result).
     """
     key = str(batch_id)
-    with api_client(api_url, token) as client:
-        lines = client.batch_results(key)
-        if output is not None:
-            count, unfinished = _write_file(lines, output)
-            click.echo(f"batch {key}: {count} results written to {output}", err=True)
-        else:
-            try:
-                count, unfinished = _write_lines(lines, sys.stdout.buffer)
-            except BrokenPipeError:  # `ccq batch results … | head`: the reader is gone
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                sys.exit(1)
+    lines = client.batch_results(key)
+    if output is not None:
+        count, unfinished = _write_file(lines, output)
+        click.echo(f"batch {key}: {count} results written to {output}", err=True)
+    else:
+        try:
+            count, unfinished = _write_lines(lines, sys.stdout.buffer)
+        except BrokenPipeError:  # `ccq batch results … | head`: the reader is gone
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
     if unfinished:
         click.echo(
             f"ccq: {unfinished} of {count} items have not finished yet "
@@ -425,16 +301,15 @@ def results_command(
 @batch_group.command("cancel")
 @click.argument("batch_id", metavar="ID", type=click.UUID)
 @api_options
-@reports_api_errors
-def cancel_command(batch_id: uuid.UUID, api_url: str | None, token: str | None) -> None:
+@pass_client
+def cancel_command(client: ApiClient, batch_id: uuid.UUID) -> None:
     """Cancel a batch: queued items never start, running ones are stopped."""
-    with api_client(api_url, token) as client:
-        try:
-            batch = client.cancel_batch(str(batch_id))
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            fail(f"ccq: {exc.message}; nothing to cancel")
+    try:
+        batch = client.cancel_batch(str(batch_id))
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        fail(f"ccq: {exc.message}; nothing to cancel")
     click.echo(batch_cancelled(batch))
 
 
@@ -449,20 +324,10 @@ def cancel_command(batch_id: uuid.UUID, api_url: str | None, token: str | None) 
 @click.option("--all", "all_pages", is_flag=True, help="Follow the pages to the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @api_options
-@reports_api_errors
-def list_command(
-    limit: int, all_pages: bool, as_json: bool, api_url: str | None, token: str | None
-) -> None:
+@pass_client
+def list_command(client: ApiClient, limit: int, all_pages: bool, as_json: bool) -> None:
     """List your batches, newest first."""
-    batches: list[JsonObject] = []
-    cursor: str | None = None
-    with api_client(api_url, token) as client:
-        while True:
-            page = client.list_batches(limit=limit, cursor=cursor)
-            batches += page.get("batches", [])
-            cursor = page.get("next_cursor")
-            if not (all_pages and cursor):
-                break
+    batches, cursor = client.batches(limit=limit, all_pages=all_pages)
     if as_json:
         click.echo(json.dumps({"batches": batches, "next_cursor": cursor}, indent=2))
         return

@@ -1,0 +1,2 @@
+"""Operating a ccq server: the `ccq` commands that read the server's settings and start
+or manage its processes (see ``ops.commands``)."""
