@@ -1,13 +1,48 @@
-"""What `/readyz` checks: every dependency a run needs, each named when it fails."""
+"""What `/readyz` checks: every dependency a run needs, each named when it fails.
+
+The API never talks to Docker: each worker host's heartbeat (``runtime.heartbeat``)
+publishes a :class:`HostStatus` here under a key that expires, and the API reads them.
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
 
 import redis
 import sqlalchemy.exc
 from sqlalchemy import Engine
 
 from orchestrator.db import engine as db
-from orchestrator.runtime import heartbeat
+
+KEY_PREFIX = "ccq:heartbeat:"
+# A host whose worker stopped beating drops out this long after its last heartbeat.
+TTL_SECONDS = 20
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    hostname: str
+    docker_error: str | None
+    image_error: str | None
+    checked_at: float
+    # Session containers cannot call the API (their tools would fail).
+    network_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.docker_error is None and self.image_error is None and not self.network_error
+
+
+def publish(client: redis.Redis, status: HostStatus) -> None:
+    client.set(KEY_PREFIX + status.hostname, json.dumps(asdict(status)), ex=TTL_SECONDS)
+
+
+def live_hosts(client: redis.Redis) -> list[HostStatus]:
+    """Every worker host whose heartbeat has not expired."""
+    keys = list(client.scan_iter(match=KEY_PREFIX + "*", count=100))
+    values = client.mget(keys) if keys else []
+    return [HostStatus(**json.loads(v)) for v in values if v is not None]
 
 
 def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:
@@ -26,7 +61,7 @@ def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:
         problems["postgres"] = f"unreachable: {type(cause).__name__}"
     try:
         redis_client.ping()
-        hosts = heartbeat.live_hosts(redis_client)
+        hosts = live_hosts(redis_client)
     except redis.RedisError as exc:
         problems["redis"] = f"unreachable: {exc}"
         return problems

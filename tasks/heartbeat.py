@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from celery.signals import worker_ready, worker_shutdown
 
+from orchestrator import readiness
 from orchestrator.runtime import heartbeat
 from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
@@ -33,7 +34,7 @@ def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
         status = heartbeat.probe_host(hostname, settings.worker_image, reach)
         # Redis down: the heartbeat expires and /readyz says so.
         with contextlib.suppress(redis.RedisError):
-            heartbeat.publish(client, status)
+            readiness.publish(client, status)
         stop.wait(heartbeat.INTERVAL_SECONDS)
 
 

@@ -3,17 +3,14 @@
 Each worker host probes its Docker engine and the worker image every few seconds, and the
 path from a session container to the API (a throw-away container on the session network
 calls it, as a session's tools do) at least every minute; it writes the outcome to a
-Redis key that expires, and ``/readyz`` reads those keys.
+Redis key that expires (``orchestrator.readiness``), and ``/readyz`` reads those keys.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
 
-import redis
-
+from orchestrator.readiness import HostStatus
 from orchestrator.runtime.containers import (
     ContainerError,
     ContainerRuntime,
@@ -21,25 +18,9 @@ from orchestrator.runtime.containers import (
     NetworkError,
 )
 
-KEY_PREFIX = "ccq:heartbeat:"
 INTERVAL_SECONDS = 5.0
-TTL_SECONDS = 20
 # A passing container probe is repeated this often; a failing one at every heartbeat.
 REACH_RECHECK_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class HostStatus:
-    hostname: str
-    docker_error: str | None
-    image_error: str | None
-    checked_at: float
-    # Session containers cannot call the API (their tools would fail).
-    network_error: str | None = None
-
-    @property
-    def healthy(self) -> bool:
-        return self.docker_error is None and self.image_error is None and not self.network_error
 
 
 class ReachCheck:
@@ -99,14 +80,3 @@ def probe_host(
     except ContainerError as exc:
         docker_error = f"engine unreachable: {exc}"
     return HostStatus(hostname, docker_error, image_error, time.time(), network_error)
-
-
-def publish(client: redis.Redis, status: HostStatus) -> None:
-    client.set(KEY_PREFIX + status.hostname, json.dumps(asdict(status)), ex=TTL_SECONDS)
-
-
-def live_hosts(client: redis.Redis) -> list[HostStatus]:
-    """Every worker host whose heartbeat has not expired."""
-    keys = list(client.scan_iter(match=KEY_PREFIX + "*", count=100))
-    values = client.mget(keys) if keys else []
-    return [HostStatus(**json.loads(v)) for v in values if v is not None]

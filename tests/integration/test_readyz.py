@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from api.extensions import EXTENSION_KEY
+from orchestrator import readiness
 from orchestrator.runtime import heartbeat
 from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.settings import Settings, load_settings
@@ -66,7 +67,7 @@ def client_for(settings: Settings) -> Iterator[Callable[..., FlaskClient]]:
 def _report_this_host(redis_port: int, settings: Settings) -> None:
     """What a worker's heartbeat thread does: probe the real Docker engine and image."""
     client = redis.Redis(port=redis_port)
-    heartbeat.publish(client, heartbeat.probe_host("test-host", settings.worker_image))
+    readiness.publish(client, heartbeat.probe_host("test-host", settings.worker_image))
     client.close()
 
 
@@ -167,7 +168,7 @@ def test_503_names_the_session_network_when_containers_cannot_reach_the_api(
         "test-host", settings.worker_image, _reach(settings, nothing_there, settings.instance)
     )
     client = redis.Redis(port=port)
-    heartbeat.publish(client, status)
+    readiness.publish(client, status)
     client.close()
 
     response = client_for(port).get("/readyz")

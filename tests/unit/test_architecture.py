@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +103,26 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_api_process_loads_neither_the_worker_runtime_nor_docker() -> None:
+    """What the web process imports at start (a fresh interpreter, not this test run's)."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, api.app, api.serve; print('\\n'.join(sorted(sys.modules)))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert "api.app" in loaded
+    assert [m for m in loaded if m == "docker" or m.startswith("orchestrator.runtime")] == []
+    assert [m for m in loaded if m.startswith("tasks.")] == [
+        "tasks.celery_app",
+        "tasks.enqueue",
+        "tasks.names",
+    ]
