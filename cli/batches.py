@@ -25,7 +25,7 @@ import click
 from cli.console import stderr_color, stdout_color
 from cli.context import api_options, fail, pass_client
 from cli.progress import Display, progress_display
-from cli.render import (
+from cli.render_batches import (
     batch_cancelled,
     batch_details,
     batch_submitted,

@@ -16,7 +16,7 @@ import click
 
 from cli.console import stderr_color, stdout_color, stdout_tty
 from cli.context import api_options, fail, pass_client
-from cli.render import (
+from cli.render_children import (
     children_tree,
     fanout_child_done,
     fanout_children_done,

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from cli.console import stderr_console
-from cli.render import format_eta, item_count, progress_line
+from cli.render_batches import format_eta, item_count, progress_line
 from client import JsonObject
 from client.formatting import format_cost
 

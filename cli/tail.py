@@ -10,7 +10,7 @@ import click
 
 from cli.console import stdout_color
 from cli.context import api_options, fail, notice, pass_client
-from cli.render import RUN_FINISHED, TailView
+from cli.render_stream import RUN_FINISHED, TailView
 from client import ApiClient, ApiError, JsonObject, Kind
 
 

@@ -17,7 +17,8 @@ import click
 
 from cli.console import stderr_color, stdout_color
 from cli.context import fail, notice
-from cli.render import TailView, run_summary
+from cli.render import run_summary
+from cli.render_stream import TailView
 from client import ApiClient, JsonObject, Kind, TailTimeout
 
 P = ParamSpec("P")

@@ -32,15 +32,14 @@ from cli.progress import (
     Shown,
     plain_line_due,
 )
-from cli.render import (
+from cli.render import detail_line, format_api_error
+from cli.render_batches import (
     BAR_MAX,
     batch_cancelled,
     batch_details,
     batch_submitted,
     batch_summary,
     batches_table,
-    detail_line,
-    format_api_error,
     format_eta,
     progress_line,
 )

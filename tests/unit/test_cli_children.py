@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cli import children as commands
 from cli.main import cli
-from cli.render import (
+from cli.render_children import (
     MIN_RESULT_CHARS,
     RESULT_CHARS,
     children_tree,

@@ -8,21 +8,18 @@ from typing import Any
 import click
 import pytest
 
+from cli.console import stderr_color, stdout_color, stdout_tty
 from cli.render import (
-    StreamState,
-    TailView,
-    finish_stream,
     format_age,
     format_api_error,
     format_time,
     format_unreachable,
-    render_event,
     run_details,
-    run_footer,
     run_summary,
     session_details,
     sessions_table,
 )
+from cli.render_stream import StreamState, TailView, finish_stream, render_event, run_footer
 from client import ApiError
 from client.formatting import format_cost, format_duration
 
@@ -456,3 +453,21 @@ def test_unreachable_says_where_and_what_to_check() -> None:
         "ccq: cannot reach the ccq API at http://127.0.0.1:8080 "
         "(connection refused; is `make up` running?)"
     )
+
+
+# --- where colors go ------------------------------------------------------------------
+
+
+def test_colors_only_on_a_terminal_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert not stdout_color()  # pytest captures stdout: not a terminal
+    assert not stdout_tty()
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as a terminal would be
+    assert stdout_tty()
+    assert stdout_color()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert stdout_tty()  # still a terminal (a bar is redrawn in place)...
+    assert not stdout_color()  # ...without colors
+    assert not stderr_color()
