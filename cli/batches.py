@@ -23,7 +23,7 @@ from typing import IO, NoReturn
 import click
 
 from cli.console import stderr_color, stdout_color
-from cli.context import api_options, fail, pass_client
+from cli.context import fail, json_option, more_pages, page_options, uses_api
 from cli.progress import Display, progress_display
 from cli.render_batches import (
     batch_cancelled,
@@ -167,8 +167,7 @@ def _upload_body(items: IO[bytes]) -> bytes | IO[bytes]:
     is_flag=True,
     help="Print the API's JSON (with --wait: the finished batch).",
 )
-@api_options
-@pass_client
+@uses_api
 def submit_command(
     client: ApiClient,
     items: IO[bytes],
@@ -206,14 +205,13 @@ def submit_command(
 
 @batch_group.command("status")
 @click.argument("batch_id", metavar="ID", type=click.UUID)
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@json_option
 @click.option(
     "--wait",
     is_flag=True,
     help="Follow the batch with a progress bar until it finished; exit 0 if it succeeded.",
 )
-@api_options
-@pass_client
+@uses_api
 def status_command(client: ApiClient, batch_id: uuid.UUID, as_json: bool, wait: bool) -> None:
     """Show a batch: counts by state, cost, progress and timings."""
     batch = client.get_batch(str(batch_id))
@@ -270,8 +268,7 @@ def _write_file(lines: Iterable[bytes], path: Path) -> tuple[int, int]:
     default=None,
     help="Write to FILE instead of stdout (replaced once every line arrived).",
 )
-@api_options
-@pass_client
+@uses_api
 def results_command(client: ApiClient, batch_id: uuid.UUID, output: Path | None) -> None:
     """Write a batch's results as NDJSON, one line per item.
 
@@ -300,8 +297,7 @@ def results_command(client: ApiClient, batch_id: uuid.UUID, output: Path | None)
 
 @batch_group.command("cancel")
 @click.argument("batch_id", metavar="ID", type=click.UUID)
-@api_options
-@pass_client
+@uses_api
 def cancel_command(client: ApiClient, batch_id: uuid.UUID) -> None:
     """Cancel a batch: queued items never start, running ones are stopped."""
     try:
@@ -314,17 +310,8 @@ def cancel_command(client: ApiClient, batch_id: uuid.UUID) -> None:
 
 
 @batch_group.command("list")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 200),
-    default=50,
-    show_default=True,
-    help="Batches per page.",
-)
-@click.option("--all", "all_pages", is_flag=True, help="Follow the pages to the end.")
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-@api_options
-@pass_client
+@page_options("Batches")
+@uses_api
 def list_command(client: ApiClient, limit: int, all_pages: bool, as_json: bool) -> None:
     """List your batches, newest first."""
     batches, cursor = client.batches(limit=limit, all_pages=all_pages)
@@ -332,5 +319,4 @@ def list_command(client: ApiClient, limit: int, all_pages: bool, as_json: bool) 
         click.echo(json.dumps({"batches": batches, "next_cursor": cursor}, indent=2))
         return
     click.echo(batches_table(batches, datetime.now().astimezone(), stdout_color()))
-    if cursor:
-        click.echo(f"(more: --all, or --limit above {limit})", err=True)
+    more_pages(cursor, limit)

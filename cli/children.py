@@ -15,7 +15,7 @@ from typing import NoReturn, Protocol
 import click
 
 from cli.console import stderr_color, stdout_color, stdout_tty
-from cli.context import api_options, fail, pass_client
+from cli.context import fail, json_option, uses_api
 from cli.render_children import (
     children_tree,
     fanout_child_done,
@@ -34,9 +34,8 @@ FOLLOWUP_GRACE = 10.0
 
 @click.command("children")
 @click.argument("session_id", metavar="SESSION", type=click.UUID)
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-@api_options
-@pass_client
+@json_option
+@uses_api
 def children_command(client: ApiClient, session_id: uuid.UUID, as_json: bool) -> None:
     """Show SESSION's tree of child sessions: states, last runs and costs."""
     tree = client.children(str(session_id), recursive=True)
@@ -195,8 +194,7 @@ def _follow_fanout(client: ApiClient, answer: JsonObject, as_json: bool) -> NoRe
     is_flag=True,
     help="Print the API's JSON (with -f: the follow-up run, finished).",
 )
-@api_options
-@pass_client
+@uses_api
 def fanout_command(
     client: ApiClient,
     session_id: uuid.UUID,

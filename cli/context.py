@@ -107,6 +107,41 @@ def pass_client(command: Callable[Concatenate[ApiClient, P], R]) -> Callable[P, 
     return wrapper
 
 
+def uses_api(command: Callable[Concatenate[ApiClient, P], R]) -> Callable[P, R]:
+    """A client command: --api-url/--token after its name, and the client handed in."""
+    return api_options(pass_client(command))
+
+
+def json_option(command: Callable[P, R]) -> Callable[P, R]:
+    """--json: the API's answer as it is, for scripts."""
+    return click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")(command)
+
+
+def page_options(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """--limit, --all and --json of a list command (``what``: "Sessions", "Batches")."""
+
+    def decorate(command: Callable[P, R]) -> Callable[P, R]:
+        command = json_option(command)
+        command = click.option(
+            "--all", "all_pages", is_flag=True, help="Follow the pages to the end."
+        )(command)
+        return click.option(
+            "--limit",
+            type=click.IntRange(1, 200),
+            default=50,
+            show_default=True,
+            help=f"{what} per page.",
+        )(command)
+
+    return decorate
+
+
+def more_pages(cursor: str | None, limit: int) -> None:
+    """Say on stderr that a list goes on past what was shown."""
+    if cursor:
+        click.echo(f"(more: --all, or --limit above {limit})", err=True)
+
+
 def notice(message: str) -> None:
     """A word about the stream on stderr (it broke, it is back), apart from the output."""
     click.echo(f"ccq: {message}", err=True)

@@ -10,7 +10,7 @@ import uuid
 
 import click
 
-from cli.context import api_options, fail, pass_client
+from cli.context import fail, uses_api
 from cli.waiting import (
     Deadline,
     WaitOptions,
@@ -53,8 +53,7 @@ from client.http import MAX_WAIT_SECONDS
     "--append-system-prompt", metavar="TEXT", default=None, help="Text added to the system prompt."
 )
 @wait_options
-@api_options
-@pass_client
+@uses_api
 def run_command(
     client: ApiClient,
     prompt: str,
@@ -89,8 +88,7 @@ def run_command(
 @click.argument("session_id", metavar="SESSION", type=click.UUID)
 @click.argument("prompt")
 @wait_options
-@api_options
-@pass_client
+@uses_api
 def send_command(
     client: ApiClient,
     session_id: uuid.UUID,
@@ -110,8 +108,7 @@ def send_command(
 
 @click.command("cancel")
 @click.argument("run_id", metavar="RUN", type=click.UUID)
-@api_options
-@pass_client
+@uses_api
 def cancel_command(client: ApiClient, run_id: uuid.UUID) -> None:
     """Cancel a run: a queued one never starts, a running one is killed."""
     run = client.cancel_run(str(run_id))

@@ -9,7 +9,7 @@ from datetime import datetime
 import click
 
 from cli.console import stdout_color
-from cli.context import api_options, fail, pass_client
+from cli.context import fail, json_option, more_pages, page_options, uses_api
 from cli.render import run_details, session_details, sessions_table
 from client import ApiClient, ApiError
 
@@ -21,17 +21,8 @@ from client import ApiClient, ApiError
     default=None,
     help="Only sessions in this state.",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 200),
-    default=50,
-    show_default=True,
-    help="Sessions per page.",
-)
-@click.option("--all", "all_pages", is_flag=True, help="Follow the pages to the end.")
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-@api_options
-@pass_client
+@page_options("Sessions")
+@uses_api
 def sessions_command(
     client: ApiClient,
     status: str | None,
@@ -46,15 +37,13 @@ def sessions_command(
         return
     now = datetime.now().astimezone()
     click.echo(sessions_table(sessions, now, stdout_color()))
-    if cursor:
-        click.echo(f"(more: --all, or --limit above {limit})", err=True)
+    more_pages(cursor, limit)
 
 
 @click.command("show")
 @click.argument("object_id", metavar="ID", type=click.UUID)
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-@api_options
-@pass_client
+@json_option
+@uses_api
 def show_command(client: ApiClient, object_id: uuid.UUID, as_json: bool) -> None:
     """Show a session, or a run (ID is tried as a session first)."""
     key = str(object_id)
@@ -79,8 +68,7 @@ def show_command(client: ApiClient, object_id: uuid.UUID, as_json: bool) -> None
 
 @click.command("stop")
 @click.argument("session_id", metavar="SESSION", type=click.UUID)
-@api_options
-@pass_client
+@uses_api
 def stop_command(client: ApiClient, session_id: uuid.UUID) -> None:
     """Stop a session and its descendants: pending runs are cancelled, containers stop
     (resumable)."""
@@ -95,8 +83,7 @@ def stop_command(client: ApiClient, session_id: uuid.UUID) -> None:
 
 @click.command("rm")
 @click.argument("session_id", metavar="SESSION", type=click.UUID)
-@api_options
-@pass_client
+@uses_api
 def rm_command(client: ApiClient, session_id: uuid.UUID) -> None:
     """Delete a session and its descendants: history, containers and files."""
     deleted = client.delete_session(str(session_id))

@@ -9,7 +9,7 @@ import uuid
 import click
 
 from cli.console import stdout_color
-from cli.context import api_options, fail, notice, pass_client
+from cli.context import fail, notice, uses_api
 from cli.render_stream import RUN_FINISHED, TailView
 from client import ApiClient, ApiError, JsonObject, Kind
 
@@ -24,8 +24,7 @@ from client import ApiClient, ApiError, JsonObject, Kind
 @click.option(
     "--json", "as_json", is_flag=True, help="Print each event as one line of JSON, for scripts."
 )
-@api_options
-@pass_client
+@uses_api
 def tail_command(client: ApiClient, object_id: uuid.UUID, from_start: bool, as_json: bool) -> None:
     """Follow a run to its end, or a session until Ctrl-C, as its events happen.
 
