@@ -16,6 +16,7 @@ import click
 
 from cli.render import format_api_error, format_unreachable
 from client import ApiClient, ApiError, ApiUnreachable, ConfigError, TailError, resolve
+from client.config import MissingToken
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,14 +37,16 @@ class ClientSource:
         """The client (read from the environment and ccq's dotenv file what the options
         left open).
 
-        Raises:
-            click.UsageError: there is no token and no secret to mint one.
+        A missing token is a usage error (exit 2, with the usage line); a bad
+        ``CCQ_ENV_FILE`` stops with its message (exit 2), as the server's commands do.
         """
         if self._client is None:
             try:
                 config = resolve(self.api_url, self.token)
-            except ConfigError as exc:
+            except MissingToken as exc:
                 raise click.UsageError(str(exc)) from None
+            except ConfigError as exc:
+                fail(f"ccq: {exc}", 2)
             self._client = ApiClient(config.api_url, config.token)
         return self._client
 

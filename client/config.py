@@ -33,6 +33,10 @@ class ConfigError(Exception):
     """The client cannot be configured; the message says what to set."""
 
 
+class MissingToken(ConfigError):
+    """No token was given and there is no secret to mint one."""
+
+
 def find_env_file(environ: Mapping[str, str], cwd: Path) -> Path | None:
     """The dotenv file ccq reads under the environment (see the module's docstring).
 
@@ -104,7 +108,8 @@ def resolve(
     the defaults above (a dev token for ``subject`` where ``CCQ_JWT_SECRET`` is set).
 
     Raises:
-        ConfigError: there is no token and no secret to mint one.
+        MissingToken: there is no token and no secret to mint one.
+        ConfigError: ``CCQ_ENV_FILE`` names no file.
     """
     values = read_environment() if values is None else values
     url = api_url or values.get("CCQ_API_URL") or default_api_url(values)
@@ -112,7 +117,7 @@ def resolve(
     if not token:
         secret = values.get("CCQ_JWT_SECRET")
         if not secret:
-            raise ConfigError(
+            raise MissingToken(
                 "no API token: pass --token or set CCQ_TOKEN "
                 "(`ccq token --sub NAME` mints one where CCQ_JWT_SECRET is set)"
             )
