@@ -10,6 +10,8 @@ COPY orchestrator orchestrator
 COPY api api
 COPY tasks tasks
 COPY cli cli
+COPY client client
+COPY ops ops
 COPY model_server model_server
 COPY migrations migrations
 COPY worker_image worker_image
