@@ -16,12 +16,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from client import config as client_config
+
 ENV_PREFIX = "CCQ_"
 # A local `make up` writes its generated dev secret here (in the checkout); real
 # deployments use the environment. See :func:`find_env_file` for where it is looked for.
-ENV_FILE_VARIABLE = "CCQ_ENV_FILE"
-LOCAL_ENV_FILE = Path(".ccq/ccq.env")
-USER_ENV_FILE = Path("ccq/ccq.env")  # under $XDG_CONFIG_HOME (~/.config)
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -212,7 +211,9 @@ def _variable_name(loc: tuple[int | str, ...]) -> str:
 
 
 def find_env_file(environ: Mapping[str, str], cwd: Path) -> Path | None:
-    """The dotenv file ccq reads under the environment, wherever it is run from.
+    """The dotenv file ccq reads under the environment, wherever it is run from: the
+    same lookup as the client's (``client.config.find_env_file``), so ``ccq`` commands and
+    the server agree on it.
 
     ``CCQ_ENV_FILE`` if set (it must exist); else the first ``.ccq/ccq.env`` in ``cwd``
     or a directory above it (a checkout's, as git finds ``.git``); else
@@ -221,18 +222,10 @@ def find_env_file(environ: Mapping[str, str], cwd: Path) -> Path | None:
     Raises:
         ConfigError: ``CCQ_ENV_FILE`` names no file.
     """
-    named = environ.get(ENV_FILE_VARIABLE)
-    if named:
-        path = Path(named).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"invalid configuration: {ENV_FILE_VARIABLE}: no such file: {path}")
-        return path
-    for directory in (cwd, *cwd.parents):
-        if (directory / LOCAL_ENV_FILE).is_file():
-            return directory / LOCAL_ENV_FILE
-    config_home = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    user_file = Path(config_home).expanduser() / USER_ENV_FILE
-    return user_file if user_file.is_file() else None
+    try:
+        return client_config.find_env_file(environ, cwd)
+    except client_config.ConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_settings(env_file: Path | Literal["find"] | None = "find", **overrides: Any) -> Settings:

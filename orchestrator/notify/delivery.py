@@ -26,13 +26,11 @@ Delivery is at-least-once, deduplicated as far as a webhook allows:
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -41,6 +39,7 @@ import requests
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session as DbSession
 
+from client.retry import parse_retry_after
 from orchestrator.notify.notices import Notice, load_batch_notice, load_run_notice
 from orchestrator.notify.urls import redact_url, validate_notify_url
 from orchestrator.runtime.locks import release_if_held, take_unless_held
@@ -84,26 +83,6 @@ class DeliveryResult:
 def _retryable_status(status: int) -> bool:
     # 408 (the receiver timed out reading us) and 429 (rate limited) are worth another go.
     return status >= 500 or status in (408, 429)
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN, inf
-        return None
-    return max(0.0, seconds)
 
 
 def deliver(url: str, payload: dict[str, Any], *, timeout: float) -> DeliveryResult:

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from client.retry import parse_retry_after
 from orchestrator.notify.delivery import (
     BACKOFF_CAP_SECONDS,
     USER_AGENT,
     backoff_seconds,
     deliver,
-    parse_retry_after,
     retry_delay,
 )
 from orchestrator.notify.payloads import (
