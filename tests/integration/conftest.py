@@ -1,9 +1,12 @@
-"""Fixtures for tests that talk to the API in-process (the Flask app on the test stack)."""
+"""Fixtures for tests that talk to the API in-process (the Flask app on the test stack),
+and for tests that drive a session container through the runtime."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
+import docker
 import pytest
 from celery import Celery
 from flask import Flask
@@ -11,6 +14,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from api.extensions import EXTENSION_KEY, Services
+from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
 from orchestrator.settings import Settings
 
 
@@ -35,3 +39,22 @@ def celery_app(services: Services) -> Celery:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
+    return ContainerRuntime(docker_client)
+
+
+@pytest.fixture
+def spec(settings: Settings, test_label: str) -> SessionContainerSpec:
+    """A new session's container, labelled for this test run's cleanup."""
+    session_id = str(uuid.uuid4())
+    return SessionContainerSpec(
+        session_id=session_id,
+        owner="tester",
+        image=settings.worker_image,
+        dirs=SessionDirs.for_session(settings.data_dir, session_id),
+        instance=settings.instance,
+        extra_labels={"ccq.test": test_label},
+    )

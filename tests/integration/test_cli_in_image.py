@@ -12,28 +12,11 @@ import pytest
 from model_server.server import ModelServer
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command
 from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
-from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
+from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec
 from orchestrator.settings import Settings
 from tests.processes import SCRIPTED_MODEL_KEY, container_base_url
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
-    return ContainerRuntime(docker_client)
-
-
-@pytest.fixture
-def spec(settings: Settings, test_label: str) -> SessionContainerSpec:
-    session_id = str(uuid.uuid4())
-    return SessionContainerSpec(
-        session_id=session_id,
-        owner="tester",
-        image=settings.worker_image,
-        dirs=SessionDirs.for_session(settings.data_dir, session_id),
-        extra_labels={"ccq.test": test_label},
-    )
 
 
 def _run(

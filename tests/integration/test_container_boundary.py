@@ -17,30 +17,11 @@ from orchestrator.runtime.containers import (
     ImageMissing,
     SessionContainer,
     SessionContainerSpec,
-    SessionDirs,
     docker_client,
 )
 from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
-    return ContainerRuntime(docker_client)
-
-
-@pytest.fixture
-def spec(settings: Settings, test_label: str) -> SessionContainerSpec:
-    session_id = str(uuid.uuid4())
-    return SessionContainerSpec(
-        session_id=session_id,
-        owner="tester",
-        image=settings.worker_image,
-        dirs=SessionDirs.for_session(settings.data_dir, session_id),
-        instance=settings.instance,
-        extra_labels={"ccq.test": test_label},
-    )
 
 
 def _removed_behind_its_back(docker_client: docker.DockerClient, handle: SessionContainer) -> None:

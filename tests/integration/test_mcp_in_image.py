@@ -23,9 +23,8 @@ from model_server.recording import is_main_call
 from model_server.server import ModelServer
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command
 from orchestrator.runtime.cli_runner import CliRunResult, run_cli
-from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
+from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec
 from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
-from orchestrator.settings import Settings
 from tests.processes import SCRIPTED_MODEL_KEY, container_base_url
 from tests.waiting import free_port
 
@@ -114,27 +113,14 @@ def api() -> Iterator[StubApi]:
 
 
 @pytest.fixture
-def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
-    return ContainerRuntime(docker_client)
-
-
-@pytest.fixture
-def spec(settings: Settings, test_label: str) -> SessionContainerSpec:
+def spec(spec: SessionContainerSpec) -> SessionContainerSpec:
     """A session whose Claude home holds ccq's files, as the worker leaves it."""
-    session_id = str(uuid.uuid4())
-    dirs = SessionDirs.for_session(settings.data_dir, session_id)
-    dirs.create()
+    spec.dirs.create()
     write_session_files(
-        dirs.claude_home,
-        SessionContext(session_id=session_id, parent_id=None, depth=0, max_depth=3),
+        spec.dirs.claude_home,
+        SessionContext(session_id=spec.session_id, parent_id=None, depth=0, max_depth=3),
     )
-    return SessionContainerSpec(
-        session_id=session_id,
-        owner="tester",
-        image=settings.worker_image,
-        dirs=dirs,
-        extra_labels={"ccq.test": test_label},
-    )
+    return spec
 
 
 def _ccq_env(spec: SessionContainerSpec, api_url: str) -> dict[str, str]:
