@@ -39,9 +39,11 @@ def commit_and_queue(
     *,
     unavailable: str,
 ) -> None:
-    """Commit, then publish the change's events and ``send`` its new runs' tasks.
+    """Commit; then publish the change's events (stored with their stream IDs in a commit
+    of their own); then ``send`` its new runs' tasks.
 
-    Only after the commit: a task must never find its row missing. If Redis is down at
+    Only in that order: a task must never find its row missing, and a worker numbers a
+    run's events after those already stored (its ``ccq.run.queued``). If Redis is down at
     that point, the new runs are marked failed (they would otherwise wait forever for a
     task that was never sent) and the client gets a 503, saying ``unavailable``, that it
     can retry.
@@ -49,17 +51,25 @@ def commit_and_queue(
     outbox = service.outbox
     failed: list[Exception] = []
 
-    def publish_and_send(db: DbSession) -> None:
+    def publish(db: DbSession) -> None:
         try:
             publish_pending(services.redis, db, outbox)
-            if runs:
-                send()
-        except (redis.RedisError, QueueUnavailable) as exc:
-            log.warning("could not queue runs %s: %s", [str(r.id) for r in runs], exc)
-            fail_unqueued(db, [r.id for r in runs])
+        except redis.RedisError as exc:
             failed.append(exc)
 
-    uow.after_commit(publish_and_send)
+    def queue(db: DbSession) -> None:
+        # The events committed first: the worker numbers a run's events after them.
+        if runs and not failed:
+            try:
+                send()
+            except QueueUnavailable as exc:
+                failed.append(exc)
+        if failed:
+            log.warning("could not queue runs %s: %s", [str(r.id) for r in runs], failed[0])
+            fail_unqueued(db, [r.id for r in runs])
+
+    uow.after_commit(publish)
+    uow.after_commit(queue)
     uow.commit()
     if failed:
         raise DependencyDown(unavailable)
