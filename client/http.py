@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import requests
 
+from client.config import resolve
 from client.errors import ApiError, ApiUnreachable, error_from_body
 from client.pagination import collect, iter_items
 from client.retry import RetryPolicy, parse_retry_after
@@ -59,8 +60,6 @@ class ApiClient:
     @classmethod
     def from_environment(cls, api_url: str | None = None, token: str | None = None) -> ApiClient:
         """A client for the API and token ccq finds (:func:`client.config.resolve`)."""
-        from client.config import resolve
-
         config = resolve(api_url, token)
         return cls(config.api_url, config.token)
 
