@@ -5,6 +5,9 @@ They read the server's settings and start or manage its processes, so they live 
 from the client commands (``cli/`` imports nothing of the server). The ``ccq`` group
 finds them through the ``ccq.commands`` entry points in setup.cfg: an installed ccq
 without the server's dependencies would simply not list them.
+
+Every ``ccq`` invocation (``ccq run`` too) loads this module to list its commands, so each
+command imports what it runs (Docker, Celery, the image builder) only when it runs.
 """
 
 from __future__ import annotations
