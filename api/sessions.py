@@ -199,9 +199,9 @@ def _wait_until_final(who: Principal, run: Run, seconds: float) -> Run:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         current = scoped(uow.db, who).get_run(run.id)
-        uow.rollback()
         if RunStatus(current.status).is_final:
             return current
+        uow.rollback()  # ends the look (and expires what it read) before the pause
         time.sleep(WAIT_POLL_SECONDS)
     return run
 

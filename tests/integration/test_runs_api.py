@@ -245,3 +245,23 @@ def test_a_resumed_run_costs_its_own_spend_not_the_conversations_running_total(
     assert reported == pytest.approx(long["total_cost_usd"] + short["total_cost_usd"])
     session = get_json(client, f"/api/v1/sessions/{session_id}", headers)["session"]
     assert session["total_cost_usd"] == pytest.approx(reported)
+
+
+def test_wait_answers_with_the_finished_run_and_gives_up_after_its_seconds(
+    client: FlaskClient, settings: Settings, worker: WorkerProcess
+) -> None:
+    headers = auth(settings)
+    session_id = post_json(client, "/api/v1/sessions", {}, headers, 201)["session"]["id"]
+    path = f"/api/v1/sessions/{session_id}/runs"
+
+    done = client.post(path + "?wait=120", json={"prompt": "quick"}, headers=headers)
+    assert done.status_code == 200, done.json
+    assert done.json is not None
+    assert done.json["run"]["status"] == "succeeded"
+    assert done.json["run"]["result"].endswith("quick")
+
+    slow = client.post(path + "?wait=0.5", json={"prompt": "[[sleep 5]] slow"}, headers=headers)
+    assert slow.status_code == 202, slow.json
+    assert slow.json is not None
+    assert slow.json["run"]["status"] in ("queued", "running")
+    assert wait_run(client, headers, slow.json["run"]["id"])["status"] == "succeeded"
