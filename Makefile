@@ -57,6 +57,10 @@ test: image lint ## Bootstrap, build the image, then run every test against the 
 bench: image ## Benchmarks against their baselines (prints ratios, writes bench/results/latest.json)
 	@$(BIN)/python -m bench $(BENCH_ARGS)
 
+.PHONY: bench-gateway
+bench-gateway: install ## The gateway's serving stacks against direct model access (writes bench/results/gateway.json)
+	@$(BIN)/python -m bench.gateway_stacks $(BENCH_GATEWAY_ARGS)
+
 .PHONY: clean
 clean: down ## Remove the virtualenv and local state (keeps Docker images)
 	rm -rf $(VENV) .ccq .mypy_cache .ruff_cache .pytest_cache
