@@ -51,6 +51,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # Many CLIs (a batch, a benchmark) connect at once; socketserver's default backlog is 5.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], log: RequestLog) -> None:
         self.request_log = log
@@ -90,6 +92,9 @@ class _HTTP6Server(_HTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
+    # TCP_NODELAY: each SSE frame leaves when written, as a real API's do. With Nagle on, a
+    # client (or proxy) that reuses the connection waits ~40 ms for the first frame.
+    disable_nagle_algorithm = True
 
     # -- plumbing -------------------------------------------------------------------------
 
