@@ -17,28 +17,11 @@ monkey.patch_all()
 # ruff: noqa: E402 - everything below must come after the patching above.
 import argparse
 import sys
-from typing import Any
-
-from flask import Flask
-from gunicorn.app.base import BaseApplication
 
 from api.app import create_app
+from api.gunicorn_app import GunicornApp
 from api.server_options import gunicorn_options
-from orchestrator.settings import ConfigError, Settings, load_settings
-
-
-class _Server(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self._settings = settings
-        self._options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        return create_app(self._settings)
+from orchestrator.settings import ConfigError, load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ccq: {exc}", file=sys.stderr)
         sys.exit(2)
     options = gunicorn_options(settings, workers=args.workers, connections=args.connections)
-    _Server(settings, options).run()
+    GunicornApp(lambda: create_app(settings), options).run()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import signal
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 from bench import BenchError
 from bench.delivery import Plan, delivery
-from bench.machine import describe, one_line
+from bench.machine import describe, one_line, raise_open_file_limit
 from bench.report import Comparison, format_markdown, format_table
 from bench.stack import LOG_DIR, clear_logs, running_stack
 from bench.submit import PENDING_LIMIT, submit
@@ -78,15 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 1 <= args.items <= MAX_ITEMS:
         parser.error(f"--items must be from 1 to {MAX_ITEMS} (a batch's limit)")
     return args
-
-
-def _raise_open_file_limit() -> None:
-    """500 tails and 500 raw readers are a socket each; the default soft limit is 1024.
-    Raised before the stack starts, so the API process (two sockets a tail) inherits it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 _interrupted = threading.Event()
@@ -153,7 +143,7 @@ def document(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _raise_open_file_limit()
+    raise_open_file_limit()
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()

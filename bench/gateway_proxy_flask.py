@@ -13,13 +13,12 @@ monkey.patch_all()
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import requests
 from flask import Flask, Response, request
-from gunicorn.app.base import BaseApplication
 from requests.adapters import HTTPAdapter
 
+from api.gunicorn_app import GunicornApp
 from bench.gateway_wire import downstream_headers, upstream_headers
 
 
@@ -63,20 +62,6 @@ def create_app(upstream: str, api_key: str) -> Flask:
     return app
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
-    def __init__(self, app: Flask, options: dict[str, Any]) -> None:
-        self._app = app
-        self._options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        return self._app
-
-
 def main(argv: list[str]) -> None:
     port, upstream = int(argv[0]), argv[1]
     app = create_app(upstream, os.environ["BENCH_UPSTREAM_KEY"])
@@ -93,7 +78,7 @@ def main(argv: list[str]) -> None:
         "loglevel": "warning",
         "control_socket_disable": True,
     }
-    _Server(app, options).run()
+    GunicornApp(lambda: app, options).run()
 
 
 if __name__ == "__main__":

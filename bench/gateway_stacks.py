@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import signal
 import socket
 import subprocess
@@ -38,7 +37,7 @@ from typing import Any
 from bench import BenchError
 from bench.gateway_client import Timing, request_body, stream_once
 from bench.gateway_wire import Fidelity, chunk_arrivals, gaps
-from bench.machine import describe, process_tree_cpu_seconds
+from bench.machine import describe, process_tree_cpu_seconds, raise_open_file_limit
 from bench.report import format_seconds
 from bench.stats import percentile
 
@@ -489,17 +488,9 @@ def progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def _raise_open_file_limit() -> None:
-    # 200 streams are 200 sockets here and 400 in a proxy (children inherit the limit).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _raise_open_file_limit()
+    raise_open_file_limit()
     # Explicitly, SIGINT too: a shell starting this in the background ignores SIGINT in
     # it, and Python then never turns Ctrl-C into KeyboardInterrupt.
     signal.signal(signal.SIGINT, _interrupt)

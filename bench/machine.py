@@ -1,9 +1,11 @@
-"""The machine the figures came from: ratios only mean something next to it."""
+"""The machine the figures came from (ratios only mean something next to it), and the one
+limit of it a benchmark raises."""
 
 from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,3 +89,12 @@ def process_tree_cpu_seconds(pid: int) -> float | None:
         except (OSError, ValueError, IndexError):
             continue  # the process exited meanwhile
     return total
+
+
+def raise_open_file_limit() -> None:
+    """Hundreds of streams or tails are a socket each (two in a proxy or the API), and the
+    default soft limit is 1024. Raised before any process starts, so they inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
