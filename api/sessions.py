@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, request
@@ -127,22 +128,24 @@ def show_run(who: Principal, run_id: uuid.UUID) -> Reply:
 @require_principal
 def run_events(who: Principal, run_id: uuid.UUID) -> Reply:
     """The run's events in stream order, after the ``after`` event ID, at most ``limit``."""
-    after, limit = _history_page_args()
     db = request_unit().db
-    scoped(db, who).get_run(run_id)
-    events = EventHistory(db).for_run(run_id, after=after, limit=limit)
-    return _history_page(events, after)
+    return _history_page(
+        lambda after, limit: EventHistory(db).for_run(
+            scoped(db, who).get_run(run_id).id, after=after, limit=limit
+        )
+    )
 
 
 @bp.get("/sessions/<uuid:session_id>/events")
 @require_principal
 def session_events(who: Principal, session_id: uuid.UUID) -> Reply:
     """The session's events (all its runs) in stream order, paged like a run's."""
-    after, limit = _history_page_args()
     db = request_unit().db
-    scoped(db, who).get(session_id)
-    events = EventHistory(db).for_session(session_id, after=after, limit=limit)
-    return _history_page(events, after)
+    return _history_page(
+        lambda after, limit: EventHistory(db).for_session(
+            scoped(db, who).get(session_id).id, after=after, limit=limit
+        )
+    )
 
 
 MAX_EVENTS_PAGE = 5000
@@ -163,7 +166,11 @@ def _history_page_args() -> tuple[str | None, int]:
     return after, int(limit_text)
 
 
-def _history_page(events: list[WireEvent], after: str | None) -> Reply:
+def _history_page(read: Callable[[str | None, int], list[WireEvent]]) -> Reply:
+    """A page of history from ``read(after, limit)``, once the query's paging is checked
+    (a malformed query is refused before anything is looked up)."""
+    after, limit = _history_page_args()
+    events = read(after, limit)
     # `next_after` is where the next page (or a live tail) continues from.
     return {
         "events": [e.to_json() for e in events],
