@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 from bench import BenchError
 from bench.delivery import Plan, delivery
-from bench.machine import describe, one_line, raise_open_file_limit
+from bench.machine import describe, one_line, prepare_run
 from bench.report import Comparison, format_markdown, format_table
 from bench.stack import LOG_DIR, clear_logs, running_stack
 from bench.submit import PENDING_LIMIT, submit
@@ -143,9 +142,7 @@ def document(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_open_file_limit()
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    prepare_run(_interrupt)
     started = time.monotonic()
     try:
         comparisons, problems, _ = run(args)

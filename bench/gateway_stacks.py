@@ -37,7 +37,7 @@ from typing import Any
 from bench import BenchError
 from bench.gateway_client import Timing, request_body, stream_once
 from bench.gateway_wire import Fidelity, chunk_arrivals, gaps
-from bench.machine import describe, process_tree_cpu_seconds, raise_open_file_limit
+from bench.machine import describe, prepare_run, process_tree_cpu_seconds
 from bench.report import format_seconds
 from bench.stats import percentile
 
@@ -490,11 +490,7 @@ def progress(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_open_file_limit()
-    # Explicitly, SIGINT too: a shell starting this in the background ignores SIGINT in
-    # it, and Python then never turns Ctrl-C into KeyboardInterrupt.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    prepare_run(_interrupt)
     started = time.monotonic()
     try:
         progress("starting the scripted model server and both proxies on 127.0.0.1")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import signal
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 
@@ -89,6 +92,16 @@ def process_tree_cpu_seconds(pid: int) -> float | None:
         except (OSError, ValueError, IndexError):
             continue  # the process exited meanwhile
     return total
+
+
+def prepare_run(interrupt: Callable[[int, FrameType | None], None]) -> None:
+    """Before a benchmark starts anything: the open-file limit raised, and SIGINT and
+    SIGTERM handled by ``interrupt`` (which unwinds, so what was started is stopped).
+    SIGINT explicitly too: a shell starting a job in the background ignores SIGINT in it,
+    and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    raise_open_file_limit()
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def raise_open_file_limit() -> None:
