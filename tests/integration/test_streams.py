@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable, Iterator
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 import redis
@@ -77,36 +79,48 @@ def test_a_run_stream_sends_the_whole_run_in_order_then_closes(
     assert "".join(deltas).count("chunk") == 20
 
 
-def test_reconnecting_with_the_last_id_loses_and_repeats_nothing_across_an_api_restart(
-    settings: Settings,
-    model_server: ModelServer,
-    worker: WorkerProcess,
-    token: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    api = ApiProcess(
-        stack_environment(settings, model_server), tmp_path_factory.mktemp("api-r") / "api.log"
-    )
-    try:
-        api.wait_ready()
-        _, run_id = _start(api, token, "[[stream 80 0.05]] a long answer")
-        path = f"/api/v1/runs/{run_id}/stream"
-        with open_tail(api, path, token) as ws:  # first connection: a few events, then gone
-            first = read_until(ws, lambda e: e["seq"] >= 8, Received())
-        with open_tail(api, path, token, after=first.ids[-1]) as ws:
-            second = read_until(ws, lambda e: e["seq"] >= 30, Received())
-        assert second.opening is not None
-        assert second.opening["after"] == first.ids[-1]
-        api.restart()  # the process that served those tails is gone
-        with open_tail(api, path, token, after=second.ids[-1]) as ws:
-            rest = read_until_closed(ws)
+@pytest.fixture
+def own_api(
+    settings: Settings, model_server: ModelServer, tmp_path: Path
+) -> Iterator[Callable[..., ApiProcess]]:
+    """Starts an API process of this test's own (which it may restart or starve), with
+    extra settings; stops them all afterwards."""
+    started: list[ApiProcess] = []
 
-        assert rest.close_code == 1000
-        expected = [e["id"] for e in run_history(api, run_id, token)]
-        assert first.ids + second.ids + rest.ids == expected
-        assert rest.events[-1]["type"] == "ccq.run.finished"
-    finally:
+    def start(**env: str) -> ApiProcess:
+        api = ApiProcess(
+            {**stack_environment(settings, model_server), **env},
+            tmp_path / f"api-{len(started)}.log",
+        )
+        started.append(api)
+        api.wait_ready()
+        return api
+
+    yield start
+    for api in started:
         api.stop()
+
+
+def test_reconnecting_with_the_last_id_loses_and_repeats_nothing_across_an_api_restart(
+    own_api: Callable[..., ApiProcess], worker: WorkerProcess, token: str
+) -> None:
+    api = own_api()
+    _, run_id = _start(api, token, "[[stream 80 0.05]] a long answer")
+    path = f"/api/v1/runs/{run_id}/stream"
+    with open_tail(api, path, token) as ws:  # first connection: a few events, then gone
+        first = read_until(ws, lambda e: e["seq"] >= 8, Received())
+    with open_tail(api, path, token, after=first.ids[-1]) as ws:
+        second = read_until(ws, lambda e: e["seq"] >= 30, Received())
+    assert second.opening is not None
+    assert second.opening["after"] == first.ids[-1]
+    api.restart()  # the process that served those tails is gone
+    with open_tail(api, path, token, after=second.ids[-1]) as ws:
+        rest = read_until_closed(ws)
+
+    assert rest.close_code == 1000
+    expected = [e["id"] for e in run_history(api, run_id, token)]
+    assert first.ids + second.ids + rest.ids == expected
+    assert rest.events[-1]["type"] == "ccq.run.finished"
 
 
 def test_a_tail_opened_after_redis_lost_the_stream_gets_the_run_from_postgresql(
@@ -227,46 +241,37 @@ def _stalled_tail(api: ApiProcess, path: str, token: str) -> socket.socket:
 
 
 def test_a_stalled_client_delays_neither_the_run_nor_other_tails_and_is_cut_off(
-    settings: Settings,
-    model_server: ModelServer,
-    worker: WorkerProcess,
-    token: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    own_api: Callable[..., ApiProcess], worker: WorkerProcess, token: str
 ) -> None:
-    env = {**stack_environment(settings, model_server), "CCQ_TAIL_SEND_TIMEOUT": "2"}
-    api = ApiProcess(env, tmp_path_factory.mktemp("api-s") / "api.log")
-    try:
-        api.wait_ready()
-        session = api_post(api, "/api/v1/sessions", token, {})["session"]
-        path = f"/api/v1/sessions/{session['id']}/stream"
-        with closing(_stalled_tail(api, path, token)) as stalled:
-            with open_tail(api, path, token) as ws:
-                assert "tail" in json.loads(ws.recv(timeout=30))  # live from here on
-                run = api_post(
-                    api,
-                    f"/api/v1/sessions/{session['id']}/runs",
-                    token,
-                    {"prompt": "[[stream 3000]] more than the stalled client's buffers hold"},
-                    202,
-                )["run"]
-                received = read_until(
-                    ws, lambda e: e["type"] == "ccq.run.finished", Received(), timeout=180
-                )
-            assert received.events[-1]["data"]["status"] == "succeeded"
-            assert received.ids == [e["id"] for e in run_history(api, run["id"], token)]
-
-            # Meanwhile the server gave up on the stalled client: it says so, and draining
-            # the socket now ends in EOF instead of waiting for more.
-            wait_for(
-                lambda: "tail client stalled" in api.log_path.read_text(),
-                timeout=60,
-                what="the API to cut off the stalled client",
+    api = own_api(CCQ_TAIL_SEND_TIMEOUT="2")
+    session = api_post(api, "/api/v1/sessions", token, {})["session"]
+    path = f"/api/v1/sessions/{session['id']}/stream"
+    with closing(_stalled_tail(api, path, token)) as stalled:
+        with open_tail(api, path, token) as ws:
+            assert "tail" in json.loads(ws.recv(timeout=30))  # live from here on
+            run = api_post(
+                api,
+                f"/api/v1/sessions/{session['id']}/runs",
+                token,
+                {"prompt": "[[stream 3000]] more than the stalled client's buffers hold"},
+                202,
+            )["run"]
+            received = read_until(
+                ws, lambda e: e["type"] == "ccq.run.finished", Received(), timeout=180
             )
-            stalled.settimeout(30)
-            while stalled.recv(1 << 20):
-                pass
-    finally:
-        api.stop()
+        assert received.events[-1]["data"]["status"] == "succeeded"
+        assert received.ids == [e["id"] for e in run_history(api, run["id"], token)]
+
+        # Meanwhile the server gave up on the stalled client: it says so, and draining
+        # the socket now ends in EOF instead of waiting for more.
+        wait_for(
+            lambda: "tail client stalled" in api.log_path.read_text(),
+            timeout=60,
+            what="the API to cut off the stalled client",
+        )
+        stalled.settimeout(30)
+        while stalled.recv(1 << 20):
+            pass
 
 
 # --- bad requests ----------------------------------------------------------------------
