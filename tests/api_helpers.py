@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from flask.testing import FlaskClient
 
 from orchestrator.auth.owner_tokens import mint_token
+from orchestrator.runtime.containers import SessionDirs
+from orchestrator.runtime.executor import transcript_path
 from orchestrator.settings import Settings
 from tests.waiting import wait_for
 
@@ -83,3 +86,9 @@ def message_count(echo: str) -> int:
     match = re.match(r"echo \(messages=(\d+)\)", echo)
     assert match is not None, echo
     return int(match.group(1))
+
+
+def transcript_kept(settings: Settings, session_id: str) -> bool:
+    """Whether the session's conversation is still on disk (it outlives its container)."""
+    dirs = SessionDirs.for_session(settings.data_dir, session_id)
+    return transcript_path(dirs, uuid.UUID(session_id)).exists()

@@ -15,6 +15,8 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.extensions import EXTENSION_KEY, Services
 from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
+from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.janitor import Janitor
 from orchestrator.settings import Settings
 
 
@@ -44,6 +46,12 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
     return ContainerRuntime(docker_client)
+
+
+@pytest.fixture
+def janitor(settings: Settings, services: Services, runtime: ContainerRuntime) -> Janitor:
+    """The worker's janitor on this test's stack, for reaping on demand."""
+    return Janitor(HostResources(settings, services.session_factory, services.redis, runtime))
 
 
 @pytest.fixture

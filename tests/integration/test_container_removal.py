@@ -12,9 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.extensions import Services
-from orchestrator.runtime.containers import ContainerRuntime, SessionDirs
-from orchestrator.runtime.executor import transcript_path
-from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.runtime.janitor import Janitor
 from orchestrator.runtime.locks import SessionLock
 from orchestrator.settings import Settings
@@ -26,22 +24,13 @@ from tests.api_helpers import (
     queue_run,
     run_of,
     start_streaming_run,
+    transcript_kept,
     wait_run,
 )
 from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
-    return ContainerRuntime(docker_client)
-
-
-def _transcript_kept(settings: Settings, session_id: str) -> bool:
-    dirs = SessionDirs.for_session(settings.data_dir, session_id)
-    return transcript_path(dirs, uuid.UUID(session_id)).exists()
 
 
 def test_stopping_a_session_removes_its_container_and_the_next_prompt_resumes(
@@ -61,7 +50,7 @@ def test_stopping_a_session_removes_its_container_and_the_next_prompt_resumes(
         what="the stopped session's container to be removed",
     )
 
-    assert _transcript_kept(settings, session_id)
+    assert transcript_kept(settings, session_id)
     second = wait_run(client, headers, queue_run(client, headers, session_id, "which word?"))
     assert second["status"] == "succeeded", second
     assert message_count(second["result"]) == message_count(first["result"]) + 2 == 4
@@ -94,6 +83,7 @@ def test_the_reaper_removes_leftover_containers_but_not_a_locked_sessions(
     settings: Settings,
     services: Services,
     runtime: ContainerRuntime,
+    janitor: Janitor,
     docker_client: docker.DockerClient,
     worker: WorkerProcess,
 ) -> None:
@@ -107,7 +97,6 @@ def test_the_reaper_removes_leftover_containers_but_not_a_locked_sessions(
     container = runtime.find(leftover_id)
     assert container is not None
     docker_client.containers.get(container.id).stop(timeout=1)
-    janitor = Janitor(HostResources(settings, services.session_factory, services.redis, runtime))
 
     lock = SessionLock(services.redis, uuid.UUID(leftover_id), "a run executing")
     assert lock.acquire()
@@ -123,6 +112,6 @@ def test_the_reaper_removes_leftover_containers_but_not_a_locked_sessions(
     active_container = runtime.find(active_id)  # running, idle for less than the timeout
     assert active_container is not None
     assert active_container.status == "running"
-    assert _transcript_kept(settings, leftover_id)
+    assert transcript_kept(settings, leftover_id)
     again = wait_run(client, headers, queue_run(client, headers, leftover_id, "resumed?"))
     assert message_count(again["result"]) == 4

@@ -11,11 +11,8 @@ import pytest
 from celery import Celery
 from flask.testing import FlaskClient
 
-from api.extensions import Services
 from model_server.server import ModelServer
-from orchestrator.runtime.containers import ContainerRuntime, SessionDirs
-from orchestrator.runtime.executor import transcript_path
-from orchestrator.runtime.host import HostResources
+from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
 from orchestrator.runtime.janitor import Janitor
 from orchestrator.settings import Settings
 from tests.api_helpers import (
@@ -26,6 +23,7 @@ from tests.api_helpers import (
     queue_run,
     run_of,
     start_streaming_run,
+    transcript_kept,
     wait_run,
 )
 from tests.processes import WorkerProcess
@@ -102,6 +100,7 @@ def test_cancel_during_a_streaming_run_kills_the_cli_and_the_session_goes_on(
     client: FlaskClient,
     settings: Settings,
     docker_client: docker.DockerClient,
+    runtime: ContainerRuntime,
     worker: WorkerProcess,
 ) -> None:
     headers = auth(settings)
@@ -111,7 +110,7 @@ def test_cancel_during_a_streaming_run_kills_the_cli_and_the_session_goes_on(
     cancelled = wait_run(client, headers, run_id, timeout=30)
 
     assert cancelled["status"] == "cancelled"
-    found = ContainerRuntime(docker_client).find(session_id)
+    found = runtime.find(session_id)
     assert found is not None
     container = docker_client.containers.get(found.id)
     leftover = container.exec_run(["pgrep", "-f", "claude"], user="1000")
@@ -151,25 +150,20 @@ def test_a_hanging_model_times_out_by_the_silence_watchdog(
 def test_a_reaped_container_and_a_restarted_worker_still_resume(
     client: FlaskClient,
     settings: Settings,
-    services: Services,
-    docker_client: docker.DockerClient,
+    runtime: ContainerRuntime,
+    janitor: Janitor,
     worker: WorkerProcess,
 ) -> None:
     headers = auth(settings)
     created = create_session(client, headers, "the word is plum")
     session_id = created["session"]["id"]
     first = wait_run(client, headers, created["run"]["id"])
-    runtime = ContainerRuntime(docker_client)
-
-    janitor = Janitor(HostResources(settings, services.session_factory, services.redis, runtime))
     janitor.reap()  # not idle long enough yet: it stays
     assert runtime.find(session_id) is not None
     later = datetime.now(UTC) + timedelta(seconds=settings.idle_timeout + 1)
     assert janitor.reap(now=later)["idle"] >= 1
     assert runtime.find(session_id) is None  # removed, not left stopped
-    assert transcript_path(
-        SessionDirs.for_session(settings.data_dir, session_id), uuid.UUID(session_id)
-    ).exists()
+    assert transcript_kept(settings, session_id)
 
     worker.restart()
     second = wait_run(client, headers, queue_run(client, headers, session_id, "which word?"))
@@ -179,11 +173,8 @@ def test_a_reaped_container_and_a_restarted_worker_still_resume(
 
 
 def test_the_reaper_removes_containers_whose_session_is_gone(
-    settings: Settings, services: Services, docker_client: docker.DockerClient
+    settings: Settings, runtime: ContainerRuntime, janitor: Janitor
 ) -> None:
-    runtime = ContainerRuntime(docker_client)
-    from orchestrator.runtime.containers import SessionContainerSpec
-
     orphan_id = str(uuid.uuid4())
     runtime.ensure_running(
         SessionContainerSpec(
@@ -194,8 +185,6 @@ def test_the_reaper_removes_containers_whose_session_is_gone(
             instance=settings.instance,
         )
     )
-    report = Janitor(
-        HostResources(settings, services.session_factory, services.redis, runtime)
-    ).reap()
+    report = janitor.reap()
     assert report["no_session"] >= 1
     assert runtime.find(orphan_id) is None
