@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client import config as client_config
+from orchestrator.domain.pricing import DEFAULT_PRICES, ModelPrice
 
 ENV_PREFIX = "CCQ_"
 # A local `make up` writes its generated dev secret here (in the checkout); real
@@ -117,6 +118,31 @@ class Settings(BaseSettings):
     # Queued or running runs one owner may have outside batches; past it, 429.
     max_pending_runs_per_owner: int = Field(default=200, ge=1, le=1_000_000)
 
+    # --- the session gateway (model proxy, ccq's MCP tools) ----------------------------
+    # Like CCQ_API_HOST: loopback plus the session network's host address under `make up`.
+    gateway_host: str = Field(
+        default="127.0.0.1", pattern=r"^[0-9A-Za-z.:\[\]-]+(,[0-9A-Za-z.:\[\]-]+)*$"
+    )
+    gateway_port: int = Field(default=8090, ge=1, le=65535)
+    # Where session containers reach the gateway (default: host.docker.internal on
+    # CCQ_GATEWAY_PORT).
+    container_gateway_url: str | None = None
+    # Upstream model streams open at once, fleet-wide; more wait in the gateway.
+    gateway_max_upstream_streams: int = Field(default=64, ge=1, le=100_000)
+    # Model calls that may wait in the gateway (for a stream slot or a rate-limit
+    # pause); past it a call is answered 529 at once.
+    gateway_max_waiting: int = Field(default=2000, ge=0, le=1_000_000)
+    # How long one call waits in the gateway before it is answered 529.
+    gateway_wait_timeout: PositiveSeconds = 600.0
+    # The pause after an upstream 429/529 that names no retry-after.
+    gateway_default_retry_after: PositiveSeconds = 5.0
+    # The largest request body a session may send (the CLI's grow with the conversation).
+    gateway_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # USD per million tokens by model-name prefix (JSON); see orchestrator/domain/pricing.py.
+    model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    # What one owner may spend on model calls per UTC day, all sessions together.
+    owner_daily_budget_usd: float | None = Field(default=None, gt=0)
+
     # Where the MCP tools inside session containers reach the API (default: the
     # Docker host's gateway name on CCQ_API_PORT; the API must listen on an address
     # containers can reach, see the README).
@@ -134,6 +160,8 @@ class Settings(BaseSettings):
         "extra_ca_file",
         "default_model",
         "container_api_url",
+        "container_gateway_url",
+        "owner_daily_budget_usd",
         "session_network",
         mode="before",
     )
@@ -157,7 +185,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("anthropic_base_url", "container_api_url")
+    @field_validator("anthropic_base_url", "container_api_url", "container_gateway_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -190,6 +218,22 @@ class Settings(BaseSettings):
         """The API on its first address (loopback when listening everywhere)."""
         host = self.api_hosts[0]
         return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.api_port}"  # noqa: S104
+
+    @property
+    def gateway_hosts(self) -> list[str]:
+        return self.gateway_host.split(",")
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway on its first address (loopback when listening everywhere)."""
+        host = self.gateway_hosts[0]
+        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.gateway_port}"  # noqa: S104
+
+    @property
+    def gateway_url_for_containers(self) -> str:
+        """The gateway as a session container sees it: its model calls and tools go there."""
+        url = self.container_gateway_url or f"http://host.docker.internal:{self.gateway_port}"
+        return url.rstrip("/")
 
     @property
     def session_network_name(self) -> str:
