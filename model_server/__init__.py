@@ -4,7 +4,7 @@ See docs/model-server.md for the directive syntax, the endpoints and what the Cl
 CLI sends.
 """
 
-from model_server.recording import is_main_call
+from model_server.recording import fingerprint, is_main_call
 from model_server.server import ModelServer, serve
 
-__all__ = ["ModelServer", "is_main_call", "serve"]
+__all__ = ["ModelServer", "fingerprint", "is_main_call", "serve"]

@@ -2,13 +2,16 @@
 
 Every request is kept in memory (the most recent ``max_records``, so a long benchmark
 cannot exhaust memory) and, given a path, appended as one JSON line to a file that outlives
-the process. Credentials never reach either: ``x-api-key`` and ``authorization`` values are
-replaced by ``[redacted]`` before the entry is built.
+the process. Credentials never reach either: ``x-api-key``, ``authorization``,
+``proxy-authorization`` and ``cookie`` values are replaced by their :func:`fingerprint`
+before the entry is built, so a test can tell which credential a request carried (compare
+with ``fingerprint(known_key)``) without the secret being written anywhere.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import threading
 from collections import deque
@@ -16,14 +19,28 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-REDACTED = "[redacted]"
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
+FINGERPRINT_PREFIX = "sha256:"
+
+
+def fingerprint(value: str) -> str:
+    """A non-reversible tag of a credential: ``sha256:`` and the first 16 hex digits of the
+    SHA-256 of its UTF-8 bytes.
+
+    The whole header value is hashed as sent, so ``authorization: Bearer X`` is recorded as
+    ``fingerprint("Bearer X")``, not ``fingerprint("X")``. 64 bits tell keys apart and cannot
+    be turned back into a random API key; a guessable secret (a dictionary word) could be
+    confirmed by hashing guesses, so tests should use random-looking keys anyway.
+    """
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return FINGERPRINT_PREFIX + digest[:16]
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Headers as a dict with lower-cased names and credential values replaced."""
+    """Headers as a dict with lower-cased names and credential values replaced by their
+    :func:`fingerprint` (the value itself is never kept)."""
     return {
-        name.lower(): REDACTED if name.lower() in SECRET_HEADERS else value
+        name.lower(): fingerprint(value) if name.lower() in SECRET_HEADERS else value
         for name, value in headers
     }
 

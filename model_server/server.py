@@ -6,6 +6,10 @@ Endpoints:
 - ``POST /v1/messages/count_tokens`` — ``{"input_tokens": N}``.
 - ``GET /_ccq/requests`` / ``DELETE /_ccq/requests`` — the request log, or clear it.
 - ``GET /_ccq/healthz`` — ``{"ok": true}``.
+- ``POST /_ccq/rate-limit`` — ``{"seconds": S, "retry_after": R, "status": 429|529}`` opens
+  a window of S seconds (0 closes it) during which every ``POST /v1/messages`` is answered
+  with that status, ``retry-after: R`` and ``x-should-retry: true`` (see
+  :mod:`model_server.ratelimit`); ``GET /_ccq/rate-limit`` shows the window.
 
 Anything else is a 404 in Anthropic's error shape. The server speaks HTTP/1.1 with
 keep-alive (SSE bodies use chunked encoding, as the real API does), handles each
@@ -32,6 +36,7 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 
 from model_server.directives import DirectiveError, Plan, latest_turn, plan_reply
+from model_server.ratelimit import Limited, RateLimitError, RateLimitWindow, from_json
 from model_server.recording import RequestLog, describe_body, redact_headers
 from model_server.sse import Event, Reply, error_body, estimate_tokens, new_id, sse_frame
 
@@ -47,15 +52,19 @@ _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, T
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    """Holds the state handlers share: the request log, the stop flag, open connections."""
+    """Holds the state handlers share: the request log, the rate-limit window, the stop
+    flag, open connections."""
 
     daemon_threads = True
     block_on_close = False
     # Many CLIs (a batch, a benchmark) connect at once; socketserver's default backlog is 5.
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], log: RequestLog) -> None:
+    def __init__(
+        self, address: tuple[str, int], log: RequestLog, rate_limit: RateLimitWindow
+    ) -> None:
         self.request_log = log
+        self.rate_limit = rate_limit
         self.stopping = threading.Event()
         self._attempts: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
@@ -154,6 +163,10 @@ class _Handler(BaseHTTPRequestHandler):
                 case ("DELETE", "/_ccq/requests"):
                     self.server.request_log.clear()
                     self._send_json(200, {"ok": True})
+                case ("POST", "/_ccq/rate-limit"):
+                    self._set_rate_limit(raw)
+                case ("GET", "/_ccq/rate-limit"):
+                    self._send_json(200, self.server.rate_limit.state())
                 case _:
                     self._record(None, "not_found", 404)
                     self._send_error(404, f"{self.command} {self.route} is not served here")
@@ -204,6 +217,10 @@ class _Handler(BaseHTTPRequestHandler):
     # -- the Messages API -----------------------------------------------------------------
 
     def _messages(self, raw: bytes) -> None:
+        limited = self.server.rate_limit.check()
+        if limited is not None:
+            self._rate_limited(raw, limited)
+            return
         body = _json_object(raw)
         try:
             plan = plan_reply(body.get("messages"))
@@ -237,6 +254,26 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._paced(plan)
             self._send_json(200, reply.message())
+
+    def _rate_limited(self, raw: bytes, limited: Limited) -> None:
+        """Answer inside a rate-limit window: before the body is looked at, as the real API
+        does (it is recorded when it is JSON, ``null`` otherwise)."""
+        try:
+            body: dict[str, Any] | None = _json_object(raw)
+        except _BadRequest:
+            body = None
+        self._record(body, "rate_limited", limited.status, error=limited.message)
+        payload = error_body(limited.status, limited.message)
+        self._send_json(limited.status, payload, limited.headers())
+
+    def _set_rate_limit(self, raw: bytes) -> None:
+        """``POST /_ccq/rate-limit``; a control call, so not recorded even when refused."""
+        try:
+            self.server.rate_limit.set(*from_json(_json_object(raw)))
+        except (RateLimitError, _BadRequest) as exc:
+            self._send_error(400, str(exc))
+            return
+        self._send_json(200, {"ok": True, **self.server.rate_limit.state()})
 
     def _count_tokens(self, raw: bytes) -> None:
         body = _json_object(raw)
@@ -395,6 +432,7 @@ class ModelServer:
     ) -> None:
         self._address = (host, port)
         self._log = RequestLog(record_path, max_records)
+        self._rate_limit = RateLimitWindow()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -403,7 +441,7 @@ class ModelServer:
         if self._httpd is not None:
             raise RuntimeError("model server already started")
         cls = _HTTP6Server if ":" in self._address[0] else _HTTPServer
-        self._httpd = cls(self._address, self._log)
+        self._httpd = cls(self._address, self._log, self._rate_limit)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
@@ -450,6 +488,23 @@ class ModelServer:
 
     def clear(self) -> None:
         self._log.clear()
+
+    def rate_limit(self, seconds: float, retry_after: int | None = None, status: int = 429) -> None:
+        """For ``seconds`` from now, answer every ``POST /v1/messages`` with ``status`` (429
+        ``rate_limit_error`` or 529 ``overloaded_error``), ``retry-after: retry_after`` and
+        ``x-should-retry: true``; ``seconds=0`` ends the window at once.
+
+        ``retry_after`` (whole seconds) defaults to the seconds left in the window, rounded
+        up. count_tokens and the ``/_ccq/`` endpoints are not limited. Such answers are
+        recorded with directive ``rate_limited`` and their status. Works before
+        :meth:`start` too; raises :class:`~model_server.ratelimit.RateLimitError` (a
+        ValueError naming the field) for bad settings.
+        """
+        self._rate_limit.set(seconds, retry_after, status)
+
+    def rate_limit_state(self) -> dict[str, Any]:
+        """``{"active", "seconds_left", "retry_after", "status"}`` of the window."""
+        return self._rate_limit.state()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from model_server.recording import fingerprint
 from model_server.server import ModelServer
 from tests.waiting import wait_for
 
@@ -476,8 +477,10 @@ def test_recording_redacts_and_describes(server: ModelServer, tmp_path: Path) ->
     assert entry["path"] == "/v1/messages"
     assert entry["query"] == "beta=true"
     assert entry["body"] == body
-    assert entry["headers"]["x-api-key"] == "[redacted]"
-    assert entry["headers"]["authorization"] == "[redacted]"
+    # Fingerprints, not secrets: a test can tell which key was sent without seeing it.
+    assert entry["headers"]["x-api-key"] == fingerprint(API_KEY)
+    assert entry["headers"]["authorization"] == fingerprint("Bearer tok-secret")
+    assert entry["headers"]["authorization"] != fingerprint("tok-secret")
     assert entry["directive"] == "echo"
     assert entry["status"] == 200
     assert entry["model"] == "claude-test-1"
@@ -486,6 +489,7 @@ def test_recording_redacts_and_describes(server: ModelServer, tmp_path: Path) ->
     assert entry["stream"] is True
     assert entry["subagent"] is False
     assert entry["session_id"] == "sess-1"
+    assert isinstance(entry["timestamp"], float)
     assert entry["timestamp"] > 0
     assert "secret" not in json.dumps(listed)
 
@@ -510,6 +514,7 @@ def test_record_path_gets_one_json_line_per_request(tmp_path: Path) -> None:
         (3, "invalid_request", 400),
     ]
     assert API_KEY not in path.read_text()
+    assert all(e["headers"]["x-api-key"] == fingerprint(API_KEY) for e in lines)
 
 
 def test_max_records_keeps_the_most_recent() -> None:
@@ -517,6 +522,139 @@ def test_max_records_keeps_the_most_recent() -> None:
         for text in ("a", "b", "c"):
             post_messages(srv, text)
         assert [e["body"]["messages"][0]["content"] for e in srv.requests()] == ["b", "c"]
+
+
+# -- the rate-limit window --------------------------------------------------------------------
+
+
+def assert_limited(resp: Response, status: int, kind: str, retry_after: str) -> None:
+    assert resp.status == status
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.headers["retry-after"] == retry_after
+    assert resp.headers["x-should-retry"] == "true"
+    assert resp.headers["request-id"].startswith("req_")
+    body = resp.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == kind
+    assert body["error"]["message"]
+
+
+def test_rate_limit_window_over_http_then_normal_answers(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    with ModelServer(record_path=path) as srv:
+        before = time.time()
+        started = time.monotonic()
+        resp = request(srv, "POST", "/_ccq/rate-limit", {"seconds": 1.5, "retry_after": 1})
+        assert resp.status == 200
+        assert resp.json()["ok"] is True
+        assert resp.json()["active"] is True
+        assert resp.json()["retry_after"] == 1
+        assert resp.json()["status"] == 429
+
+        assert_limited(post_messages(srv, "hello"), 429, "rate_limit_error", "1")
+        # Streaming calls get the same JSON error: the limit answers before any SSE.
+        assert_limited(post_messages(srv, "hello", stream=True), 429, "rate_limit_error", "1")
+        # Even a body that is not JSON: the limit answers before the body is looked at.
+        assert_limited(request(srv, "POST", "/v1/messages", raw=b"{"), 429, "rate_limit_error", "1")
+        state = request(srv, "GET", "/_ccq/rate-limit").json()
+        assert state["active"] is True
+        assert 0 < state["seconds_left"] <= 1.5
+
+        def answered() -> Response | None:
+            resp = post_messages(srv, "after")
+            return resp if resp.status == 200 else None
+
+        ok = wait_for(answered, timeout=TIMEOUT, interval=0.1, what="the window to close")
+        assert time.monotonic() - started >= 1.5
+        assert ok.json()["content"] == [{"type": "text", "text": "echo (messages=1): after"}]
+        assert request(srv, "GET", "/_ccq/rate-limit").json()["active"] is False
+        entries = srv.requests()
+
+    # Every answer, limited or not, is recorded with its status and a precise timestamp.
+    assert [e["path"] for e in entries] == ["/v1/messages"] * len(entries)  # no /_ccq/ calls
+    limited = [e for e in entries if e["directive"] == "rate_limited"]
+    assert len(limited) >= 3
+    assert {e["status"] for e in limited} == {429}
+    assert limited[0]["body"] == messages_body("hello")
+    assert limited[2]["body"] is None
+    assert all(e["error"] for e in limited)
+    assert (entries[-1]["directive"], entries[-1]["status"]) == ("echo", 200)
+    assert entries[:-1] == limited  # nothing got through before the window closed
+    stamps = [e["timestamp"] for e in entries]
+    assert all(isinstance(t, float) for t in stamps)
+    assert stamps == sorted(stamps)
+    assert before <= stamps[0]
+    assert stamps[-1] - before >= 1.4  # the first normal answer came after the window
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["directive"], e["status"]) for e in lines] == [
+        (e["directive"], e["status"]) for e in entries
+    ]
+    assert API_KEY not in path.read_text()
+
+
+def test_overloaded_window_from_python_spares_count_tokens_and_control(
+    server: ModelServer,
+) -> None:
+    server.rate_limit(seconds=30, retry_after=2, status=529)
+    assert_limited(post_messages(server, "hello"), 529, "overloaded_error", "2")
+
+    tokens = request(server, "POST", "/v1/messages/count_tokens?beta=true", messages_body("hi"))
+    assert tokens.status == 200
+    assert tokens.json()["input_tokens"] >= 1
+    assert request(server, "GET", "/_ccq/healthz").status == 200
+    assert request(server, "GET", "/_ccq/requests").status == 200
+    assert request(server, "POST", "/nope", {}).status == 404  # only /v1/messages is limited
+
+    server.rate_limit(seconds=0)  # clearing takes effect at once
+    assert post_messages(server, "again").status == 200
+    assert [(e["directive"], e["status"]) for e in server.requests()] == [
+        ("rate_limited", 529),
+        ("count_tokens", 200),
+        ("not_found", 404),
+        ("echo", 200),
+    ]
+
+
+def test_cleared_over_http_and_retry_after_defaults_to_time_left(server: ModelServer) -> None:
+    assert request(server, "POST", "/_ccq/rate-limit", {"seconds": 30}).status == 200
+    assert_limited(post_messages(server, "x"), 429, "rate_limit_error", "30")
+    resp = request(server, "POST", "/_ccq/rate-limit", {"seconds": 0})
+    assert resp.status == 200
+    assert resp.json()["active"] is False
+    assert post_messages(server, "x").status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "seconds"),
+        ({"seconds": "5"}, "seconds"),
+        ({"seconds": -1}, "seconds"),
+        ({"seconds": None}, "seconds"),
+        ({"seconds": 5, "retry_after": 1.5}, "retry_after"),
+        ({"seconds": 5, "retry_after": "2"}, "retry_after"),
+        ({"seconds": 5, "status": 500}, "status"),
+        ({"seconds": 5, "status": "429"}, "status"),
+        ({"seconds": 5, "retryafter": 2}, "retryafter"),
+        ([5], "JSON object"),
+    ],
+)
+def test_rate_limit_control_refuses_bad_input(server: ModelServer, body: Any, field: str) -> None:
+    resp = request(server, "POST", "/_ccq/rate-limit", body)
+    assert resp.status == 400
+    assert resp.headers["x-should-retry"] == "false"
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert field in error["message"]
+    assert request(server, "GET", "/_ccq/rate-limit").json()["active"] is False
+    assert post_messages(server, "x").status == 200  # no window was opened
+    assert [e["directive"] for e in server.requests()] == ["echo"]  # control calls unrecorded
+
+
+def test_rate_limit_control_refuses_invalid_json(server: ModelServer) -> None:
+    resp = request(server, "POST", "/_ccq/rate-limit", raw=b"{seconds: 5")
+    assert resp.status == 400
+    assert "not valid JSON" in resp.json()["error"]["message"]
 
 
 # -- serve() in the foreground ----------------------------------------------------------------

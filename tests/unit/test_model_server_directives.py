@@ -18,7 +18,7 @@ from model_server.directives import (
     scan,
     strip_system_reminders,
 )
-from model_server.recording import describe_body, is_main_call, redact_headers
+from model_server.recording import describe_body, fingerprint, is_main_call, redact_headers
 from model_server.sse import Reply, estimate_tokens, sse_frame
 
 
@@ -337,13 +337,23 @@ def test_estimate_tokens_is_deterministic_and_never_zero() -> None:
 # -- recording helpers ------------------------------------------------------------------------
 
 
-def test_redact_headers() -> None:
-    headers = [("X-Api-Key", "sk-secret"), ("Authorization", "Bearer t"), ("Accept", "*/*")]
-    assert redact_headers(headers) == {
-        "x-api-key": "[redacted]",
-        "authorization": "[redacted]",
+def test_redact_headers_keeps_fingerprints_not_secrets() -> None:
+    headers = [
+        ("X-Api-Key", "sk-secret"),
+        ("Authorization", "Bearer t"),
+        ("Proxy-Authorization", "Basic p"),
+        ("Cookie", "session=c"),
+        ("Accept", "*/*"),
+    ]
+    redacted = redact_headers(headers)
+    assert redacted == {
+        "x-api-key": fingerprint("sk-secret"),
+        "authorization": fingerprint("Bearer t"),  # the whole value, scheme included
+        "proxy-authorization": fingerprint("Basic p"),
+        "cookie": fingerprint("session=c"),
         "accept": "*/*",
     }
+    assert "secret" not in json.dumps(redacted)
 
 
 def test_describe_body_tells_main_calls_from_sub_agents() -> None:
