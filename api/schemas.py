@@ -143,7 +143,9 @@ def run_json(run: Run) -> dict[str, Any]:
         "subtype": run.result_subtype,
         "is_error": run.is_error,
         "error": run.error,
+        "error_code": run.error_code,
         "total_cost_usd": float(run.total_cost_usd) if run.total_cost_usd is not None else None,
+        "metered_cost_usd": float(run.metered_cost_usd or 0),
         "usage": run.usage,
         "num_turns": run.num_turns,
         "duration_ms": run.duration_ms,
@@ -177,6 +179,8 @@ def session_json(
         "notify_url": redact_url(session.notify_url) if session.notify_url else None,
         "runs_count": session.runs_count,
         "total_cost_usd": float(session.total_cost_usd),
+        # Metered by the gateway for the session and its descendants (its budget's gauge).
+        "tree_spent_usd": float(session.tree_spent_usd or 0),
         "tree_cost_usd": float(
             tree_cost_usd if tree_cost_usd is not None else session.total_cost_usd
         ),

@@ -1,4 +1,4 @@
-"""The server's commands: `ccq api`, `worker`, `beat`, `flower`, `model-server`, `image`,
+"""The server's commands: `ccq api`, `gateway`, `worker`, `beat`, `flower`, `model-server`, `image`,
 `network`, `db` and the dev helper `token`.
 
 They read the server's settings and start or manage its processes, so they live apart
@@ -213,6 +213,16 @@ def api(ctx: Context, workers: int, connections: int) -> None:
     argv = ["--workers", str(workers), "--connections", str(connections)]
     # A fresh interpreter: gevent must patch the standard library before it is imported.
     os.execv(sys.executable, [sys.executable, "-m", "api.serve", *argv])  # noqa: S606
+
+
+@click.command()
+@pass_context
+def gateway(ctx: Context) -> None:
+    """Serve the session gateway: model proxy and ccq's MCP tools (the only process
+    holding the Claude credential)."""
+    from gateway.serve import serve
+
+    serve(ctx.settings)
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     # Where session containers reach the gateway (default: host.docker.internal on
     # CCQ_GATEWAY_PORT).
     container_gateway_url: str | None = None
+    # Where the gateway's MCP tools call ccq's API (default: CCQ_API_PORT on loopback,
+    # the API beside it).
+    gateway_api_url: str | None = None
     # Upstream model streams open at once, fleet-wide; more wait in the gateway.
     gateway_max_upstream_streams: int = Field(default=64, ge=1, le=100_000)
     # Model calls that may wait in the gateway (for a stream slot or a rate-limit
@@ -161,6 +164,7 @@ class Settings(BaseSettings):
         "default_model",
         "container_api_url",
         "container_gateway_url",
+        "gateway_api_url",
         "owner_daily_budget_usd",
         "session_network",
         mode="before",
@@ -185,7 +189,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("anthropic_base_url", "container_api_url", "container_gateway_url")
+    @field_validator(
+        "anthropic_base_url", "container_api_url", "container_gateway_url", "gateway_api_url"
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):

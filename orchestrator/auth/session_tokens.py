@@ -1,8 +1,9 @@
-"""Session-scoped tokens: what a session's MCP tools call the API with, during one run.
+"""Session-scoped tokens: a run's only credential, at the gateway and at ccq's API.
 
 A token is random (opaque, not a JWT): it is minted when a run is claimed, handed only
-to that run's CLI process, and revoked when the run is recorded, so it lives exactly as
-long as the tools that use it. Only its SHA-256 is stored; the operator's credentials
+to that run's CLI process (its model calls and ccq's MCP tools go to the gateway with
+it; the tools call the API with it), and revoked when the run is recorded, so it lives
+exactly as long as the run. Only its SHA-256 is stored; the operator's credentials
 and the owner's JWTs never enter a container.
 """
 
@@ -29,6 +30,7 @@ class TokenScope:
 
     owner: str
     session_id: uuid.UUID
+    run_id: uuid.UUID
 
 
 def is_session_token(token: str) -> bool:
@@ -64,7 +66,9 @@ def resolve(db: DbSession, token: str) -> TokenScope | None:
             SessionToken.expires_at > datetime.now(UTC),
         )
     ).one_or_none()
-    return None if row is None else TokenScope(owner=row.owner, session_id=row.session_id)
+    if row is None:
+        return None
+    return TokenScope(owner=row.owner, session_id=row.session_id, run_id=row.run_id)
 
 
 def revoke_run(db: DbSession, run_id: uuid.UUID) -> None:

@@ -8,7 +8,7 @@ migration, not an enum type dance.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -28,7 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names make migrations and their downgrades predictable.
@@ -157,6 +158,9 @@ class Session(Base):
     worker_host: Mapped[str | None] = mapped_column(String(200))
     runs_count: Mapped[int] = mapped_column(Integer, default=0)
     total_cost_usd: Mapped[Decimal] = mapped_column(Cost, default=Decimal(0))
+    # What the gateway metered for this session and all its descendants: what the
+    # session's `max_budget_usd` is checked against.
+    tree_spent_usd: Mapped[Decimal] = mapped_column(Cost, default=Decimal(0))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = mapped_column(
@@ -210,6 +214,10 @@ class Run(Base):
     duration_api_ms: Mapped[int | None] = mapped_column(Integer)
     exit_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why a run failed, for programs (``budget_exceeded``); ``error`` says it in words.
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    # The gateway's metering of this run's model calls (``total_cost_usd`` is the CLI's).
+    metered_cost_usd: Mapped[Decimal] = mapped_column(Cost, default=Decimal(0))
     created_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -256,6 +264,60 @@ class SessionToken(Base):
     owner: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     created_at: Mapped[datetime] = _now()
+
+
+class ModelCallStatus(StrEnum):
+    STREAMING = "streaming"  # admitted, upstream answer in progress
+    DONE = "done"  # answered and charged
+    FAILED = "failed"  # no answer to charge (upstream error, client gone before it)
+    REFUSED = "refused"  # a budget refused it; never sent upstream
+
+
+class ModelCall(Base):
+    """One model call a session made through the gateway: the spend ledger."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (
+        CheckConstraint(_in("status", ModelCallStatus), name="status"),
+        Index("ix_model_calls_owner_started", "owner", "started_at"),
+        # "Calls anywhere under session X": the budget of X covers its whole subtree.
+        Index("ix_model_calls_lineage", "lineage", postgresql_using="gin"),
+        Index(
+            "ix_model_calls_streaming",
+            "status",
+            postgresql_where="status = 'streaming'",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column(String(200))
+    # The session's ancestors and itself, root first.
+    lineage: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
+    status: Mapped[str] = mapped_column(String(20), default=ModelCallStatus.STREAMING)
+    refusal: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Cost, default=Decimal(0))
+    # False: the model was not in the price table and was charged at its highest prices.
+    priced: Mapped[bool] = mapped_column(Boolean, default=True)
+    upstream_status: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OwnerSpend(Base):
+    """What one owner's model calls cost on one UTC day (the daily cap's counter)."""
+
+    __tablename__ = "owner_spend"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    spent_usd: Mapped[Decimal] = mapped_column(Cost, default=Decimal(0))
 
 
 class Event(Base):

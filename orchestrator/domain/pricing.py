@@ -40,13 +40,15 @@ def _price(input_usd: str, output_usd: str) -> ModelPrice:
 
 
 # Anthropic's list prices (USD per million tokens) for the model families Claude Code
-# uses. Operators override the whole table with CCQ_MODEL_PRICES (JSON).
+# uses; a family's bare name prices its newer versions alike. Operators override the
+# whole table with CCQ_MODEL_PRICES (JSON).
 DEFAULT_PRICES: dict[str, ModelPrice] = {
-    "claude-opus-4-5": _price("5", "25"),
+    "claude-opus": _price("5", "25"),
     "claude-opus-4": _price("15", "75"),
-    "claude-sonnet-4": _price("3", "15"),
+    "claude-opus-4-5": _price("5", "25"),
+    "claude-sonnet": _price("3", "15"),
     "claude-3-7-sonnet": _price("3", "15"),
-    "claude-haiku-4": _price("1", "5"),
+    "claude-haiku": _price("1", "5"),
     "claude-3-5-haiku": _price("0.8", "4"),
 }
 

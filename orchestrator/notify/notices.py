@@ -81,6 +81,8 @@ def load_run_notice(db: DbSession, run_id: uuid.UUID) -> Notice | None:
         finished_at=run.finished_at,
         started_at=run.started_at,
         metadata=metadata or {},
+        error_code=run.error_code,
+        metered_cost_usd=run.metered_cost_usd,
     )
     payload = run_payload(summary)
     # Clipped above (a result can be megabytes); say whether the original was longer.

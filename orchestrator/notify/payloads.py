@@ -151,6 +151,8 @@ class RunSummary:
     finished_at: datetime | None
     started_at: datetime | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    error_code: str | None = None  # e.g. "budget_exceeded"
+    metered_cost_usd: Decimal | None = None
 
 
 def _ordered_counts(counts: Mapping[str, int]) -> list[tuple[str, int]]:
@@ -273,7 +275,9 @@ def run_payload(run: RunSummary) -> dict[str, Any]:
                 "result": result,
                 "result_truncated": result is not None and result != run.result,
                 "error": error,
+                "error_code": run.error_code,
                 "total_cost_usd": _cost_number(run.total_cost_usd),
+                "metered_cost_usd": _cost_number(run.metered_cost_usd),
                 "started_at": _iso(run.started_at),
                 "finished_at": _iso(run.finished_at),
                 "duration_seconds": took,

@@ -27,24 +27,28 @@ class CliOptions:
     model: str | None = None
     append_system_prompt: str | None = None
     max_turns: int | None = None
-    max_budget_usd: float | None = None
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
     mcp_config_path: str | None = None
     permission_mode: str = "bypassPermissions"
 
 
-def cli_environment(settings: Settings) -> dict[str, str]:
-    """What a run's CLI process gets from the worker: where the model is, and the
-    credential (into that process only, never the container's configuration)."""
-    env: dict[str, str] = {}
-    if settings.anthropic_base_url:
-        env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
-    if settings.anthropic_api_key is not None:
-        env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.get_secret_value()
-    if settings.claude_code_oauth_token is not None:
-        env["CLAUDE_CODE_OAUTH_TOKEN"] = settings.claude_code_oauth_token.get_secret_value()
-    return env
+SESSION_TOKEN_VARIABLE = "CCQ_SESSION_TOKEN"  # noqa: S105 - a variable's name
+
+
+def cli_environment(settings: Settings, session_token: str) -> dict[str, str]:
+    """What a run's CLI process gets: the gateway as its model API, and the run's session
+    token as its only credential, for model calls (``ANTHROPIC_API_KEY``) and ccq's MCP
+    tools (``CCQ_SESSION_TOKEN``, which the MCP config's header names).
+
+    The operator's Claude credential never enters a container: the gateway adds it
+    upstream. The session token dies with the run.
+    """
+    return {
+        "ANTHROPIC_BASE_URL": settings.gateway_url_for_containers,
+        "ANTHROPIC_API_KEY": session_token,
+        SESSION_TOKEN_VARIABLE: session_token,
+    }
 
 
 def build_command(session_id: str, *, resume: bool, options: CliOptions) -> list[str]:
@@ -73,8 +77,6 @@ def build_command(session_id: str, *, resume: bool, options: CliOptions) -> list
         argv.append(f"--append-system-prompt={options.append_system_prompt}")
     if options.max_turns is not None:
         argv.append(f"--max-turns={options.max_turns}")
-    if options.max_budget_usd is not None:
-        argv.append(f"--max-budget-usd={options.max_budget_usd}")
     if options.allowed_tools:
         argv.append("--allowedTools=" + ",".join(options.allowed_tools))
     if options.disallowed_tools:

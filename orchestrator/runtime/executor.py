@@ -32,6 +32,7 @@ from orchestrator.db.models import Run, RunStatus, Session, SessionStatus
 from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain import tree
 from orchestrator.domain.admission import admit
+from orchestrator.domain.budgets import BUDGET_EXCEEDED, refusal_of
 from orchestrator.domain.cancellation import cancel_signalled
 from orchestrator.domain.run_lifecycle import RunFinished, RunListeners, RunRecording, RunStarted
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
@@ -41,6 +42,7 @@ from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.labels import LABEL_BATCH
 from orchestrator.runtime.locks import SessionLock, is_locked
 from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
+from orchestrator.streams import gateway_notices
 from orchestrator.streams.events import (
     RUN_FINISHED,
     PendingEvent,
@@ -80,7 +82,8 @@ class ClaimedRun:
     prompt: str
     options: CliOptions
     first_event_seq: int
-    # For the session's MCP tools during this run only; never logged (repr=False).
+    # The run's credential at the gateway (model calls and ccq's tools), valid during
+    # this run only; never logged (repr=False).
     session_token: str = field(repr=False)
     # A batch item's batch: its container is removed as soon as the run ends (thousands
     # would idle), and the run's announcements carry it.
@@ -97,7 +100,6 @@ def _cli_options(session: Session, run: Run) -> CliOptions:
         model=opts.get("model") or session.model,
         append_system_prompt=opts.get("append_system_prompt"),
         max_turns=opts.get("max_turns"),
-        max_budget_usd=opts.get("max_budget_usd"),
         allowed_tools=tuple(opts.get("allowed_tools") or ()),
         disallowed_tools=tuple(opts.get("disallowed_tools") or ()),
         mcp_config_path=MCP_CONFIG_PATH,
@@ -281,6 +283,7 @@ class RunExecutor:
                     depth=claimed.depth,
                     max_depth=self.settings.max_depth,
                 ),
+                gateway_url=self.settings.gateway_url_for_containers,
             )
             container = self.runtime.ensure_running(
                 SessionContainerSpec(
@@ -301,12 +304,12 @@ class RunExecutor:
                 run_id=str(claimed.run_id),
                 argv=build_command(str(claimed.session_id), resume=resume, options=claimed.options),
                 prompt=claimed.prompt,
-                env={**cli_environment(self.settings), **self._tool_environment(claimed)},
+                env=cli_environment(self.settings, claimed.session_token),
                 on_event=lambda e: self._forward(sink, e),
                 silence_timeout=self.settings.run_silence_timeout,
                 time_limit=self.settings.run_time_limit,
                 should_cancel=lambda: self._cancel_requested(claimed.run_id),
-                on_tick=sink.flush_if_due,
+                on_tick=lambda: self._tick(sink, claimed.run_id),
             )
         except Exception as exc:  # the run must end recorded, whatever broke
             log.exception("run %s failed outside the CLI", claimed.run_id)
@@ -330,13 +333,19 @@ class RunExecutor:
         except Exception:
             log.exception("could not remove the container of session %s", session_id)
 
-    def _tool_environment(self, claimed: ClaimedRun) -> dict[str, str]:
-        """What the session's MCP tools (children) need to call the API as this session."""
-        return {
-            "CCQ_API_URL": self.settings.api_url_for_containers,
-            "CCQ_SESSION_ID": str(claimed.session_id),
-            "CCQ_SESSION_TOKEN": claimed.session_token,
-        }
+    def _tick(self, sink: RunEventSink, run_id: uuid.UUID) -> None:
+        self._emit_gateway_notices(sink, run_id)
+        sink.flush_if_due()
+
+    def _emit_gateway_notices(self, sink: RunEventSink, run_id: uuid.UUID) -> None:
+        """The gateway's word on this run (waits, refusals) joins its events here."""
+        try:
+            notices = gateway_notices.drain(self.redis, run_id)
+        except redis.RedisError:
+            log.warning("could not read the gateway's notices for run %s", run_id)
+            return
+        for type_, data in notices:
+            sink.emit(type_, data)
 
     @staticmethod
     def _forward(sink: RunEventSink, event: CliEvent) -> None:
@@ -372,6 +381,7 @@ class RunExecutor:
             uow.rollback()
             return "deleted", False  # the session was deleted while the run was going
         session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
+        self._emit_gateway_notices(sink, run.id)
         status = _final_status(result, error)
         if result is not None:
             o = result.outcome
@@ -391,6 +401,10 @@ class RunExecutor:
                 )
             if o.cli_version:
                 session.cli_started = True
+        if status == RunStatus.FAILED and (refusal := refusal_of(db, run.id)) is not None:
+            # The gateway refused a model call over a budget: that is why it failed.
+            run.error_code = BUDGET_EXCEEDED
+            error = refusal
         run.error = error
         run.status = status
         run.finished_at = datetime.now(UTC)

@@ -5,7 +5,7 @@ The session's Claude home (a host directory, mounted at ``/home/claude/.claude``
 
 | file | what |
 |---|---|
-| ``ccq/mcp.json`` | the MCP config passed as ``--mcp-config``: the ``ccq`` stdio server |
+| ``ccq/mcp.json`` | the MCP config passed as ``--mcp-config``: ccq's tools at the gateway |
 | ``CLAUDE.md`` | who the session is (ID, parent, depth), its children, its tools, limits |
 | ``settings.json`` | Claude Code settings: ccq tools allowed, no telemetry, transcripts kept |
 | ``skills/<name>/SKILL.md`` | skills on delegating to and managing children |
@@ -23,12 +23,12 @@ session edited are left alone; when it differs (the first run, new templates aft
 upgrade, a changed depth limit), every ccq file is rewritten, edits included, and files
 ccq wrote before but no longer ships (a removed skill) are deleted.
 
-**What is not in any file.** The MCP server gets ``CCQ_API_URL``, ``CCQ_SESSION_ID`` and
-``CCQ_SESSION_TOKEN`` from the environment of the ``claude -p`` process (``docker exec
--e``), which the CLI passes on to stdio MCP servers unchanged (checked with Claude Code
-2.1.329). The token is per run and short-lived; it never touches the disk. (A ``${VAR}``
-reference in the config's ``env`` is not needed, and is harmful: with the variable unset,
-the CLI hands the server the literal text ``${VAR}``.)
+**What is not in any file.** ccq's tools are an ``http`` MCP server: the gateway's
+``/mcp`` endpoint (Streamable HTTP), so no process starts in the container for them. Its
+bearer token is the run's session token, written in the config as
+``${CCQ_SESSION_TOKEN}``: the CLI expands it from the environment of the ``claude -p``
+process (``docker exec -e``) when it connects (checked with Claude Code 2.1.329), so the
+token, per run and short-lived, never touches the disk.
 
 **Safety.** The container (uid 1000) can write anything in this directory, including
 symlinks, while the worker may run as root. Every path is therefore walked with
@@ -57,6 +57,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import worker_image
+from orchestrator.runtime.claude_cli import SESSION_TOKEN_VARIABLE
 
 TEMPLATES_DIR = worker_image.directory() / "session"  # package data, installed or not
 CLAUDE_MD_TEMPLATE = "CLAUDE.md.template"
@@ -71,8 +72,7 @@ MCP_CONFIG_PATH = f"{CONTAINER_CLAUDE_HOME}/{MCP_CONFIG_RELPATH}"
 MARKER_RELPATH = "ccq/session-files.json"
 
 MCP_SERVER_NAME = "ccq"
-MCP_SERVER_PYTHON = "/opt/ccq/mcp/bin/python"  # the venv worker_image/Dockerfile makes
-MCP_SERVER_MODULE = "ccq_mcp"
+MCP_PATH = "/mcp"  # where the gateway serves ccq's tools
 CHILDREN_DIR = "/workspace/children"
 
 CONTAINER_UID = 1000
@@ -93,18 +93,19 @@ class SessionContext:
     max_depth: int
 
 
-def mcp_config() -> dict[str, Any]:
-    """The ``--mcp-config`` document: the ``ccq`` server over stdio, no ``env``.
+def mcp_config(gateway_url: str) -> dict[str, Any]:
+    """The ``--mcp-config`` document: the ``ccq`` server at the gateway, over HTTP.
 
-    The CLI's own environment (with the ``CCQ_*`` variables of the run) is inherited by
-    the server; see the module docstring.
+    Args:
+        gateway_url: the gateway as the session's container reaches it.
     """
     return {
         "mcpServers": {
             MCP_SERVER_NAME: {
-                "type": "stdio",
-                "command": MCP_SERVER_PYTHON,
-                "args": ["-m", MCP_SERVER_MODULE],
+                "type": "http",
+                "url": gateway_url.rstrip("/") + MCP_PATH,
+                # Expanded by the CLI from its environment; see the module docstring.
+                "headers": {"Authorization": f"Bearer ${{{SESSION_TOKEN_VARIABLE}}}"},
             }
         }
     }
@@ -175,7 +176,11 @@ def _path_and_bytes(files: Mapping[str, bytes]) -> Iterator[bytes]:
 
 
 def write_session_files(
-    claude_home: Path, context: SessionContext, *, templates_dir: Path = TEMPLATES_DIR
+    claude_home: Path,
+    context: SessionContext,
+    *,
+    gateway_url: str,
+    templates_dir: Path = TEMPLATES_DIR,
 ) -> None:
     """Bring ccq's files in ``claude_home`` up to date (see the module docstring).
 
@@ -192,7 +197,7 @@ def write_session_files(
         if os.geteuid() == 0:
             os.chown(claude_home, CONTAINER_UID, CONTAINER_GID)
     with _Tree.open(claude_home) as tree:
-        mcp_json = _json_bytes(mcp_config())
+        mcp_json = _json_bytes(mcp_config(gateway_url))
         if tree.read(MCP_CONFIG_RELPATH) != mcp_json:
             tree.write(MCP_CONFIG_RELPATH, mcp_json)
 

@@ -95,7 +95,9 @@ def run_finished_data(run: Run) -> dict[str, Any]:
         "result": run.result_text,
         "is_error": run.is_error,
         "error": run.error,
+        "error_code": run.error_code,
         "total_cost_usd": float(run.total_cost_usd or 0),
+        "metered_cost_usd": float(run.metered_cost_usd or 0),
         "num_turns": run.num_turns,
     }
 

@@ -1,0 +1,104 @@
+"""The gateway's door: every request carries a live session token, or gets a 401.
+
+A pure ASGI middleware (it must not buffer the streamed responses behind it). It reads
+the token from ``x-api-key`` or ``Authorization: Bearer``, resolves it in PostgreSQL (a
+thread, so the event loop never waits on the database) and puts the
+:class:`~gateway.credentials.RunCredential` in ``scope["state"]``. A missing, unknown,
+expired or revoked token never reaches the model proxy or the tools. The token is never
+logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
+from starlette.datastructures import Headers
+
+from gateway.credentials import STATE_KEY, RunCredential
+from gateway.metrics import Metrics
+from gateway.wire import error_body, error_headers, session_token_of
+from orchestrator.auth import session_tokens
+from orchestrator.db.engine import session_scope
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Longer than any token ccq mints; anything longer is refused without a query.
+MAX_TOKEN_CHARS = 200
+
+
+class TokenVerifier:
+    """Resolves session tokens against the database."""
+
+    def __init__(self, session_factory: sessionmaker[DbSession]) -> None:
+        self._factory = session_factory
+
+    async def verify(self, token: str | None) -> RunCredential | None:
+        if (
+            not token
+            or len(token) > MAX_TOKEN_CHARS
+            or not session_tokens.is_session_token(token)
+            or not token.isascii()
+        ):
+            return None
+        scope = await anyio.to_thread.run_sync(self._resolve, token)
+        if scope is None:
+            return None
+        return RunCredential(
+            token=token, owner=scope.owner, session_id=scope.session_id, run_id=scope.run_id
+        )
+
+    def _resolve(self, token: str) -> session_tokens.TokenScope | None:
+        with session_scope(self._factory) as db:
+            return session_tokens.resolve(db, token)
+
+
+class RequireSessionToken:
+    """ASGI middleware: only requests with a live session token get through."""
+
+    def __init__(self, app: Asgi, verifier: TokenVerifier, metrics: Metrics) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = session_token_of(Headers(scope=scope))
+        try:
+            credential = await self.verifier.verify(token)
+        except SQLAlchemyError:
+            log.exception("cannot check a session token: the database is unavailable")
+            await _refuse(send, 529, "ccq's gateway cannot check credentials right now", True)
+            return
+        if credential is None:
+            self.metrics.count("unauthenticated_total")
+            reason = "missing" if token is None else "invalid, expired or revoked"
+            await _refuse(send, 401, f"ccq session token {reason}", False)
+            return
+        scope.setdefault("state", {})[STATE_KEY] = credential
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, status: int, message: str, retry: bool) -> None:
+    body = error_body(status, message)
+    headers = error_headers(retry=retry, extra={"content-length": str(len(body))})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,260 @@
+"""The model proxy: a session's Messages API calls, sent upstream with the operator's
+credential, relayed byte for byte as they arrive, and charged to the session's budgets.
+
+One call's path:
+
+1. **Body.** Read up to ``CCQ_GATEWAY_MAX_BODY_BYTES`` (413 past it).
+2. **Budgets.** :class:`~gateway.ledger.Ledger` admits the call, makes it wait while the
+   scope's streaming calls could cross its cap, or refuses it. A refusal is a 400
+   ``invalid_request_error`` with ``x-should-retry: false``: the CLI shows it and does
+   not retry, and the run ends ``budget_exceeded``.
+3. **Upstream gate.** :class:`~gateway.upstream_gate.UpstreamGate` bounds the streams
+   open upstream and holds calls while the upstream is rate limited. A 429/529 from
+   upstream is never relayed: the call waits for the gate and is sent again, so the CLI
+   sees one slow answer instead of running its own retries.
+4. **Relay.** The upstream's response is streamed back as read (``aiter_raw``), while
+   :class:`~gateway.usage.UsageMeter` reads the usage from it. When the body ends (or
+   the session hangs up) the call is charged, and the stream slot freed.
+
+Whatever waits or is refused is told to the run as a gateway notice (an event).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import httpx2
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.credentials import STATE_KEY, RunCredential
+from gateway.ledger import Ledger
+from gateway.metrics import Metrics
+from gateway.notices import Notices
+from gateway.upstream_gate import RATE_LIMIT_STATUSES, GateFull, GateTimeout, Slot, UpstreamGate
+from gateway.usage import UsageMeter
+from gateway.wire import (
+    UpstreamCredential,
+    downstream_headers,
+    error_body,
+    error_headers,
+    upstream_headers,
+)
+from orchestrator.domain.budgets import BUDGET_EXCEEDED, Verdict
+
+log = logging.getLogger(__name__)
+
+# How often a call held back by its budget asks again.
+BUDGET_POLL_SECONDS = 0.2
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def anthropic_error(status: int, message: str, *, retry: bool = False) -> Response:
+    return Response(error_body(status, message), status, headers=error_headers(retry=retry))
+
+
+class ModelProxy:
+    """The handlers of ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``."""
+
+    def __init__(
+        self,
+        *,
+        client: httpx2.AsyncClient,
+        credential: UpstreamCredential,
+        gate: UpstreamGate,
+        ledger: Ledger,
+        notices: Notices,
+        metrics: Metrics,
+        max_body_bytes: int,
+        wait_timeout: float,
+    ) -> None:
+        self.client = client
+        self.credential = credential
+        self.gate = gate
+        self.ledger = ledger
+        self.notices = notices
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.wait_timeout = wait_timeout
+
+    async def messages(self, request: Request) -> Response:
+        credential: RunCredential = getattr(request.state, STATE_KEY)
+        try:
+            body = await self._body(request)
+        except BodyTooLarge:
+            return anthropic_error(413, f"request body over {self.max_body_bytes} bytes")
+        except ClientDisconnect:
+            return Response(status_code=400)
+        admitted = await self._admit(credential)
+        if isinstance(admitted, Response):
+            return admitted
+        return await self._forward(request, body, credential, admitted)
+
+    async def count_tokens(self, request: Request) -> Response:
+        """Free and unmetered upstream; relayed whole (a small JSON answer)."""
+        try:
+            body = await self._body(request)
+        except BodyTooLarge:
+            return anthropic_error(413, f"request body over {self.max_body_bytes} bytes")
+        except ClientDisconnect:
+            return Response(status_code=400)
+        try:
+            upstream = await self.client.post(
+                request.url.path,
+                params=request.url.query or None,
+                content=body,
+                headers=upstream_headers(request.headers.items(), self.credential),
+            )
+        except httpx2.HTTPError as exc:
+            return self._unreachable(exc)
+        return Response(
+            upstream.content,
+            upstream.status_code,
+            headers=dict(downstream_headers(upstream.headers.items())),
+        )
+
+    # --- steps ---------------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise BodyTooLarge
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise BodyTooLarge
+        return bytes(body)
+
+    async def _admit(self, credential: RunCredential) -> int | Response:
+        """The call's ledger ID, or the answer that refuses it."""
+        told = False
+        with anyio.move_on_after(self.wait_timeout):
+            while True:
+                admission = await self.ledger.admit(credential)
+                if admission.verdict is Verdict.ADMIT and admission.call_id is not None:
+                    return admission.call_id
+                if admission.verdict is Verdict.REFUSE:
+                    return await self._refuse(credential, admission.limit)
+                if not told and admission.limit is not None:
+                    told = True
+                    self.metrics.count("budget_waits_total")
+                    await self.notices.push(
+                        credential.run_id,
+                        "waiting",
+                        {"reason": "budget", "scope": admission.limit.scope},
+                    )
+                await anyio.sleep(BUDGET_POLL_SECONDS)
+        self.metrics.count("timed_out_total")
+        return anthropic_error(529, "ccq's gateway is busy: try again later", retry=True)
+
+    async def _refuse(self, credential: RunCredential, limit: Any) -> Response:
+        if limit is None:  # the session is gone
+            return anthropic_error(401, "ccq session no longer exists")
+        message = limit.message()
+        self.metrics.count("refused_budget_total")
+        await self.notices.push(
+            credential.run_id,
+            BUDGET_EXCEEDED,
+            {
+                "scope": limit.scope,
+                "budget_usd": float(limit.budget),
+                "spent_usd": float(limit.spent),
+            },
+        )
+        return anthropic_error(400, message)
+
+    async def _forward(
+        self, request: Request, body: bytes, credential: RunCredential, call_id: int
+    ) -> Response:
+        stack = AsyncExitStack()
+        try:
+            slot = await stack.enter_async_context(
+                self.gate.slot(on_wait=lambda reason, until: self._waiting(credential, reason))
+            )
+            upstream = await self._send(request, body, slot)
+        except (GateFull, GateTimeout) as exc:
+            await stack.aclose()
+            await self.ledger.fail(call_id, None)
+            self.metrics.count(
+                "refused_full_total" if isinstance(exc, GateFull) else "timed_out_total"
+            )
+            return anthropic_error(529, "ccq's gateway is overloaded: try again later", retry=True)
+        except httpx2.HTTPError as exc:
+            await stack.aclose()
+            await self.ledger.fail(call_id, None)
+            return self._unreachable(exc)
+        except BaseException:
+            await stack.aclose()
+            await self.ledger.fail(call_id, None)
+            raise
+        self.metrics.count("calls_total")
+        meter = UsageMeter(upstream.headers.get("content-type"))
+        return StreamingResponse(
+            self._relay(upstream, meter, call_id, credential, stack),
+            status_code=upstream.status_code,
+            headers=dict(downstream_headers(upstream.headers.items())),
+        )
+
+    async def _send(self, request: Request, body: bytes, slot: Slot) -> httpx2.Response:
+        """Send until the upstream answers with something other than a rate limit."""
+        headers = upstream_headers(request.headers.items(), self.credential)
+        while True:
+            outgoing = self.client.build_request(
+                "POST",
+                request.url.path,
+                params=request.url.query or None,
+                content=body,
+                headers=headers,
+            )
+            upstream = await self.client.send(outgoing, stream=True)
+            if upstream.status_code not in RATE_LIMIT_STATUSES:
+                slot.upstream_ok()
+                return upstream
+            retry_after = upstream.headers.get("retry-after")
+            await upstream.aclose()
+            self.metrics.count("upstream_rate_limited_total")
+            await slot.retry_after_limit(upstream.status_code, retry_after)
+
+    async def _relay(
+        self,
+        upstream: httpx2.Response,
+        meter: UsageMeter,
+        call_id: int,
+        credential: RunCredential,
+        stack: AsyncExitStack,
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                meter.feed(chunk)
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+                await stack.aclose()
+                meter.finish()
+                charge = await self.ledger.charge(call_id, meter, upstream.status_code)
+                self.metrics.count("cost_usd_total", float(charge.cost_usd))
+                if not charge.priced:
+                    self.metrics.count("unpriced_calls_total")
+                    log.warning("model %r is not in the price table", meter.model)
+                    await self.notices.push(
+                        credential.run_id,
+                        "unpriced_model",
+                        {"model": meter.model, "charged_usd": float(charge.cost_usd)},
+                    )
+
+    def _waiting(self, credential: RunCredential, reason: str) -> None:
+        self.notices.push_soon(credential.run_id, "waiting", {"reason": reason})
+
+    def _unreachable(self, exc: httpx2.HTTPError) -> Response:
+        self.metrics.count("upstream_errors_total")
+        log.warning("upstream unreachable: %s", type(exc).__name__)
+        return anthropic_error(502, "ccq's gateway cannot reach the model API", retry=True)
