@@ -148,7 +148,7 @@ def network_address(ctx: Context) -> None:
     multiple=True,
     metavar="URL",
     help="A health URL as containers see it, expected to answer 200 (repeatable; "
-    "default: the API's /healthz at CCQ_CONTAINER_API_URL).",
+    "default: the gateway's /healthz at CCQ_CONTAINER_GATEWAY_URL).",
 )
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.5, 60))
 @pass_context
@@ -157,7 +157,7 @@ def network_check(ctx: Context, urls: tuple[str, ...], timeout: float) -> None:
     settings = ctx.settings
     runtime, found = _session_network(settings)
     failed = False
-    for url in urls or (settings.api_url_for_containers + "/healthz",):
+    for url in urls or (settings.gateway_url_for_containers + "/healthz",):
         error = runtime.probe_from_container(
             settings.worker_image, found, url, settings.instance, timeout
         )

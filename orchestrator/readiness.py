@@ -26,7 +26,7 @@ class HostStatus:
     docker_error: str | None
     image_error: str | None
     checked_at: float
-    # Session containers cannot call the API (their tools would fail).
+    # Session containers cannot call the gateway (no model calls, no tools).
     network_error: str | None = None
 
     @property
@@ -51,7 +51,7 @@ def find_problems(engine: Engine, redis_client: redis.Redis) -> dict[str, str]:
     Components: ``postgres``, ``redis``, ``docker``, ``worker_image`` and
     ``session_network`` (the last three as reported by worker heartbeats, since the API
     never talks to Docker itself; ``session_network`` means session containers cannot
-    call the API, so their tools would fail).
+    call the gateway, so no run could reach the model).
     """
     problems: dict[str, str] = {}
     try:

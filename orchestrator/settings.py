@@ -146,10 +146,6 @@ class Settings(BaseSettings):
     # What one owner may spend on model calls per UTC day, all sessions together.
     owner_daily_budget_usd: float | None = Field(default=None, gt=0)
 
-    # Where the MCP tools inside session containers reach the API (default: the
-    # Docker host's gateway name on CCQ_API_PORT; the API must listen on an address
-    # containers can reach, see the README).
-    container_api_url: str | None = None
     # The Docker network session containers join (default: `<instance>-sessions`, a
     # bridge ccq creates); inside it `host.docker.internal` is the host's address on it.
     session_network: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -162,7 +158,6 @@ class Settings(BaseSettings):
         "jwt_public_key",
         "extra_ca_file",
         "default_model",
-        "container_api_url",
         "container_gateway_url",
         "gateway_api_url",
         "owner_daily_budget_usd",
@@ -189,9 +184,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator(
-        "anthropic_base_url", "container_api_url", "container_gateway_url", "gateway_api_url"
-    )
+    @field_validator("anthropic_base_url", "container_gateway_url", "gateway_api_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -244,12 +237,6 @@ class Settings(BaseSettings):
     @property
     def session_network_name(self) -> str:
         return self.session_network or f"{self.instance}-sessions"
-
-    @property
-    def api_url_for_containers(self) -> str:
-        """The API as a session container sees it (its MCP tools call it)."""
-        url = self.container_api_url or f"http://host.docker.internal:{self.api_port}"
-        return url.rstrip("/")
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

@@ -3,9 +3,12 @@
 # Redis, PostgreSQL and Docker engine. Pid files and logs live under .ccq/; `down` stops
 # exactly the processes whose pid files `up` wrote.
 #
-# Before it says ready, `up` proves that session containers reach the API: a throw-away
-# container on the session network calls it, and `up` fails in seconds naming the
-# address if it cannot.
+# Before it says ready, `up` proves that session containers reach the gateway: a
+# throw-away container on the session network calls it, and `up` fails in seconds naming
+# the address if it cannot.
+#
+# The Claude credential (ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN) is handed to the
+# gateway only; every other process is started without it.
 #
 # Environment: the usual CCQ_* settings (instance, ports, database, Redis), and
 # CCQ_STATE_DIR (default .ccq), where pid files, logs and the dev secret live, so a
@@ -21,6 +24,10 @@ BIN=${CCQ_BIN:-.venv/bin}
 mkdir -p "$RUN" "$LOGS"
 
 say() { printf 'stack: %s\n' "$*"; }
+
+# Every process but the gateway starts without the Claude credential in its environment.
+WITHOUT_CREDENTIAL=(env -u ANTHROPIC_API_KEY -u CLAUDE_CODE_OAUTH_TOKEN
+  -u CCQ_ANTHROPIC_API_KEY -u CCQ_CLAUDE_CODE_OAUTH_TOKEN)
 
 running() { [[ -f $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
@@ -78,46 +85,49 @@ up() {
   if [[ -z ${ANTHROPIC_API_KEY:-} && -z ${CLAUDE_CODE_OAUTH_TOKEN:-} ]]; then
     port=${CCQ_MODEL_SERVER_PORT:-8099}
     say "no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN: using the scripted model server on :$port"
-    start model-server "$BIN/ccq" model-server --port "$port" --record "$LOGS/model-server.jsonl"
-    export CCQ_ANTHROPIC_BASE_URL=${CCQ_ANTHROPIC_BASE_URL:-http://host.docker.internal:$port}
+    start model-server "$BIN/ccq" model-server --host 127.0.0.1 --port "$port" --record "$LOGS/model-server.jsonl"
+    # Only the gateway calls the model: loopback is enough.
+    export CCQ_ANTHROPIC_BASE_URL=${CCQ_ANTHROPIC_BASE_URL:-http://127.0.0.1:$port}
     model_url=$CCQ_ANTHROPIC_BASE_URL/_ccq/healthz
-    # The CLI insists on a credential; the scripted server ignores it.
-    export ANTHROPIC_API_KEY=scripted-model-server
   else
-    say "using the Claude credential from the environment"
+    say "using the Claude credential from the environment (the gateway alone gets it)"
   fi
   "$BIN/ccq" db upgrade
   # Session containers join ccq's own bridge network; inside them host.docker.internal
   # is the host's address on it. The API listens there as well as on loopback, and
   # nowhere else.
   network=$(setting session_network_name)
-  if ! gateway=$("$BIN/ccq" network address); then
+  if ! host_address=$("$BIN/ccq" network address); then
     say "cannot set up the Docker network $network for session containers (see above)"
     exit 1
   fi
-  say "session network: $network (host address $gateway)"
+  say "session network: $network (host address $host_address)"
   if [[ -z ${CCQ_API_HOST:-} ]]; then
-    export CCQ_API_HOST=127.0.0.1,$gateway
+    export CCQ_API_HOST=127.0.0.1,$host_address
   fi
-  say "api: listening on $CCQ_API_HOST"
-  start api "$BIN/ccq" api
-  start worker "$BIN/ccq" worker --loglevel=INFO --concurrency=4 --hostname="ccq@%h"
-  start beat "$BIN/ccq" beat --loglevel=INFO --schedule="$STATE/celerybeat-schedule"
-  start flower "$BIN/ccq" flower
+  if [[ -z ${CCQ_GATEWAY_HOST:-} ]]; then
+    export CCQ_GATEWAY_HOST=127.0.0.1,$host_address
+  fi
+  say "api: listening on $CCQ_API_HOST; gateway: on $CCQ_GATEWAY_HOST"
+  start gateway "$BIN/ccq" gateway
+  start api "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" api
+  start worker "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" worker --loglevel=INFO --concurrency=4 --hostname="ccq@%h"
+  start beat "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" beat --loglevel=INFO --schedule="$STATE/celerybeat-schedule"
+  start flower "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" flower
 
   api_url=$(setting api_url)
   flower_port=$(setting flower_port)
   wait_until 30 "$api_url/healthz" "the API to answer"
-  container_api_url=$(setting api_url_for_containers)
-  say "checking that session containers reach $container_api_url ..."
-  checks=(--url "$container_api_url/healthz")
-  [[ -n $model_url ]] && checks+=(--url "$model_url")
-  if ! "$BIN/ccq" network check "${checks[@]}"; then
-    say "session containers on network $network cannot reach ccq at $gateway."
-    say "check that the API listens on $gateway (CCQ_API_HOST=$CCQ_API_HOST), that no"
-    say "firewall drops traffic from the bridge to the host (iptables INPUT), or set"
-    say "CCQ_CONTAINER_API_URL to an address containers reach; then 'make up' again"
-    say "('make down' first if the API was already running from an earlier 'make up')."
+  wait_until 30 "$(setting gateway_url)/healthz" "the gateway to answer"
+  [[ -n $model_url ]] && wait_until 30 "$model_url" "the scripted model server to answer"
+  container_gateway_url=$(setting gateway_url_for_containers)
+  say "checking that session containers reach the gateway at $container_gateway_url ..."
+  if ! "$BIN/ccq" network check --url "$container_gateway_url/healthz"; then
+    say "session containers on network $network cannot reach ccq's gateway at $host_address."
+    say "check that the gateway listens on $host_address (CCQ_GATEWAY_HOST=$CCQ_GATEWAY_HOST),"
+    say "that no firewall drops traffic from the bridge to the host (iptables INPUT), or"
+    say "set CCQ_CONTAINER_GATEWAY_URL to an address containers reach; then 'make up'"
+    say "again ('make down' first if the gateway was already running)."
     exit 1
   fi
   wait_until 120 "$api_url/readyz" "the stack to be ready"
@@ -135,7 +145,7 @@ wait_until() {  # wait_until SECONDS URL WHAT: until URL answers 2xx, or fail na
   local deadline=$((SECONDS + $1)) url=$2 what=$3
   say "waiting for $what ($url) ..."
   until curl -fsS --max-time 5 "$url" >/dev/null 2>&1; do
-    for name in api worker beat flower; do
+    for name in gateway api worker beat flower; do
       running "$name" || { say "$name exited; last lines of $LOGS/$name.log:"; tail -n 20 "$LOGS/$name.log"; exit 1; }
     done
     if ((SECONDS >= deadline)); then
@@ -150,7 +160,7 @@ wait_until() {  # wait_until SECONDS URL WHAT: until URL answers 2xx, or fail na
 
 down() {
   use_env_file  # absent before the first `up`: `down` then has only defaults to go by
-  for name in flower beat worker api model-server; do stop "$name"; done
+  for name in flower beat worker api gateway model-server; do stop "$name"; done
   # Session containers go too: their files stay, and the next prompt resumes the
   # conversation in a new container.
   instance=$(setting instance)

@@ -27,7 +27,7 @@ def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
         image=settings.worker_image,
         network=settings.session_network_name,
         instance=settings.instance,
-        url=settings.api_url_for_containers,
+        url=settings.gateway_url_for_containers,
         recheck=heartbeat.REACH_RECHECK_SECONDS,
     )
     while not stop.is_set():

@@ -23,8 +23,10 @@ from orchestrator.settings import Settings, load_settings
 from tests.processes import (
     TEST_TREE_LIMITS,
     ApiProcess,
+    GatewayProcess,
     WorkerProcess,
     drop_database,
+    gateway_environment,
     recreate_database,
     redis_url_with_db,
     remove_containers,
@@ -122,16 +124,44 @@ def api_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def gateway_port() -> int:
+    """The port of the test run's gateway, known to its workers (their containers call it)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    settings: Settings,
+    model_server: ModelServer,
+    api_port: int,
+    gateway_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    """The test run's gateway: the model proxy and ccq's tools, with the scripted model
+    server's key as the operator's credential."""
+    process = GatewayProcess(
+        gateway_environment(settings, model_server, api_port, gateway_port),
+        tmp_path_factory.mktemp("gateway") / "gateway.log",
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
 def api_server(
     settings: Settings,
     model_server: ModelServer,
     worker: WorkerProcess,
     api_port: int,
+    gateway_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiProcess]:
     """One real API process for the whole test run, beside the session's worker."""
     server = ApiProcess(
-        stack_environment(settings, model_server, api_port),
+        stack_environment(settings, model_server, api_port, gateway_port),
         tmp_path_factory.mktemp("api") / "api.log",
     )
     try:
@@ -143,10 +173,15 @@ def api_server(
 
 @contextmanager
 def running_worker(
-    settings: Settings, model_server: ModelServer, log_dir: Path, name: str, api_port: int
+    settings: Settings,
+    model_server: ModelServer,
+    log_dir: Path,
+    name: str,
+    ports: tuple[int, int],
 ) -> Iterator[WorkerProcess]:
+    """A worker of the test stack; ``ports``: the API's and the gateway's."""
     process = WorkerProcess(
-        stack_environment(settings, model_server, api_port), name, log_dir / "worker.log"
+        stack_environment(settings, model_server, *ports), name, log_dir / "worker.log"
     )
     try:
         process.wait_ready()
@@ -159,12 +194,14 @@ def running_worker(
 def worker(
     settings: Settings,
     model_server: ModelServer,
+    gateway: GatewayProcess,
     api_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     """One real worker for the whole session, as `make up` runs it."""
+    ports = (api_port, gateway.port)
     with running_worker(
-        settings, model_server, tmp_path_factory.mktemp("worker"), "test-worker", api_port
+        settings, model_server, tmp_path_factory.mktemp("worker"), "test-worker", ports
     ) as process:
         yield process
 
@@ -174,11 +211,13 @@ def second_worker(
     settings: Settings,
     model_server: ModelServer,
     worker: WorkerProcess,
+    gateway: GatewayProcess,
     api_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     """Another worker host on the same stack, for ordering and redelivery tests."""
+    ports = (api_port, gateway.port)
     with running_worker(
-        settings, model_server, tmp_path_factory.mktemp("worker2"), "test-worker-2", api_port
+        settings, model_server, tmp_path_factory.mktemp("worker2"), "test-worker-2", ports
     ) as process:
         yield process

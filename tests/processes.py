@@ -64,8 +64,17 @@ def drop_database(database_url: str, name: str) -> None:
 
 
 def container_base_url(server: ModelServer) -> str:
-    """The model server's URL as a session container sees it."""
+    """The model server's URL as a session container sees it (tests that run the CLI
+    straight at the model server, without ccq)."""
     return f"http://host.docker.internal:{server.port}"
+
+
+CREDENTIAL_VARIABLES = (
+    "ANTHROPIC_API_KEY",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CCQ_ANTHROPIC_API_KEY",
+    "CCQ_CLAUDE_CODE_OAUTH_TOKEN",
+)
 
 
 # Small tree limits, so tests reach them with few sessions.
@@ -73,32 +82,59 @@ TEST_TREE_LIMITS = {"CCQ_MAX_DEPTH": "2", "CCQ_MAX_CHILDREN": "4", "CCQ_MAX_TREE
 
 
 def stack_environment(
-    settings: Settings, model_server: ModelServer, api_port: int | None = None
+    settings: Settings,
+    model_server: ModelServer,
+    api_port: int | None = None,
+    gateway_port: int | None = None,
+    *,
+    credential: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment a ccq process needs to join this test stack.
+    """The environment a ccq process needs to join this test stack, as `make up` gives it.
 
-    The API listens on every interface at ``api_port`` (a free one by default): session
-    containers reach it through the Docker host gateway, and workers tell their
-    containers that port.
+    The API listens on loopback at ``api_port``; the gateway on every interface at
+    ``gateway_port`` (session containers reach it through the Docker host gateway, and
+    workers tell their containers that port). Only the gateway gets a Claude
+    ``credential`` (the scripted model server's key by default): every other process
+    starts without one, as under `make up`.
     """
     secret = settings.jwt_secret
     assert secret is not None
+    base = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
     return {
-        **os.environ,
+        **base,
         **TEST_TREE_LIMITS,
-        "CCQ_API_HOST": "0.0.0.0",  # noqa: S104 - session containers must reach it
+        **(credential or {}),
+        "CCQ_API_HOST": "127.0.0.1",
         "CCQ_API_PORT": str(api_port or free_port()),
+        "CCQ_GATEWAY_HOST": "0.0.0.0",  # noqa: S104 - session containers must reach it
+        "CCQ_GATEWAY_PORT": str(gateway_port or free_port()),
         "CCQ_DATABASE_URL": settings.database_url,
         "CCQ_REDIS_URL": settings.redis_url,
         "CCQ_DATA_DIR": str(settings.data_dir),
         "CCQ_INSTANCE": settings.instance,
         "CCQ_JWT_SECRET": secret.get_secret_value(),
-        "CCQ_ANTHROPIC_BASE_URL": container_base_url(model_server),
-        # Each run's CLI starts ccq's MCP server before it prints anything; many cold
-        # starts at once on two cores must not look like a hung run.
+        # Only the gateway calls the model server: loopback.
+        "CCQ_ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_server.port}",
+        # Many cold CLI starts at once on two cores must not look like a hung run.
         "CCQ_RUN_SILENCE_TIMEOUT": "20",
-        "ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY,
     }
+
+
+def gateway_environment(
+    settings: Settings,
+    model_server: ModelServer,
+    api_port: int,
+    gateway_port: int,
+    credential: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The gateway's environment: the stack's, plus the operator's credential."""
+    return stack_environment(
+        settings,
+        model_server,
+        api_port,
+        gateway_port,
+        credential=credential or {"ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY},
+    )
 
 
 class CcqProcess:
@@ -169,6 +205,31 @@ class WorkerProcess(CcqProcess):
             return self.log_path.read_bytes().count(b"ready.") >= self._starts
 
         wait_for(ready, timeout=timeout, what=f"worker {self.name} to be ready")
+
+
+class GatewayProcess(CcqProcess):
+    """A real `ccq gateway` process (uvicorn) of the test stack."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = int(env["CCQ_GATEWAY_PORT"])  # from stack_environment
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([CCQ, "gateway"], env, log_path)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def healthy() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"ccq gateway exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what="the gateway to answer /healthz")
+
+    def metrics(self) -> dict[str, float]:
+        text = requests.get(f"{self.url}/metrics", timeout=5).text
+        pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line.strip())
+        return {name.removeprefix("ccq_gateway_"): float(value) for name, value in pairs}
 
 
 class ApiProcess(CcqProcess):

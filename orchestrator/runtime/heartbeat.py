@@ -1,9 +1,10 @@
 """Worker heartbeats: how the API learns, without touching Docker, that runs can execute.
 
 Each worker host probes its Docker engine and the worker image every few seconds, and the
-path from a session container to the API (a throw-away container on the session network
-calls it, as a session's tools do) at least every minute; it writes the outcome to a
-Redis key that expires (``orchestrator.readiness``), and ``/readyz`` reads those keys.
+path from a session container to the gateway (a throw-away container on the session
+network calls it, as a session's model calls and tools do) at least every minute; it
+writes the outcome to a Redis key that expires (``orchestrator.readiness``), and
+``/readyz`` reads those keys.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ REACH_RECHECK_SECONDS = 60.0
 
 
 class ReachCheck:
-    """Whether a session container on this host reaches the API, remembered for a while.
+    """Whether a session container on this host reaches the gateway, remembered for a while.
 
     Owned by the heartbeat thread alone.
     """
@@ -37,7 +38,7 @@ class ReachCheck:
         self._passed_at: float | None = None
 
     def __call__(self, runtime: ContainerRuntime) -> str | None:
-        """None if a container reaches the API, else why not.
+        """None if a container reaches the gateway, else why not.
 
         Raises:
             ContainerError: the engine itself failed (the caller reports it as such).
@@ -64,7 +65,7 @@ def probe_host(
     runtime: ContainerRuntime | None = None,
 ) -> HostStatus:
     """Check this host's Docker engine, that the worker image exists on it and, with
-    ``reach``, that session containers reach the API.
+    ``reach``, that session containers reach the gateway.
 
     ``runtime``: by default one on the process's shared Docker client.
     """

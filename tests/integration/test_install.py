@@ -153,7 +153,7 @@ def test_an_install_sets_up_a_sessions_files(installed: Path, tmp_path: Path) ->
         "from pathlib import Path\n"
         "from orchestrator.runtime.session_setup import SessionContext, write_session_files\n"
         "ctx = SessionContext(session_id='s-1', parent_id=None, depth=0, max_depth=3)\n"
-        "write_session_files(Path(sys.argv[1]), ctx)\n"
+        "write_session_files(Path(sys.argv[1]), ctx, gateway_url='http://gw:8090')\n"
     )
     result = _run(installed, "python", "-c", script, str(home), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,9 @@
 """The layout's rules, checked on the source: the arrows of docs/architecture.md.
 
-- ``orchestrator`` never imports the edges that use it (``api``, ``tasks``, ``cli``).
+- ``orchestrator`` never imports the edges that use it (``api``, ``tasks``, ``gateway``,
+  ``cli``).
+- ``gateway`` (which holds the Claude credential) loads neither Celery, Docker nor the
+  worker runtime.
 - ``api`` reaches Celery only through ``tasks.enqueue``.
 - ``cli`` and ``client`` import nothing of the server.
 - No import cycle between ccq's modules (late imports included).
@@ -17,8 +20,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("api", "tasks", "orchestrator", "cli", "client", "ops", "model_server", "worker_image")
-SERVER = ("orchestrator", "api", "tasks", "ops", "model_server", "worker_image")
+PACKAGES = (
+    "api",
+    "tasks",
+    "gateway",
+    "orchestrator",
+    "cli",
+    "client",
+    "ops",
+    "model_server",
+    "worker_image",
+)
+SERVER = ("orchestrator", "api", "tasks", "gateway", "ops", "model_server", "worker_image")
 
 
 def _module_name(path: Path) -> str:
@@ -31,8 +44,7 @@ def _module_name(path: Path) -> str:
 def _sources(package: str) -> Iterator[Path]:
     base = ROOT / package
     if base.is_dir():
-        # worker_image/mcp is the in-container MCP server: its own interpreter, not ccq's.
-        yield from (p for p in base.rglob("*.py") if "mcp" not in p.relative_to(base).parts)
+        yield from base.rglob("*.py")
 
 
 def _imports(path: Path) -> set[str]:
@@ -69,7 +81,13 @@ def test_the_graph_saw_the_packages() -> None:
 
 
 def test_orchestrator_never_imports_its_edges() -> None:
-    assert _offences("orchestrator", ("api", "tasks", "cli", "ops")) == []
+    assert _offences("orchestrator", ("api", "tasks", "gateway", "cli", "ops")) == []
+
+
+def test_the_gateway_uses_neither_celery_nor_docker_nor_the_other_edges() -> None:
+    """The gateway holds the Claude credential: it runs as little as it can."""
+    forbidden = ("api", "tasks", "cli", "ops", "celery", "docker", "orchestrator.runtime")
+    assert _offences("gateway", forbidden) == []
 
 
 def test_the_api_reaches_celery_only_through_the_enqueue_module() -> None:

@@ -9,9 +9,11 @@ from orchestrator.runtime.claude_cli import (
     RunOutcome,
     apply_event,
     build_command,
+    cli_environment,
     parse_line,
     parse_stream,
 )
+from orchestrator.settings import load_settings
 
 SESSION = "3f1c2b8e-1111-4222-8333-944455556666"
 
@@ -34,7 +36,6 @@ def test_options_become_flags_and_the_prompt_is_never_in_argv() -> None:
             model="claude-sonnet-4-5",
             append_system_prompt="be brief; $(rm -rf /)",
             max_turns=3,
-            max_budget_usd=0.5,
             allowed_tools=("Read", "Bash(git:*)"),
             mcp_config_path="/home/claude/.ccq/mcp.json",
         ),
@@ -42,9 +43,25 @@ def test_options_become_flags_and_the_prompt_is_never_in_argv() -> None:
     assert "--model=claude-sonnet-4-5" in argv
     assert "--append-system-prompt=be brief; $(rm -rf /)" in argv  # one argv item, no shell
     assert "--max-turns=3" in argv
-    assert "--max-budget-usd=0.5" in argv
+    assert not [a for a in argv if a.startswith("--max-budget-usd")]  # the gateway's job
     assert "--allowedTools=Read,Bash(git:*)" in argv
     assert "--strict-mcp-config" in argv
+
+
+def test_the_cli_gets_the_gateway_and_the_session_token_never_the_operators_credential() -> None:
+    settings = load_settings(
+        env_file=None,
+        gateway_port=9123,
+        anthropic_api_key="sk-ant-operator",
+        claude_code_oauth_token="oauth-operator",
+    )
+    env = cli_environment(settings, "ccqs_token")
+    assert env == {
+        "ANTHROPIC_BASE_URL": "http://host.docker.internal:9123",
+        "ANTHROPIC_API_KEY": "ccqs_token",
+        "CCQ_SESSION_TOKEN": "ccqs_token",
+    }
+    assert "operator" not in repr(env)
 
 
 def test_a_line_that_is_not_a_json_object_becomes_a_raw_event() -> None:

@@ -147,7 +147,7 @@ def test_the_package_boilerplate_beside_the_inputs_does_not_count(context: Path)
     (context / "__pycache__").mkdir()
     (context / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\0")
     assert _hash(context) == before
-    # Only at the top: a package inside the image (ccq_mcp) is an input like any file.
+    # Only at the top: a package inside the image would be an input like any file.
     (context / "files" / "__init__.py").write_text("")
     assert _hash(context) != before
 
@@ -155,7 +155,8 @@ def test_the_package_boilerplate_beside_the_inputs_does_not_count(context: Path)
 def test_the_real_worker_image_directory_hashes() -> None:
     files = [p.as_posix() for p in context_files(WORKER_IMAGE_DIR)]
     assert "Dockerfile" in files
-    assert "mcp/ccq_mcp/__init__.py" in files  # the MCP server the image runs
+    assert "files/gitconfig" in files
+    assert not [f for f in files if f.startswith("mcp/")]  # ccq's tools live in the gateway
     assert "__init__.py" not in files
     assert "make-base-image.sh" not in files
     assert "extra-ca.crt" not in files  # the name is reserved for the assembled context

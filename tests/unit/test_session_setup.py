@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,35 +61,52 @@ def templates(tmp_path: Path) -> Path:
     return copy
 
 
+GATEWAY = "http://host.docker.internal:8090"
+
+
+def write(home: Path, context: SessionContext, **kwargs: Any) -> None:
+    """ccq's files as the worker writes them, with the gateway at GATEWAY."""
+    write_session_files(home, context, gateway_url=GATEWAY, **kwargs)
+
+
 def test_writes_every_file_into_a_new_claude_home(home: Path) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     assert set(_files(home)) == EXPECTED_FILES
     assert (home / "CLAUDE.md").stat().st_mode & 0o777 == 0o644
     assert (home / "skills").stat().st_mode & 0o777 == 0o755
 
 
-def test_mcp_config_is_the_ccq_stdio_server_without_env(home: Path) -> None:
-    write_session_files(home, CHILD)
+def test_mcp_config_is_ccqs_tools_at_the_gateway_with_the_token_by_reference(
+    home: Path,
+) -> None:
+    write(home, CHILD)
 
     config = json.loads((home / MCP_CONFIG_RELPATH).read_text())
-    assert config == mcp_config()
+    assert config == mcp_config(GATEWAY)
     assert config == {
         "mcpServers": {
             "ccq": {
-                "type": "stdio",
-                "command": "/opt/ccq/mcp/bin/python",
-                "args": ["-m", "ccq_mcp"],
+                "type": "http",
+                "url": "http://host.docker.internal:8090/mcp",
+                # The CLI expands it from its environment: the per-run token never
+                # touches the disk.
+                "headers": {"Authorization": "Bearer ${CCQ_SESSION_TOKEN}"},
             }
         }
     }
-    # The per-run token reaches the server through the CLI's environment, never a file.
-    assert "env" not in config["mcpServers"]["ccq"]
     assert MCP_CONFIG_PATH == "/home/claude/.claude/" + MCP_CONFIG_RELPATH
 
 
+def test_a_new_gateway_address_rewrites_the_mcp_config(home: Path) -> None:
+    write(home, CHILD)
+    write_session_files(home, CHILD, gateway_url="http://10.9.8.7:9999/")
+    config = json.loads((home / MCP_CONFIG_RELPATH).read_text())
+    assert config["mcpServers"]["ccq"]["url"] == "http://10.9.8.7:9999/mcp"
+
+
 def test_claude_md_names_the_session_its_parent_depth_and_children_dir(home: Path) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     text = (home / "CLAUDE.md").read_text()
     assert CHILD.session_id in text
@@ -103,18 +121,18 @@ def test_claude_md_names_the_session_its_parent_depth_and_children_dir(home: Pat
 
 
 def test_claude_md_of_a_root_and_of_a_session_at_the_depth_limit(tmp_path: Path) -> None:
-    write_session_files(tmp_path / "root", ROOT)
+    write(tmp_path / "root", ROOT)
     deepest = SessionContext(
         session_id=CHILD.session_id, parent_id=CHILD.parent_id, depth=3, max_depth=3
     )
-    write_session_files(tmp_path / "deep", deepest)
+    write(tmp_path / "deep", deepest)
 
     assert "You are a root session" in (tmp_path / "root" / "CLAUDE.md").read_text()
     assert "You cannot create child sessions" in (tmp_path / "deep" / "CLAUDE.md").read_text()
 
 
 def test_settings_allow_the_ccq_tools_and_keep_transcripts(home: Path) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     settings = json.loads((home / "settings.json").read_text())
     assert "mcp__ccq" in settings["permissions"]["allow"]
@@ -124,7 +142,7 @@ def test_settings_allow_the_ccq_tools_and_keep_transcripts(home: Path) -> None:
 
 @pytest.mark.parametrize("name", SKILLS)
 def test_skills_have_front_matter_naming_them(home: Path, name: str) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     text = (home / "skills" / name / "SKILL.md").read_text()
     front = re.match(r"^---\n(.*?)\n---\n", text, re.DOTALL)
@@ -136,37 +154,35 @@ def test_skills_have_front_matter_naming_them(home: Path, name: str) -> None:
 
 
 def test_a_second_call_changes_nothing(home: Path) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
     before = {p: (home / p).stat().st_ino for p in EXPECTED_FILES}
     contents = _files(home)
 
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     assert _files(home) == contents
     assert {p: (home / p).stat().st_ino for p in EXPECTED_FILES} == before  # not rewritten
 
 
 def test_edits_stay_and_missing_files_come_back_while_the_marker_matches(home: Path) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
     (home / "CLAUDE.md").write_text("my own notes\n")
     (home / "skills" / "child-status" / "SKILL.md").unlink()
     (home / MCP_CONFIG_RELPATH).write_text('{"mcpServers": {}}')
 
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     assert (home / "CLAUDE.md").read_text() == "my own notes\n"
     assert (home / "skills" / "child-status" / "SKILL.md").is_file()
     # The MCP config is ccq's plumbing: always put back as it must be.
-    assert json.loads((home / MCP_CONFIG_RELPATH).read_text()) == mcp_config()
+    assert json.loads((home / MCP_CONFIG_RELPATH).read_text()) == mcp_config(GATEWAY)
 
 
 def test_a_new_context_rewrites_the_files(home: Path) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
     (home / "CLAUDE.md").write_text("my own notes\n")
 
-    write_session_files(
-        home, SessionContext(CHILD.session_id, CHILD.parent_id, CHILD.depth, max_depth=5)
-    )
+    write(home, SessionContext(CHILD.session_id, CHILD.parent_id, CHILD.depth, max_depth=5))
 
     text = (home / "CLAUDE.md").read_text()
     assert "at most 5" in text
@@ -176,13 +192,13 @@ def test_a_new_context_rewrites_the_files(home: Path) -> None:
 def test_new_templates_rewrite_the_files_and_drop_a_removed_skill(
     home: Path, templates: Path
 ) -> None:
-    write_session_files(home, CHILD, templates_dir=templates)
+    write(home, CHILD, templates_dir=templates)
     shutil.rmtree(templates / "skills" / "child-status")
     (templates / "skills" / "new-skill").mkdir()
     (templates / "skills" / "new-skill" / "SKILL.md").write_text("---\nname: new-skill\n---\n")
     (templates / "settings.json").write_text('{"permissions": {"allow": ["mcp__ccq"]}}\n')
 
-    write_session_files(home, CHILD, templates_dir=templates)
+    write(home, CHILD, templates_dir=templates)
 
     assert not (home / "skills" / "child-status").exists()
     assert (home / "skills" / "new-skill" / "SKILL.md").is_file()
@@ -195,11 +211,11 @@ def test_new_templates_rewrite_the_files_and_drop_a_removed_skill(
 
 
 def test_a_skill_dir_the_session_added_files_to_is_kept(home: Path, templates: Path) -> None:
-    write_session_files(home, CHILD, templates_dir=templates)
+    write(home, CHILD, templates_dir=templates)
     (home / "skills" / "child-status" / "notes.txt").write_text("mine")
     shutil.rmtree(templates / "skills" / "child-status")
 
-    write_session_files(home, CHILD, templates_dir=templates)
+    write(home, CHILD, templates_dir=templates)
 
     assert not (home / "skills" / "child-status" / "SKILL.md").exists()
     assert (home / "skills" / "child-status" / "notes.txt").read_text() == "mine"
@@ -214,7 +230,7 @@ def test_a_forged_marker_cannot_make_it_delete_other_files(home: Path, tmp_path:
     forged = {"hash": "x", "files": ["../outside.txt", "projects/t.jsonl", "/etc/passwd"]}
     (home / MARKER_RELPATH).write_text(json.dumps(forged))
 
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     assert outside.read_text() == "keep me"
     assert (home / "projects" / "t.jsonl").read_text() == "transcript"
@@ -230,7 +246,7 @@ def test_symlinks_planted_in_the_home_are_replaced_not_followed(home: Path, tmp_
     (home / "CLAUDE.md").symlink_to(outside_file)
     (home / "ccq").symlink_to(outside_dir)
 
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     assert list(outside_dir.iterdir()) == []
     assert outside_file.read_text() == "keep me"
@@ -247,15 +263,15 @@ def test_a_directory_or_fifo_where_a_file_belongs_is_replaced(home: Path) -> Non
     (home / "ccq").mkdir()
     os.mkfifo(home / MCP_CONFIG_RELPATH)  # reading it would block
 
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     assert (home / "CLAUDE.md").is_file()
-    assert json.loads((home / MCP_CONFIG_RELPATH).read_text()) == mcp_config()
+    assert json.loads((home / MCP_CONFIG_RELPATH).read_text()) == mcp_config(GATEWAY)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to the container user needs root")
 def test_as_root_everything_created_belongs_to_the_container_user(home: Path) -> None:
-    write_session_files(home, CHILD)
+    write(home, CHILD)
 
     paths = [home, *home.rglob("*")]
     assert {(p.stat().st_uid, p.stat().st_gid) for p in paths} == {(1000, 1000)}

@@ -30,7 +30,7 @@ def test_defaults_work_for_a_local_run(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CCQ_CLAUDE_CODE_VERSION", "latest; rm -rf /"),
         ("CCQ_API_HOST", "127.0.0.1, 10.0.0.1"),
         ("CCQ_API_HOST", "0.0.0.0;rm"),
-        ("CCQ_CONTAINER_API_URL", "host.docker.internal:8080"),
+        ("CCQ_CONTAINER_GATEWAY_URL", "host.docker.internal:8090"),
         ("CCQ_MAX_DEPTH", "-1"),
         ("CCQ_MAX_CHILDREN", "0"),
     ],
@@ -128,16 +128,32 @@ def test_an_empty_credential_counts_as_unset(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.anthropic_base_url is None
 
 
-def test_the_api_may_listen_on_several_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_and_the_gateway_may_listen_on_several_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CCQ_API_HOST", "127.0.0.1,172.17.0.1")
     monkeypatch.setenv("CCQ_API_PORT", "9000")
-    monkeypatch.delenv("CCQ_CONTAINER_API_URL", raising=False)
+    monkeypatch.setenv("CCQ_GATEWAY_HOST", "0.0.0.0,172.17.0.1")
+    monkeypatch.setenv("CCQ_GATEWAY_PORT", "9001")
+    monkeypatch.delenv("CCQ_CONTAINER_GATEWAY_URL", raising=False)
     settings = load_settings(env_file=None)
     assert settings.api_hosts == ["127.0.0.1", "172.17.0.1"]
     assert settings.api_url == "http://127.0.0.1:9000"
-    assert settings.api_url_for_containers == "http://host.docker.internal:9000"
+    assert settings.gateway_hosts == ["0.0.0.0", "172.17.0.1"]  # noqa: S104
+    assert settings.gateway_url == "http://127.0.0.1:9001"
+    assert settings.gateway_url_for_containers == "http://host.docker.internal:9001"
 
 
-def test_containers_may_reach_the_api_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CCQ_CONTAINER_API_URL", "https://ccq.internal/")
-    assert load_settings(env_file=None).api_url_for_containers == "https://ccq.internal"
+def test_containers_may_reach_the_gateway_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CCQ_CONTAINER_GATEWAY_URL", "https://gateway.internal/")
+    assert load_settings(env_file=None).gateway_url_for_containers == "https://gateway.internal"
+
+
+def test_model_prices_are_read_as_json_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CCQ_MODEL_PRICES", '{"claude-x": {"input": 1, "output": 2}}')
+    prices = load_settings(env_file=None).model_prices
+    assert set(prices) == {"claude-x"}
+    assert prices["claude-x"].output == 2
+    monkeypatch.setenv("CCQ_MODEL_PRICES", '{"claude-x": {"input": -1, "output": 2}}')
+    with pytest.raises(ConfigError, match="CCQ_MODEL_PRICES"):
+        load_settings(env_file=None)
