@@ -9,9 +9,10 @@ relay.
 * **Streaming** (``text/event-stream``): server-sent events, parsed incrementally; an
   event may be split across chunks at any byte, lines end in ``\\n`` or ``\\r\\n``
   (not a lone ``\\r``, which the API never sends), ``data:`` lines join with ``\\n``,
-  ``:`` comments are skipped. Only four events are read: ``message_start`` (the model, and the usage so far), ``message_delta`` (usage
-  counts are cumulative: a count it carries replaces the earlier one), ``message_stop``
-  (the message is complete) and ``error`` (its type, for the logs). Every other event
+  ``:`` comments are skipped. Only four events are read: ``message_start`` (the model,
+  and the usage so far), ``message_delta`` (usage counts are cumulative: a count it
+  carries replaces the earlier one), ``message_stop`` (the message is complete) and
+  ``error`` (its type, for the logs). Every other event
   (``content_block_delta`` above all, most of the stream) is passed over by its
   ``event:`` name, its data neither kept nor parsed.
 * **Not streaming** (``application/json``): the body is kept up to
