@@ -5,9 +5,10 @@ One call's path:
 
 1. **Body.** Read up to ``CCQ_GATEWAY_MAX_BODY_BYTES`` (413 past it).
 2. **Budgets.** :class:`~gateway.ledger.Ledger` admits the call, makes it wait while the
-   scope's streaming calls could cross its cap, or refuses it. A refusal is a 400
-   ``invalid_request_error`` with ``x-should-retry: false``: the CLI shows it and does
-   not retry, and the run ends ``budget_exceeded``.
+   scope's streaming calls could cross its cap, or refuses it. A refusal is a 402
+   ``billing_error`` with ``x-should-retry: false``: the CLI shows its message and does
+   not retry (Claude Code 2.1.329 retries a 400 six times whatever the header says, and
+   words a 403 as an authentication failure), and the run ends ``budget_exceeded``.
 3. **Upstream gate.** :class:`~gateway.upstream_gate.UpstreamGate` bounds the streams
    open upstream and holds calls while the upstream is rate limited. A 429/529 from
    upstream is never relayed: the call waits for the gate and is sent again, so the CLI
@@ -169,7 +170,7 @@ class ModelProxy:
                 "spent_usd": float(limit.spent),
             },
         )
-        return anthropic_error(400, message)
+        return anthropic_error(402, message)
 
     async def _forward(
         self, request: Request, body: bytes, credential: RunCredential, call_id: int

@@ -106,6 +106,7 @@ def session_token_of(headers: Mapping[str, str]) -> str | None:
 ERROR_TYPES: Mapping[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",

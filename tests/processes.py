@@ -25,6 +25,9 @@ from tests.waiting import free_port, wait_for
 CCQ = str(Path(sys.executable).with_name("ccq"))
 # The CLI insists on a credential; the scripted model server ignores it.
 SCRIPTED_MODEL_KEY = "test-key"
+# The operator's credential the test stack's gateway holds: distinctive, so a test can
+# look for it anywhere a session could see it.
+OPERATOR_KEY = "sk-ant-ccq-test-operator-key-7f3a9c"
 
 
 def redis_url_with_db(url: str, db: int) -> str:
@@ -133,7 +136,7 @@ def gateway_environment(
         model_server,
         api_port,
         gateway_port,
-        credential=credential or {"ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY},
+        credential=credential or {"ANTHROPIC_API_KEY": OPERATOR_KEY},
     )
 
 

@@ -19,8 +19,8 @@ call is refused, and the refusal is kept on the ledger for the run's record.
 
 **Consistency.** Admission and charging of one tree (and of one owner, when the daily
 cap is set) are serialised by transaction-scoped advisory locks, always taken tree first,
-then owner: admission never sees a call neither streaming nor charged. Sessions without
-any budget take no lock at all.
+then owner: admission never sees a call neither streaming nor charged. The tree's lock
+is held only for the few milliseconds of one admission or one charge.
 
 A call left ``streaming`` by a gateway that died stops counting as in flight after
 :data:`STALE_STREAM`; its cost is lost (the upstream may have charged it).
@@ -222,7 +222,7 @@ class Budgets:
                 scopes.append(
                     _Scope(
                         Limit("session", str(session_id), budget, spent),
-                        ModelCall.lineage.any(session_id),
+                        ModelCall.lineage.contains([session_id]),
                     )
                 )
         run = db.execute(
