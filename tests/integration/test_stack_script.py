@@ -2,8 +2,8 @@
 
 The stack gets its own state directory, instance, ports, database and Redis database, so
 it never meets the user's `make up` stack or the test suite's own processes. What it
-proves is what a new user meets first: session containers reach the API whatever the
-engine reports, and when they cannot, `make up` says so in seconds.
+proves is what a new user meets first: session containers reach the gateway whatever
+the engine reports, and when they cannot, `make up` says so in seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack.sh"
 BIN = Path(sys.executable).parent
 STACK_REDIS_DB = 13  # bench uses 14, the suite 15
-# `up` must fail within this when containers cannot reach the API (it checks in seconds).
+# `up` must fail within this when containers cannot reach the gateway (it checks in seconds).
 FAIL_FAST_LIMIT_S = 60
 
 
@@ -77,6 +77,7 @@ def stack(
         CCQ_REDIS_URL=redis_url_with_db(base_settings.redis_url, STACK_REDIS_DB),
         CCQ_DATA_DIR=str(tmp_path / "data"),
         CCQ_API_PORT=str(free_port()),
+        CCQ_GATEWAY_PORT=str(free_port()),
         CCQ_FLOWER_PORT=str(free_port()),
         CCQ_MODEL_SERVER_PORT=str(free_port()),
     )
@@ -134,11 +135,11 @@ def test_up_works_on_a_network_whose_inspect_names_no_gateway(
     assert "[4] the parent, resumed once with all three results" in demo.stdout
 
 
-def test_up_fails_fast_naming_the_address_when_containers_cannot_reach_the_api(
+def test_up_fails_fast_naming_the_address_when_containers_cannot_reach_the_gateway(
     stack: Stack,
 ) -> None:
-    # The API on loopback alone: nothing on the session network can call it.
-    up = stack.run("up", timeout=FAIL_FAST_LIMIT_S, CCQ_API_HOST="127.0.0.1")
+    # The gateway on loopback alone: nothing on the session network can call it.
+    up = stack.run("up", timeout=FAIL_FAST_LIMIT_S, CCQ_GATEWAY_HOST="127.0.0.1")
     output = up.stdout + up.stderr
     assert up.returncode == 1, output
     assert "cannot reach http://host.docker.internal:" in output
@@ -148,8 +149,8 @@ def test_up_fails_fast_naming_the_address_when_containers_cannot_reach_the_api(
         for line in up.stdout.splitlines()
         if "host address " in line
     )
-    assert f"cannot reach ccq at {gateway}" in output
-    assert "CCQ_API_HOST=127.0.0.1" in output
+    assert f"cannot reach ccq's gateway at {gateway}" in output
+    assert "CCQ_GATEWAY_HOST=127.0.0.1" in output
     assert "stack: ready" not in up.stdout
 
     # The worker's heartbeat finds the same, and /readyz says it.
