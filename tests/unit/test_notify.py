@@ -220,12 +220,30 @@ def test_a_run_payload_carries_its_result_and_the_structured_outcome() -> None:
         "result": "All tests pass.",
         "result_truncated": False,
         "error": None,
+        "error_code": None,
         "total_cost_usd": 0.0123,
+        "metered_cost_usd": None,
         "started_at": (NOW - timedelta(seconds=12)).isoformat(),
         "finished_at": NOW.isoformat(),
         "duration_seconds": 12.0,
     }
     json.dumps(payload)
+
+
+def test_a_run_stopped_by_a_budget_says_so_in_words_and_as_a_code() -> None:
+    refusal = "ccq budget exceeded: the session tree under x has spent $1.00 of its $1.00"
+    payload = run_payload(
+        _run(
+            status="failed",
+            result=None,
+            error=refusal,
+            error_code="budget_exceeded",
+            metered_cost_usd=Decimal("1.02"),
+        )
+    )
+    assert payload["ccq"]["run"]["error_code"] == "budget_exceeded"
+    assert payload["ccq"]["run"]["metered_cost_usd"] == 1.02
+    assert payload["content"].endswith(refusal)
 
 
 def test_a_failed_run_shows_its_error() -> None:
