@@ -94,21 +94,19 @@ up() {
   fi
   "$BIN/ccq" db upgrade
   # Session containers join ccq's own bridge network; inside them host.docker.internal
-  # is the host's address on it. The API listens there as well as on loopback, and
-  # nowhere else.
+  # is the host's address on it.
   network=$(setting session_network_name)
   if ! host_address=$("$BIN/ccq" network address); then
     say "cannot set up the Docker network $network for session containers (see above)"
     exit 1
   fi
   say "session network: $network (host address $host_address)"
-  if [[ -z ${CCQ_API_HOST:-} ]]; then
-    export CCQ_API_HOST=127.0.0.1,$host_address
-  fi
+  # Session containers call the gateway only: it listens there as well as on loopback,
+  # and nowhere else. The API stays on loopback (CCQ_API_HOST, default 127.0.0.1).
   if [[ -z ${CCQ_GATEWAY_HOST:-} ]]; then
     export CCQ_GATEWAY_HOST=127.0.0.1,$host_address
   fi
-  say "api: listening on $CCQ_API_HOST; gateway: on $CCQ_GATEWAY_HOST"
+  say "api: listening on $(setting api_host); gateway: on $CCQ_GATEWAY_HOST"
   start gateway "$BIN/ccq" gateway
   start api "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" api
   start worker "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" worker --loglevel=INFO --concurrency=4 --hostname="ccq@%h"
