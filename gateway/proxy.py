@@ -197,12 +197,7 @@ class ModelProxy:
             await self.ledger.fail(call_id, None)
             raise
         self.metrics.count("calls_total")
-        meter = UsageMeter(upstream.headers.get("content-type"))
-        return StreamingResponse(
-            self._relay(upstream, meter, call_id, credential, stack),
-            status_code=upstream.status_code,
-            headers=dict(downstream_headers(upstream.headers.items())),
-        )
+        return RelayResponse(Relay(self, upstream, call_id, credential, stack))
 
     async def _send(self, request: Request, body: bytes, slot: Slot) -> httpx2.Response:
         """Send until the upstream answers with something other than a rate limit."""
@@ -224,34 +219,6 @@ class ModelProxy:
             self.metrics.count("upstream_rate_limited_total")
             await slot.retry_after_limit(upstream.status_code, retry_after)
 
-    async def _relay(
-        self,
-        upstream: httpx2.Response,
-        meter: UsageMeter,
-        call_id: int,
-        credential: RunCredential,
-        stack: AsyncExitStack,
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in upstream.aiter_raw():
-                meter.feed(chunk)
-                yield chunk
-        finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
-                await stack.aclose()
-                meter.finish()
-                charge = await self.ledger.charge(call_id, meter, upstream.status_code)
-                self.metrics.count("cost_usd_total", float(charge.cost_usd))
-                if not charge.priced:
-                    self.metrics.count("unpriced_calls_total")
-                    log.warning("model %r is not in the price table", meter.model)
-                    await self.notices.push(
-                        credential.run_id,
-                        "unpriced_model",
-                        {"model": meter.model, "charged_usd": float(charge.cost_usd)},
-                    )
-
     def _waiting(self, credential: RunCredential, reason: str) -> None:
         self.notices.push_soon(credential.run_id, "waiting", {"reason": reason})
 
@@ -259,3 +226,71 @@ class ModelProxy:
         self.metrics.count("upstream_errors_total")
         log.warning("upstream unreachable: %s", type(exc).__name__)
         return anthropic_error(502, "ccq's gateway cannot reach the model API", retry=True)
+
+
+class Relay:
+    """One upstream answer on its way to the session: relayed as read, metered, and then
+    settled exactly once (upstream closed, stream slot freed, call charged), however the
+    relay ends: the body done, the session gone, or the response never started."""
+
+    def __init__(
+        self,
+        proxy: ModelProxy,
+        upstream: httpx2.Response,
+        call_id: int,
+        credential: RunCredential,
+        stack: AsyncExitStack,
+    ) -> None:
+        self.proxy = proxy
+        self.upstream = upstream
+        self.call_id = call_id
+        self.credential = credential
+        self.stack = stack
+        self.meter = UsageMeter(upstream.headers.get("content-type"))
+        self._settled = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.upstream.aiter_raw():
+                self.meter.feed(chunk)
+                yield chunk
+        finally:
+            await self.settle()
+
+    async def settle(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        proxy = self.proxy
+        with anyio.CancelScope(shield=True):
+            await self.upstream.aclose()
+            await self.stack.aclose()
+            self.meter.finish()
+            charge = await proxy.ledger.charge(self.call_id, self.meter, self.upstream.status_code)
+            proxy.metrics.count("cost_usd_total", float(charge.cost_usd))
+            if not charge.priced:
+                proxy.metrics.count("unpriced_calls_total")
+                log.warning("model %r is not in the price table", self.meter.model)
+                await proxy.notices.push(
+                    self.credential.run_id,
+                    "unpriced_model",
+                    {"model": self.meter.model, "charged_usd": float(charge.cost_usd)},
+                )
+
+
+class RelayResponse(StreamingResponse):
+    """A streamed upstream answer whose relay is settled even if it never starts."""
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(
+            relay.chunks(),
+            status_code=relay.upstream.status_code,
+            headers=dict(downstream_headers(relay.upstream.headers.items())),
+        )
+        self.relay = relay
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.settle()

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session as DbSession
 
-from orchestrator.db.models import SessionToken
+from orchestrator.db.models import Run, RunStatus, SessionToken
 
 # Tells a session token from a JWT at a glance (a JWT starts with "eyJ").
 TOKEN_PREFIX = "ccqs_"  # noqa: S105 - a prefix, not a secret
@@ -59,11 +59,15 @@ def mint(
 
 
 def resolve(db: DbSession, token: str) -> TokenScope | None:
-    """The scope of a live token; None for an unknown, revoked or expired one."""
+    """The scope of a live token; None for an unknown, revoked or expired one, or one
+    whose run is no longer running (a worker that died before revoking it)."""
     row = db.scalars(
-        select(SessionToken).where(
+        select(SessionToken)
+        .join(Run, Run.id == SessionToken.run_id)
+        .where(
             SessionToken.token_hash == _digest(token),
             SessionToken.expires_at > datetime.now(UTC),
+            Run.status == RunStatus.RUNNING,
         )
     ).one_or_none()
     if row is None:

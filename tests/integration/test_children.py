@@ -3,9 +3,7 @@ the real API with the run's session token; the scripted model server drives the 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import docker
@@ -20,6 +18,7 @@ from orchestrator.settings import Settings
 from tests.http_api import SessionApi as Api
 from tests.http_api import bash, ccq_tool
 from tests.processes import ApiProcess, WorkerProcess
+from tests.session_tokens import mint_live_token
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -247,14 +246,7 @@ def test_a_session_token_acts_only_within_its_own_tree(
     child_id, child_run = alice.child(root_id, "child")
     other_id, _ = alice.session("another tree of the same owner")
     alice.wait_run(child_run)
-    with session_scope(db_session_factory) as db:
-        token = session_tokens.mint(
-            db,
-            session_id=uuid.UUID(child_id),
-            run_id=uuid.UUID(child_run),
-            owner="alice",
-            ttl=timedelta(minutes=5),
-        )
+    token, acting_run = mint_live_token(db_session_factory, child_id)
     as_child = Api(api_server, token)
 
     assert as_child.get(f"/sessions/{child_id}")["session"]["id"] == child_id
@@ -272,7 +264,7 @@ def test_a_session_token_acts_only_within_its_own_tree(
     alice.wait_run(grandchild["run"]["id"])
 
     with session_scope(db_session_factory) as db:
-        session_tokens.revoke_run(db, uuid.UUID(child_run))
+        session_tokens.revoke_run(db, acting_run)
     assert as_child.get(f"/sessions/{child_id}", status=401)["error"]["code"] == "unauthorized"
 
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from model_server.recording import fingerprint
 from model_server.server import ModelServer
 from orchestrator.auth import session_tokens
 from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.db.engine import make_engine, make_session_factory, session_scope
-from orchestrator.db.models import ModelCall, ModelCallStatus, OwnerSpend, Session
+from orchestrator.db.models import ModelCall, ModelCallStatus, OwnerSpend, Run, Session
 from orchestrator.domain.pricing import PriceTable, Usage
 from orchestrator.settings import Settings
 from tests.http_api import SessionApi, bash, ccq_tool
@@ -37,6 +37,7 @@ from tests.processes import (
     WorkerProcess,
     gateway_environment,
 )
+from tests.session_tokens import mint_live_token
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -108,16 +109,15 @@ class RunToken:
 
 
 def mint_run_token(db: Any, api: SessionApi, *, ttl: timedelta = timedelta(minutes=10)) -> RunToken:
-    """A session token for a real (finished) run of a new session of ``api``'s owner: what
-    a session holds, for calling the gateway directly."""
-    session_id, run_id = api.session("hello")
-    api.wait_run(run_id)
+    """A session token of a new session of ``api``'s owner, as a running run of it holds
+    one: what a session holds, for calling the gateway directly. The session's first run
+    has gone through the stack (and spent)."""
+    session_id, first_run = api.session("hello")
+    api.wait_run(first_run)
+    token, run_id = mint_live_token(db, session_id, ttl=ttl)
     with session_scope(db) as s:
         owner = s.get(Session, uuid.UUID(session_id)).owner  # type: ignore[union-attr]
-        token = session_tokens.mint(
-            s, session_id=uuid.UUID(session_id), run_id=uuid.UUID(run_id), owner=owner, ttl=ttl
-        )
-    return RunToken(token, owner, uuid.UUID(session_id), uuid.UUID(run_id))
+    return RunToken(token, owner, uuid.UUID(session_id), run_id)
 
 
 def messages_body(prompt: str = "hi", *, stream: bool = True) -> dict[str, Any]:
@@ -401,9 +401,13 @@ def test_missing_invalid_expired_and_revoked_tokens_are_401_and_never_forwarded(
     revoked = mint_run_token(db, alice)
     with session_scope(db) as s:
         session_tokens.revoke_run(s, revoked.run_id)
+    finished = mint_run_token(db, alice)  # a token whose run has ended, not yet revoked
+    with session_scope(db) as s:
+        s.execute(update(Run).where(Run.id == finished.run_id).values(status="succeeded"))
     jwt = mint_token(settings, "alice")  # an owner's token is not a session's
     model.clear()
-    for token in (None, "", "nonsense", "ccqs_" + "x" * 43, expired.token, revoked.token, jwt):
+    tokens = [None, "", "nonsense", "ccqs_" + "x" * 43, expired.token, revoked.token, jwt]
+    for token in [*tokens, finished.token]:
         for path in ("/v1/messages", "/v1/messages/count_tokens", "/mcp"):
             answer = call_gateway(gateway.url, token, path=path)
             assert answer.status_code == 401, (token, path, answer.text)
