@@ -18,7 +18,7 @@ from orchestrator import readiness
 from orchestrator.runtime import heartbeat
 from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.settings import Settings, load_settings
-from tests.processes import ApiProcess
+from tests.processes import GatewayProcess
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -142,7 +142,7 @@ def test_503_names_postgres_when_it_cannot_be_reached(
     assert set(response.json["error"]["details"]) == {"postgres"}
 
 
-def _reach(settings: Settings, api_port: int, instance: str) -> heartbeat.ReachCheck:
+def _reach(settings: Settings, gateway_port: int, instance: str) -> heartbeat.ReachCheck:
     """The worker heartbeat's check that session containers reach the API on a port.
 
     Its probe containers carry ``instance`` (not the stack's own, whose worker runs the
@@ -152,18 +152,18 @@ def _reach(settings: Settings, api_port: int, instance: str) -> heartbeat.ReachC
         image=settings.worker_image,
         network=settings.session_network_name,
         instance=instance,
-        url=f"http://host.docker.internal:{api_port}",
+        url=f"http://host.docker.internal:{gateway_port}",
         recheck=heartbeat.REACH_RECHECK_SECONDS,
     )
 
 
-def test_503_names_the_session_network_when_containers_cannot_reach_the_api(
+def test_503_names_the_session_network_when_containers_cannot_reach_the_gateway(
     settings: Settings,
     client_for: Callable[..., FlaskClient],
     own_redis: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     _, port = own_redis
-    nothing_there = free_port()  # on the host, where containers would call the API
+    nothing_there = free_port()  # on the host, where containers would call the gateway
     status = heartbeat.probe_host(
         "test-host", settings.worker_image, _reach(settings, nothing_there, settings.instance)
     )
@@ -183,12 +183,12 @@ def test_503_names_the_session_network_when_containers_cannot_reach_the_api(
     assert "Connection refused" in details["session_network"]
 
 
-def test_the_reach_check_passes_against_the_real_api_and_is_not_repeated_at_once(
-    settings: Settings, api_server: ApiProcess, docker_client: docker.DockerClient
+def test_the_reach_check_passes_against_the_real_gateway_and_is_not_repeated_at_once(
+    settings: Settings, gateway: GatewayProcess, docker_client: docker.DockerClient
 ) -> None:
     since = int(time.time()) - 1
     instance = settings.instance + "-reach"
-    reach = _reach(settings, api_server.port, instance)
+    reach = _reach(settings, gateway.port, instance)
     runtime = ContainerRuntime(docker_client)
     assert reach(runtime) is None
     assert _probe_containers_run(docker_client, instance, since) == 1
