@@ -3,7 +3,9 @@
 Built like the integration tests' stack, from the same helpers (``tests.processes``): a
 scratch PostgreSQL database, Redis database 14, an instance name of its own (its
 containers and its Celery queue carry it, so a `make up` stack on the same machine is
-never touched), the scripted model server, and real `ccq api` and `ccq worker` processes.
+never touched), the scripted model server, and real `ccq gateway`, `ccq api` and
+`ccq worker` processes. Sessions reach the model through the gateway, as under `make up`;
+the raw baselines call the model server directly, with no gateway and no MCP server.
 The API runs as `ccq api` does by default: one gevent process.
 
 A stack may also run without a worker (``with_worker=False``): then nothing consumes its
@@ -28,19 +30,21 @@ from bench import BenchError
 from model_server.server import ModelServer
 from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.db import migrate
-from orchestrator.runtime.claude_cli import cli_environment
 from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.settings import ENV_PREFIX, Settings, load_settings
 from tests.processes import (
     SCRIPTED_MODEL_KEY,
     ApiProcess,
+    GatewayProcess,
     WorkerProcess,
     container_base_url,
     drop_database,
+    gateway_environment,
     recreate_database,
     redis_url_with_db,
     stack_environment,
 )
+from tests.waiting import free_port
 
 BENCH_REDIS_DB = 14
 # Kept after the run (git-ignored): what to read when a figure looks wrong.
@@ -52,6 +56,7 @@ class Stack:
     settings: Settings
     env: dict[str, str] = field(repr=False)  # holds the JWT secret and the model key
     api: ApiProcess
+    gateway: GatewayProcess
     worker: WorkerProcess | None  # None: nothing consumes the queues, nothing runs
     model: ModelServer
     runtime: ContainerRuntime  # on the process's shared Docker client
@@ -79,14 +84,18 @@ class Stack:
     def ws_url(self, path: str) -> str:
         return f"{self.api.ws_url}{path}"
 
-    def cli_environment(self) -> dict[str, str]:
-        """What the worker gives a run's CLI, from the same settings. Never printed."""
-        return cli_environment(self.settings)
+    def baseline_environment(self) -> dict[str, str]:
+        """The raw CLI's environment: straight at the model server (no gateway, no MCP
+        server), with the scripted server's key. Never printed."""
+        return {
+            "ANTHROPIC_BASE_URL": container_base_url(self.model),
+            "ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY,
+        }
 
     def log_problems(self) -> dict[str, list[str]]:
         """Warnings, errors and tracebacks the API and the worker logged (last 20 each)."""
         found: dict[str, list[str]] = {}
-        processes = {"api": self.api, "worker": self.worker}
+        processes = {"api": self.api, "gateway": self.gateway, "worker": self.worker}
         for name, process in processes.items():
             if process is None:
                 continue
@@ -130,7 +139,7 @@ def running_stack(
     database = f"ccq_bench_{suffix}"
     overrides = dict(overrides or {})
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    logs = {name: LOG_DIR / f"{log_prefix}{name}.log" for name in ("api", "worker")}
+    logs = {name: LOG_DIR / f"{log_prefix}{name}.log" for name in ("api", "gateway", "worker")}
     for path in logs.values():  # a stale log would look like a ready process
         path.unlink(missing_ok=True)
     with ExitStack() as cleanup:  # callbacks run last-registered first
@@ -161,12 +170,16 @@ def running_stack(
             data_dir=workdir / "data",
             jwt_secret=secrets.token_hex(20),
             instance=instance,
-            anthropic_base_url=container_base_url(model),
-            anthropic_api_key=SCRIPTED_MODEL_KEY,
             **overrides,
         )
-        env = stack_environment(settings, model)
-        env.update({(ENV_PREFIX + name).upper(): str(v) for name, v in overrides.items()})
+        ports = (free_port(), free_port())  # the API's, the gateway's
+        extra = {(ENV_PREFIX + name).upper(): str(v) for name, v in overrides.items()}
+        env = {**stack_environment(settings, model, *ports), **extra}
+        gateway = GatewayProcess(
+            {**gateway_environment(settings, model, *ports), **extra}, logs["gateway"]
+        )
+        cleanup.callback(gateway.stop)
+        gateway.wait_ready()
 
         worker = None
         if with_worker:
@@ -182,6 +195,7 @@ def running_stack(
             settings=settings,
             env=env,
             api=api,
+            gateway=gateway,
             worker=worker,
             model=model,
             runtime=runtime,

@@ -126,7 +126,7 @@ def warm_turn(stack: Stack, iterations: int, progress: Callable[[str], None]) ->
     with _tail(stack, f"/api/v1/runs/{created['run']['id']}/stream") as ws:
         _read_until(ws, _finished(created["run"]["id"]))
     container = _session_container(stack, session_id)
-    env = stack.cli_environment()
+    env = stack.baseline_environment()
     # Both sides resume a conversation, as ccq does from its second prompt on: the
     # baseline's first call creates its own (with --session-id), untimed like ccq's.
     baseline_session = str(uuid.uuid4())
@@ -159,7 +159,7 @@ def warm_turn(stack: Stack, iterations: int, progress: Callable[[str], None]) ->
 
 def cold_session(stack: Stack, iterations: int, progress: Callable[[str], None]) -> Comparison:
     """(2) A new session's first turn, container included, against ``docker run``."""
-    env = stack.cli_environment()
+    env = stack.baseline_environment()
     settings = stack.settings
 
     def ccq_once(prompt: str) -> None:

@@ -106,6 +106,7 @@ def create_gateway(settings: Settings) -> Gateway:
             try:
                 yield
             finally:
+                await proxy.drain()
                 await client.aclose()
                 await redis_client.aclose()
                 engine.dispose()

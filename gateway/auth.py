@@ -11,6 +11,7 @@ logged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -37,11 +38,24 @@ Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_TOKEN_CHARS = 200
 
 
-class TokenVerifier:
-    """Resolves session tokens against the database."""
+# A token found live is trusted this long without asking again: a CLI's turn sends a
+# handful of requests (MCP handshake, tool list, model calls) within a second. So a
+# revoked token may pass for up to this long after its run was recorded.
+VERIFIED_FOR_SECONDS = 1.0
+MAX_CACHED = 10_000
 
-    def __init__(self, session_factory: sessionmaker[DbSession]) -> None:
+
+class TokenVerifier:
+    """Resolves session tokens against the database, remembering live ones briefly."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[DbSession],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._factory = session_factory
+        self._clock = clock
+        self._live: dict[str, tuple[RunCredential, float]] = {}
 
     async def verify(self, token: str | None) -> RunCredential | None:
         if (
@@ -51,12 +65,23 @@ class TokenVerifier:
             or not token.isascii()
         ):
             return None
+        now = self._clock()
+        cached = self._live.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         scope = await anyio.to_thread.run_sync(self._resolve, token)
         if scope is None:
+            self._live.pop(token, None)
             return None
-        return RunCredential(
+        credential = RunCredential(
             token=token, owner=scope.owner, session_id=scope.session_id, run_id=scope.run_id
         )
+        if len(self._live) >= MAX_CACHED:
+            self._live = {k: v for k, v in self._live.items() if v[1] > now}
+            if len(self._live) >= MAX_CACHED:
+                self._live.clear()
+        self._live[token] = (credential, now + VERIFIED_FOR_SECONDS)
+        return credential
 
     def _resolve(self, token: str) -> session_tokens.TokenScope | None:
         with session_scope(self._factory) as db:

@@ -27,36 +27,54 @@ class Ledger:
         self.prices = prices
 
     async def admit(self, credential: RunCredential) -> Admission:
-        caller = Caller(credential.run_id, credential.session_id, credential.owner)
-        return await anyio.to_thread.run_sync(self._admit, caller)
+        return await anyio.to_thread.run_sync(self._admit, _caller(credential))
 
     def _admit(self, caller: Caller) -> Admission:
         with session_scope(self._factory) as db:
             return self._budgets.admit(db, caller)
 
-    async def charge(self, call_id: int, meter: UsageMeter, upstream_status: int) -> Charge:
+    async def charge(
+        self,
+        credential: RunCredential,
+        call_id: int | None,
+        meter: UsageMeter,
+        upstream_status: int,
+    ) -> Charge:
         """Charge what the meter read; shielded, so a client that leaves mid-stream is
         still charged for what the upstream produced."""
         charge = self.prices.charge(meter.model, meter.usage)
+        caller = _caller(credential)
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._charge, call_id, meter, charge, upstream_status)
+            await anyio.to_thread.run_sync(
+                self._charge, caller, call_id, meter, charge, upstream_status
+            )
         return charge
 
-    def _charge(self, call_id: int, meter: UsageMeter, charge: Charge, status: int) -> None:
+    def _charge(
+        self, caller: Caller, call_id: int | None, meter: UsageMeter, charge: Charge, status: int
+    ) -> None:
         with session_scope(self._factory) as db:
             self._budgets.charge(
                 db,
                 call_id,
+                caller=caller,
                 model=meter.model,
                 usage=meter.usage,
                 charge=charge,
                 upstream_status=status,
             )
 
-    async def fail(self, call_id: int, upstream_status: int | None) -> None:
+    async def fail(self, call_id: int | None, upstream_status: int | None) -> None:
+        """A call that produced nothing to charge (an untracked one left no trace)."""
+        if call_id is None:
+            return
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._fail, call_id, upstream_status)
 
     def _fail(self, call_id: int, upstream_status: int | None) -> None:
         with session_scope(self._factory) as db:
             self._budgets.fail(db, call_id, upstream_status)
+
+
+def _caller(credential: RunCredential) -> Caller:
+    return Caller(credential.run_id, credential.session_id, credential.owner)

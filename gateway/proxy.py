@@ -15,15 +15,17 @@ One call's path:
    sees one slow answer instead of running its own retries.
 4. **Relay.** The upstream's response is streamed back as read (``aiter_raw``), while
    :class:`~gateway.usage.UsageMeter` reads the usage from it. When the body ends (or
-   the session hangs up) the call is charged, and the stream slot freed.
+   the session hangs up) the stream slot is freed and the call charged, in the
+   background.
 
 Whatever waits or is refused is told to the run as a gateway notice (an event).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -45,7 +47,7 @@ from gateway.wire import (
     error_headers,
     upstream_headers,
 )
-from orchestrator.domain.budgets import BUDGET_EXCEEDED, Verdict
+from orchestrator.domain.budgets import BUDGET_EXCEEDED, Admission, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class ModelProxy:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.wait_timeout = wait_timeout
+        self._background: set[asyncio.Task[None]] = set()
 
     async def messages(self, request: Request) -> Response:
         credential: RunCredential = getattr(request.state, STATE_KEY)
@@ -96,7 +99,7 @@ class ModelProxy:
         admitted = await self._admit(credential)
         if isinstance(admitted, Response):
             return admitted
-        return await self._forward(request, body, credential, admitted)
+        return await self._forward(request, body, credential, admitted.call_id)
 
     async def count_tokens(self, request: Request) -> Response:
         """Free and unmetered upstream; relayed whole (a small JSON answer)."""
@@ -134,14 +137,14 @@ class ModelProxy:
                 raise BodyTooLarge
         return bytes(body)
 
-    async def _admit(self, credential: RunCredential) -> int | Response:
-        """The call's ledger ID, or the answer that refuses it."""
+    async def _admit(self, credential: RunCredential) -> Admission | Response:
+        """The call's admission, or the answer that refuses it."""
         told = False
         with anyio.move_on_after(self.wait_timeout):
             while True:
                 admission = await self.ledger.admit(credential)
-                if admission.verdict is Verdict.ADMIT and admission.call_id is not None:
-                    return admission.call_id
+                if admission.verdict is Verdict.ADMIT:
+                    return admission
                 if admission.verdict is Verdict.REFUSE:
                     return await self._refuse(credential, admission.limit)
                 if not told and admission.limit is not None:
@@ -173,7 +176,7 @@ class ModelProxy:
         return anthropic_error(402, message)
 
     async def _forward(
-        self, request: Request, body: bytes, credential: RunCredential, call_id: int
+        self, request: Request, body: bytes, credential: RunCredential, call_id: int | None
     ) -> Response:
         stack = AsyncExitStack()
         try:
@@ -219,6 +222,22 @@ class ModelProxy:
             self.metrics.count("upstream_rate_limited_total")
             await slot.retry_after_limit(upstream.status_code, retry_after)
 
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the request; a failure is logged, never lost silently."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._finished_background)
+
+    def _finished_background(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway background work failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for background work (charges) at shutdown."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     def _waiting(self, credential: RunCredential, reason: str) -> None:
         self.notices.push_soon(credential.run_id, "waiting", {"reason": reason})
 
@@ -237,7 +256,7 @@ class Relay:
         self,
         proxy: ModelProxy,
         upstream: httpx2.Response,
-        call_id: int,
+        call_id: int | None,
         credential: RunCredential,
         stack: AsyncExitStack,
     ) -> None:
@@ -261,21 +280,28 @@ class Relay:
         if self._settled:
             return
         self._settled = True
-        proxy = self.proxy
         with anyio.CancelScope(shield=True):
             await self.upstream.aclose()
             await self.stack.aclose()
-            self.meter.finish()
-            charge = await proxy.ledger.charge(self.call_id, self.meter, self.upstream.status_code)
-            proxy.metrics.count("cost_usd_total", float(charge.cost_usd))
-            if not charge.priced:
-                proxy.metrics.count("unpriced_calls_total")
-                log.warning("model %r is not in the price table", self.meter.model)
-                await proxy.notices.push(
-                    self.credential.run_id,
-                    "unpriced_model",
-                    {"model": self.meter.model, "charged_usd": float(charge.cost_usd)},
-                )
+        self.meter.finish()
+        # Off the response's path: the session has its last byte before the ledger's
+        # transaction runs (the call counts as in flight until then).
+        self.proxy.in_background(self._charge())
+
+    async def _charge(self) -> None:
+        proxy = self.proxy
+        charge = await proxy.ledger.charge(
+            self.credential, self.call_id, self.meter, self.upstream.status_code
+        )
+        proxy.metrics.count("cost_usd_total", float(charge.cost_usd))
+        if not charge.priced:
+            proxy.metrics.count("unpriced_calls_total")
+            log.warning("model %r is not in the price table", self.meter.model)
+            await proxy.notices.push(
+                self.credential.run_id,
+                "unpriced_model",
+                {"model": self.meter.model, "charged_usd": float(charge.cost_usd)},
+            )
 
 
 class RelayResponse(StreamingResponse):

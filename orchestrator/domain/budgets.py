@@ -105,15 +105,19 @@ class Budgets:
         )
 
     def admit(self, db: DbSession, caller: Caller) -> Admission:
-        """Decide one call; an admitted call is on the ledger as ``streaming``.
+        """Decide one call. A call that some budget covers is on the ledger as
+        ``streaming`` once admitted; one that none covers takes no lock and writes
+        nothing until it is charged (``call_id`` None).
 
         The caller commits (and on :attr:`Verdict.WAIT` simply asks again later).
         """
         lineage = tree.lineage(db, caller.session_id)
         if not lineage:
             return Admission(Verdict.REFUSE, limit=None)
+        if not self._scopes(db, caller, lineage):
+            return Admission(Verdict.ADMIT)
         self._lock(db, lineage, caller.owner)
-        scopes = self._scopes(db, caller, lineage)
+        scopes = self._scopes(db, caller, lineage)  # again, under the lock
         verdict, limit = Verdict.ADMIT, None
         for scope in scopes:
             scope_verdict = self._judge(db, scope)
@@ -140,15 +144,31 @@ class Budgets:
     def charge(
         self,
         db: DbSession,
-        call_id: int,
+        call_id: int | None,
         *,
+        caller: Caller,
         model: str | None,
         usage: Usage,
         charge: Charge,
         upstream_status: int | None,
     ) -> None:
         """Record a call's tokens and cost, and add the cost to its run, every session of
-        its lineage, and its owner's day. Idempotent: a call is charged once."""
+        its lineage, and its owner's day. Idempotent: a call is charged once. A call
+        admitted untracked (``call_id`` None) is written to the ledger here."""
+        if call_id is None:
+            lineage = tree.lineage(db, caller.session_id)
+            if not lineage:
+                return  # the session was deleted meanwhile: its ledger went with it
+            untracked = ModelCall(
+                run_id=caller.run_id,
+                session_id=caller.session_id,
+                owner=caller.owner,
+                lineage=lineage,
+                status=ModelCallStatus.STREAMING,
+            )
+            db.add(untracked)
+            db.flush()
+            call_id = untracked.id
         call = db.get(ModelCall, call_id)
         if call is None or call.status != ModelCallStatus.STREAMING:
             return

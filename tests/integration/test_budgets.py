@@ -74,16 +74,28 @@ class Tree:
         return Caller(self.root_run, self.root, self.owner)
 
 
+def calls_of_run(factory: sessionmaker[DbSession], run_id: uuid.UUID) -> list[ModelCall]:
+    with session_scope(factory) as db:
+        return list(db.scalars(select(ModelCall).where(ModelCall.run_id == run_id)))
+
+
 def admit(factory: sessionmaker[DbSession], budgets: Budgets, caller: Caller) -> Any:
     with session_scope(factory) as db:
         return budgets.admit(db, caller)
 
 
-def charge(factory: sessionmaker[DbSession], budgets: Budgets, call_id: int, cost: str) -> None:
+def charge(
+    factory: sessionmaker[DbSession],
+    budgets: Budgets,
+    call_id: int | None,
+    cost: str,
+    caller: Caller | None = None,
+) -> None:
     with session_scope(factory) as db:
         budgets.charge(
             db,
             call_id,
+            caller=caller or Caller(uuid.uuid4(), uuid.uuid4(), "unused"),
             model="claude-sonnet-4-5",
             usage=USAGE,
             charge=Charge(Decimal(cost), priced=True),
@@ -98,13 +110,17 @@ def test_without_any_budget_every_call_is_admitted_and_charged_up_the_tree(
     first = admit(factory, budgets, tree.caller())
     second = admit(factory, budgets, tree.caller())
     assert (first.verdict, second.verdict) == (Verdict.ADMIT, Verdict.ADMIT)
-    charge(factory, budgets, first.call_id, "0.25")
-    charge(factory, budgets, first.call_id, "0.25")  # charged once, whatever the retries
+    # No budget covers them: nothing is written (nor locked) until they are charged.
+    assert (first.call_id, second.call_id) == (None, None)
+    assert calls_of_run(factory, tree.child_run) == []
+    charge(factory, budgets, None, "0.25", caller=tree.caller())
+    (call_id,) = [c.id for c in calls_of_run(factory, tree.child_run)]
+    charge(factory, budgets, call_id, "0.25")  # charged once, whatever the retries
     with session_scope(factory) as db:
         assert db.get(Run, tree.child_run).metered_cost_usd == Decimal("0.25")  # type: ignore[union-attr]
         assert db.get(Session, tree.child).tree_spent_usd == Decimal("0.25")  # type: ignore[union-attr]
         assert db.get(Session, tree.root).tree_spent_usd == Decimal("0.25")  # type: ignore[union-attr]
-        call = db.get(ModelCall, first.call_id)
+        call = db.get(ModelCall, call_id)
         assert call is not None
         assert (call.status, call.input_tokens, call.output_tokens) == ("done", 1000, 100)
         spent = db.scalar(select(OwnerSpend.spent_usd).where(OwnerSpend.owner == tree.owner))

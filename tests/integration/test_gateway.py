@@ -211,7 +211,13 @@ def test_each_call_is_metered_per_run_session_and_owner(
     session_id, run_id = alice.session(bash("echo metered"))
     run = alice.wait_run(run_id)
     assert run["status"] == "succeeded", run
-    calls = calls_of(db, run_id=uuid.UUID(run_id))
+
+    # Charged in the background, as soon as each call's last byte was relayed.
+    def both_charged() -> list[ModelCall] | None:
+        found = calls_of(db, run_id=uuid.UUID(run_id))
+        return found if len(found) >= 2 else None
+
+    calls = wait_for(both_charged, timeout=10, what="the run's calls to be charged")
     assert len(calls) >= 2
     assert {c.status for c in calls} == {ModelCallStatus.DONE}
     prices = PriceTable(settings.model_prices)
@@ -227,6 +233,7 @@ def test_each_call_is_metered_per_run_session_and_owner(
         )
         assert call.cost_usd == pytest.approx(prices.charge(call.model, usage).cost_usd)
     total = sum((c.cost_usd for c in calls), Decimal(0))
+    run = alice.get(f"/runs/{run_id}")["run"]
     assert Decimal(str(run["metered_cost_usd"])) == pytest.approx(total)
     session = alice.get(f"/sessions/{session_id}")["session"]
     assert Decimal(str(session["tree_spent_usd"])) == pytest.approx(total)
