@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> tuple[list[Comparison], dict[str, list[str]
     instances: list[str] = []
     clear_logs()
     if any(name in args.only for name in RUNNING):
-        progress("starting an isolated stack (database, Redis db 14, model server, api, worker)")
+        progress(
+            "starting an isolated stack (database, Redis db 14, model server, gateway, api, worker)"
+        )
         with running_stack() as stack:
             progress(f"stack up: instance {stack.settings.instance}, logs in {LOG_DIR}")
             if "warm" in args.only:

@@ -2,7 +2,8 @@
 chunked decoding as bytes arrive, and when each streamed text chunk arrived.
 
 Kept free of sockets and servers so the unit tests can check them (and so both proxies,
-one of them gevent-patched, share the header rules without importing each other)."""
+one of them gevent-patched, share the header rules without importing each other). The
+header rules are the real gateway's (``gateway.wire``), so the proxies forward as it does."""
 
 from __future__ import annotations
 
@@ -10,37 +11,18 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. `host` and
-# `content-length` are the proxy's own to set; the client's credential is replaced.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_NOT_UPSTREAM = HOP_BY_HOP | {"host", "content-length", "x-api-key", "authorization"}
-_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length"}
+from gateway import wire
 
 
 def upstream_headers(headers: Iterable[tuple[str, str]], api_key: str) -> dict[str, str]:
-    """The client's headers as the upstream gets them: its credential replaced by the
-    operator's (the gateway's whole point), hop-by-hop headers dropped."""
-    out = {name: value for name, value in headers if name.lower() not in _NOT_UPSTREAM}
-    out["x-api-key"] = api_key
-    return out
+    """The client's headers as the upstream gets them, by the real gateway's rules
+    (``gateway.wire``): its credential replaced by the operator's key, hop-by-hop
+    headers dropped, identity encoding asked for."""
+    return wire.upstream_headers(headers, wire.UpstreamCredential(api_key=api_key))
 
 
-def downstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream's response headers as the client gets them. The body is re-framed by
-    the proxy's server (chunked), so the upstream's framing headers do not apply."""
-    return [(name, value) for name, value in headers if name.lower() not in _NOT_DOWNSTREAM]
+# The upstream's response headers as the client gets them, as the real gateway relays them.
+downstream_headers = wire.downstream_headers
 
 
 class ChunkedError(ValueError):

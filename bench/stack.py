@@ -4,9 +4,11 @@ Built like the integration tests' stack, from the same helpers (``tests.processe
 scratch PostgreSQL database, Redis database 14, an instance name of its own (its
 containers and its Celery queue carry it, so a `make up` stack on the same machine is
 never touched), the scripted model server, and real `ccq gateway`, `ccq api` and
-`ccq worker` processes. Sessions reach the model through the gateway, as under `make up`;
-the raw baselines call the model server directly, with no gateway and no MCP server.
-The API runs as `ccq api` does by default: one gevent process.
+`ccq worker` processes. Sessions reach the model and ccq's MCP tools through the gateway,
+as under `make up`: the gateway holds the scripted model server's key as the operator's
+credential and calls the model server on loopback. The raw baselines call the model
+server directly from their containers (so it listens on every interface), with no
+gateway and no MCP server. The API runs as `ccq api` does by default: one gevent process.
 
 A stack may also run without a worker (``with_worker=False``): then nothing consumes its
 Celery queues and no run can ever start, for benchmarks that only submit work.
@@ -85,15 +87,18 @@ class Stack:
         return f"{self.api.ws_url}{path}"
 
     def baseline_environment(self) -> dict[str, str]:
-        """The raw CLI's environment: straight at the model server (no gateway, no MCP
-        server), with the scripted server's key. Never printed."""
+        """The raw CLI's environment, "the CLI alone": straight at the model server where
+        the baseline's containers reach it, with the scripted server's key. Not
+        ``cli_environment``, which points a run at the gateway with its session token:
+        no gateway and no session token here, and no MCP config in the baseline's argv
+        either (``bench.cli_baseline.cli_argv``). Never printed."""
         return {
             "ANTHROPIC_BASE_URL": container_base_url(self.model),
             "ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY,
         }
 
     def log_problems(self) -> dict[str, list[str]]:
-        """Warnings, errors and tracebacks the API and the worker logged (last 20 each)."""
+        """Warnings, errors and tracebacks each process logged (last 20 each)."""
         found: dict[str, list[str]] = {}
         processes = {"api": self.api, "gateway": self.gateway, "worker": self.worker}
         for name, process in processes.items():
@@ -125,9 +130,10 @@ def running_stack(
     overrides: Mapping[str, int | str] | None = None,
     log_prefix: str = "",
 ) -> Iterator[Stack]:
-    """Start the stack; on the way out (an error and Ctrl-C included) stop the processes,
-    remove the instance's containers, drop the database, flush the Redis database and
-    delete the data directory, in that order.
+    """Start the stack; on the way out (an error and Ctrl-C included) stop the API, the
+    worker and then the gateway (the worker's runs call it until they end), stop the
+    model server, remove the instance's containers and network, drop the database, flush
+    the Redis database and delete the data directory, in that order.
 
     ``overrides`` are settings (``max_pending_runs_per_owner=...``) given to the stack's
     processes as their ``CCQ_`` variables; ``log_prefix`` names its logs apart from
@@ -161,7 +167,9 @@ def running_stack(
         cleanup.callback(runtime.remove_networks, instance)
         cleanup.callback(runtime.remove_instance, instance)
 
-        model = ModelServer(host="0.0.0.0", port=0).start()  # noqa: S104 - containers reach it
+        # Every interface: the raw baselines' containers call it (container_base_url).
+        # ccq's sessions never do: only the gateway calls it, on loopback.
+        model = ModelServer(host="0.0.0.0", port=0).start()  # noqa: S104
         cleanup.callback(model.stop)
         settings = load_settings(
             env_file=None,
@@ -174,11 +182,15 @@ def running_stack(
         )
         ports = (free_port(), free_port())  # the API's, the gateway's
         extra = {(ENV_PREFIX + name).upper(): str(v) for name, v in overrides.items()}
+        # No Claude credential here: only the gateway gets one, as under `make up`.
         env = {**stack_environment(settings, model, *ports), **extra}
+        # The operator's credential is the scripted model server's key (it ignores it).
+        operator = {"ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY}
         gateway = GatewayProcess(
-            {**gateway_environment(settings, model, *ports), **extra}, logs["gateway"]
+            {**gateway_environment(settings, model, *ports, credential=operator), **extra},
+            logs["gateway"],
         )
-        cleanup.callback(gateway.stop)
+        cleanup.callback(gateway.stop)  # after the worker's and the API's: registered first
         gateway.wait_ready()
 
         worker = None

@@ -34,6 +34,7 @@ def test_upstream_gets_the_operators_key_and_no_hop_by_hop_headers() -> None:
     assert sent == {
         "anthropic-version": "2023-06-01",
         "x-claude-code-session-id": "abc",
+        "accept-encoding": "identity",  # the real gateway's rule: bytes relayed = metered
         "x-api-key": "operator-key",
     }
 
