@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
@@ -96,7 +97,11 @@ class ModelProxy:
             return anthropic_error(413, f"request body over {self.max_body_bytes} bytes")
         except ClientDisconnect:
             return Response(status_code=400)
-        admitted = await self._admit(credential)
+        try:
+            admitted = await self._admit(credential)
+        except SQLAlchemyError:
+            log.exception("cannot check budgets: the database is unavailable")
+            return anthropic_error(529, "ccq's gateway cannot check budgets right now", retry=True)
         if isinstance(admitted, Response):
             return admitted
         return await self._forward(request, body, credential, admitted.call_id)
