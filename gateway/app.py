@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import httpx2
 import redis.asyncio
@@ -31,10 +30,10 @@ from gateway.auth import RequireSessionToken, TokenVerifier
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.notices import Notices
-from gateway.proxy import ModelProxy, anthropic_error
+from gateway.proxy import ModelProxy
 from gateway.tools.server import build_tools_server, tools_app
 from gateway.upstream_gate import UpstreamGate
-from gateway.wire import UpstreamCredential
+from gateway.wire import UpstreamCredential, anthropic_error
 from orchestrator.db.engine import make_engine, make_session_factory
 from orchestrator.domain.budgets import Budgets
 from orchestrator.domain.pricing import PriceTable
@@ -43,14 +42,7 @@ from orchestrator.settings import Settings
 ANTHROPIC_API_URL = "https://api.anthropic.com"
 
 
-@dataclass
-class Gateway:
-    app: Starlette
-    metrics: Metrics
-    gate: UpstreamGate
-
-
-def create_gateway(settings: Settings) -> Gateway:
+def create_app(settings: Settings) -> Starlette:
     engine = make_engine(settings)
     factory = make_session_factory(engine)
     metrics = Metrics()
@@ -115,7 +107,7 @@ def create_gateway(settings: Settings) -> Gateway:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         return anthropic_error(status, f"{request.method} {request.url.path}: not served here")
 
-    app = Starlette(
+    return Starlette(
         routes=[
             Route("/v1/messages", guarded(proxy.messages), methods=["POST"]),
             Route("/v1/messages/count_tokens", guarded(proxy.count_tokens), methods=["POST"]),
@@ -126,7 +118,6 @@ def create_gateway(settings: Settings) -> Gateway:
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )
-    return Gateway(app=app, metrics=metrics, gate=gate)
 
 
 def _from_loopback(request: Request) -> bool:

@@ -23,7 +23,7 @@ from starlette.datastructures import Headers
 
 from gateway.credentials import STATE_KEY, RunCredential
 from gateway.metrics import Metrics
-from gateway.wire import error_body, error_headers, session_token_of
+from gateway.wire import anthropic_error, session_token_of
 from orchestrator.auth import session_tokens
 from orchestrator.db.engine import session_scope
 
@@ -105,25 +105,15 @@ class RequireSessionToken:
             credential = await self.verifier.verify(token)
         except SQLAlchemyError:
             log.exception("cannot check a session token: the database is unavailable")
-            await _refuse(send, 529, "ccq's gateway cannot check credentials right now", True)
+            refusal = anthropic_error(
+                529, "ccq's gateway cannot check credentials right now", retry=True
+            )
+            await refusal(scope, receive, send)
             return
         if credential is None:
             self.metrics.count("unauthenticated_total")
             reason = "missing" if token is None else "invalid, expired or revoked"
-            await _refuse(send, 401, f"ccq session token {reason}", False)
+            await anthropic_error(401, f"ccq session token {reason}")(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = credential
         await self.app(scope, receive, send)
-
-
-async def _refuse(send: Send, status: int, message: str, retry: bool) -> None:
-    body = error_body(status, message)
-    headers = error_headers(retry=retry, extra={"content-length": str(len(body))})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -6,7 +6,6 @@ logged and dropped.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -21,16 +20,9 @@ log = logging.getLogger(__name__)
 class Notices:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
-        self._pending: set[asyncio.Task[None]] = set()
 
     async def push(self, run_id: uuid.UUID, kind: str, data: dict[str, Any]) -> None:
         try:
             await gateway_notices.push(self.client, run_id, kind, data)
         except (redis.RedisError, OSError):
             log.warning("could not leave a %s notice for run %s", kind, run_id)
-
-    def push_soon(self, run_id: uuid.UUID, kind: str, data: dict[str, Any]) -> None:
-        """From synchronous code on the event loop (the upstream gate's callbacks)."""
-        task = asyncio.get_running_loop().create_task(self.push(run_id, kind, data))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)

@@ -43,9 +43,8 @@ from gateway.upstream_gate import RATE_LIMIT_STATUSES, GateFull, GateTimeout, Sl
 from gateway.usage import UsageMeter
 from gateway.wire import (
     UpstreamCredential,
+    anthropic_error,
     downstream_headers,
-    error_body,
-    error_headers,
     upstream_headers,
 )
 from orchestrator.domain.budgets import BUDGET_EXCEEDED, Admission, Verdict
@@ -54,14 +53,6 @@ log = logging.getLogger(__name__)
 
 # How often a call held back by its budget asks again.
 BUDGET_POLL_SECONDS = 0.2
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def anthropic_error(status: int, message: str, *, retry: bool = False) -> Response:
-    return Response(error_body(status, message), status, headers=error_headers(retry=retry))
 
 
 class ModelProxy:
@@ -91,12 +82,9 @@ class ModelProxy:
 
     async def messages(self, request: Request) -> Response:
         credential: RunCredential = getattr(request.state, STATE_KEY)
-        try:
-            body = await self._body(request)
-        except BodyTooLarge:
-            return anthropic_error(413, f"request body over {self.max_body_bytes} bytes")
-        except ClientDisconnect:
-            return Response(status_code=400)
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
         try:
             admitted = await self._admit(credential)
         except SQLAlchemyError:
@@ -108,12 +96,9 @@ class ModelProxy:
 
     async def count_tokens(self, request: Request) -> Response:
         """Free and unmetered upstream; relayed whole (a small JSON answer)."""
-        try:
-            body = await self._body(request)
-        except BodyTooLarge:
-            return anthropic_error(413, f"request body over {self.max_body_bytes} bytes")
-        except ClientDisconnect:
-            return Response(status_code=400)
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
         try:
             upstream = await self.client.post(
                 request.url.path,
@@ -131,15 +116,20 @@ class ModelProxy:
 
     # --- steps ---------------------------------------------------------------------------
 
-    async def _body(self, request: Request) -> bytes:
+    async def _body(self, request: Request) -> bytes | Response:
+        """The request's body, or the answer when it is over the limit or cut short."""
+        too_large = anthropic_error(413, f"request body over {self.max_body_bytes} bytes")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise BodyTooLarge
+            return too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_body_bytes:
-                raise BodyTooLarge
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.max_body_bytes:
+                    return too_large
+        except ClientDisconnect:
+            return Response(status_code=400)
         return bytes(body)
 
     async def _admit(self, credential: RunCredential) -> Admission | Response:
@@ -244,7 +234,8 @@ class ModelProxy:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     def _waiting(self, credential: RunCredential, reason: str) -> None:
-        self.notices.push_soon(credential.run_id, "waiting", {"reason": reason})
+        """The upstream gate's (synchronous) callback: tell the run, without waiting."""
+        self.in_background(self.notices.push(credential.run_id, "waiting", {"reason": reason}))
 
     def _unreachable(self, exc: httpx2.HTTPError) -> Response:
         self.metrics.count("upstream_errors_total")

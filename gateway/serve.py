@@ -11,7 +11,7 @@ import socket
 
 import uvicorn
 
-from gateway.app import create_gateway
+from gateway.app import create_app
 from orchestrator.settings import Settings
 
 
@@ -29,10 +29,9 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    gateway = create_gateway(settings)
     sockets = [bind(host, settings.gateway_port) for host in settings.gateway_hosts]
     config = uvicorn.Config(
-        gateway.app,
+        create_app(settings),
         log_level=settings.log_level.lower(),
         access_log=False,  # sessions' calls are counted in /metrics; tokens stay out of logs
         lifespan="on",

@@ -6,9 +6,10 @@ Pure functions and small values; no sockets.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from starlette.responses import JSONResponse, Response
 
 from orchestrator.settings import Settings
 
@@ -118,13 +119,12 @@ ERROR_TYPES: Mapping[int, str] = {
 }
 
 
-def error_body(status: int, message: str) -> bytes:
-    """``{"type": "error", "error": {"type", "message"}}``, as the Messages API answers."""
+def anthropic_error(status: int, message: str, *, retry: bool = False) -> Response:
+    """``{"type": "error", "error": {"type", "message"}}``, as the Messages API answers, with
+    ``x-should-retry`` saying whether the CLI should try again."""
     error = {"type": ERROR_TYPES.get(status, "api_error"), "message": message}
-    return json.dumps({"type": "error", "error": error}).encode()
-
-
-def error_headers(*, retry: bool, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    return {"content-type": "application/json", SHOULD_RETRY: "true" if retry else "false"} | dict(
-        extra or {}
+    return JSONResponse(
+        {"type": "error", "error": error},
+        status,
+        headers={SHOULD_RETRY: "true" if retry else "false"},
     )

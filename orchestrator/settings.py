@@ -215,8 +215,7 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         """The API on its first address (loopback when listening everywhere)."""
-        host = self.api_hosts[0]
-        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.api_port}"  # noqa: S104
+        return _local_url(self.api_hosts[0], self.api_port)
 
     @property
     def gateway_hosts(self) -> list[str]:
@@ -225,8 +224,7 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         """The gateway on its first address (loopback when listening everywhere)."""
-        host = self.gateway_hosts[0]
-        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.gateway_port}"  # noqa: S104
+        return _local_url(self.gateway_hosts[0], self.gateway_port)
 
     @property
     def gateway_url_for_containers(self) -> str:
@@ -237,6 +235,11 @@ class Settings(BaseSettings):
     @property
     def session_network_name(self) -> str:
         return self.session_network or f"{self.instance}-sessions"
+
+
+def _local_url(host: str, port: int) -> str:
+    """How a process on this host reaches a listener on ``host``."""
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"  # noqa: S104
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

@@ -30,6 +30,7 @@ from tests.processes import (
     recreate_database,
     redis_url_with_db,
     remove_containers,
+    running,
     stack_environment,
 )
 from tests.waiting import free_port
@@ -137,17 +138,15 @@ def gateway(
     gateway_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
-    """The test run's gateway: the model proxy and ccq's tools, with the scripted model
-    server's key as the operator's credential."""
-    process = GatewayProcess(
-        gateway_environment(settings, model_server, api_port, gateway_port),
-        tmp_path_factory.mktemp("gateway") / "gateway.log",
-    )
-    try:
-        process.wait_ready()
+    """The test run's gateway: the model proxy and ccq's tools, holding OPERATOR_KEY as
+    the operator's credential."""
+    with running(
+        GatewayProcess(
+            gateway_environment(settings, model_server, api_port, gateway_port),
+            tmp_path_factory.mktemp("gateway") / "gateway.log",
+        )
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -160,15 +159,13 @@ def api_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiProcess]:
     """One real API process for the whole test run, beside the session's worker."""
-    server = ApiProcess(
-        stack_environment(settings, model_server, api_port, gateway_port),
-        tmp_path_factory.mktemp("api") / "api.log",
-    )
-    try:
-        server.wait_ready()
+    with running(
+        ApiProcess(
+            stack_environment(settings, model_server, api_port, gateway_port),
+            tmp_path_factory.mktemp("api") / "api.log",
+        )
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @contextmanager
@@ -180,14 +177,12 @@ def running_worker(
     ports: tuple[int, int],
 ) -> Iterator[WorkerProcess]:
     """A worker of the test stack; ``ports``: the API's and the gateway's."""
-    process = WorkerProcess(
-        stack_environment(settings, model_server, *ports), name, log_dir / "worker.log"
-    )
-    try:
-        process.wait_ready()
+    with running(
+        WorkerProcess(
+            stack_environment(settings, model_server, *ports), name, log_dir / "worker.log"
+        )
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")

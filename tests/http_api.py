@@ -39,6 +39,20 @@ def tool(name: str, arguments: dict[str, Any]) -> str:
     return f"[[tool {name} {json.dumps(arguments)}]]"
 
 
+# The seven tools ccq serves every session (as `mcp__ccq__<name>`).
+CCQ_TOOLS = frozenset(
+    {
+        "spawn_child",
+        "send_to_child",
+        "get_child_result",
+        "get_child_output",
+        "list_children",
+        "stop_child",
+        "delegate",
+    }
+)
+
+
 def ccq_tool(name: str, arguments: dict[str, Any]) -> str:
     return tool(f"mcp__ccq__{name}", arguments)
 

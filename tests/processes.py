@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import docker
@@ -182,6 +185,19 @@ class CcqProcess:
         self._log.close()
 
 
+P = TypeVar("P", bound=CcqProcess)
+
+
+@contextmanager
+def running(process: P) -> Iterator[P]:
+    """The process once ready; stopped on the way out, whatever happened."""
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
 class WorkerProcess(CcqProcess):
     """A real `ccq worker` subprocess (Celery, prefork pool) on the test stack."""
 
@@ -210,24 +226,34 @@ class WorkerProcess(CcqProcess):
         wait_for(ready, timeout=timeout, what=f"worker {self.name} to be ready")
 
 
-class GatewayProcess(CcqProcess):
-    """A real `ccq gateway` process (uvicorn) of the test stack."""
+class HttpProcess(CcqProcess):
+    """A `ccq` process serving HTTP on loopback at ``port``; ready once ``/healthz`` is 200."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = int(env["CCQ_GATEWAY_PORT"])  # from stack_environment
-        self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__([CCQ, "gateway"], env, log_path)
+    def __init__(self, command: str, port: int, env: dict[str, str], log_path: Path) -> None:
+        self.command = command
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        super().__init__([CCQ, command], env, log_path)
 
     def wait_ready(self, timeout: float = 60) -> None:
         def healthy() -> bool:
             if self.process.poll() is not None:
-                raise AssertionError(f"ccq gateway exited: {self.log_path.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"ccq {self.command} exited: {self.log_path.read_text()[-3000:]}"
+                )
             try:
                 return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
             except requests.ConnectionError:
                 return False
 
-        wait_for(healthy, timeout=timeout, what="the gateway to answer /healthz")
+        wait_for(healthy, timeout=timeout, what=f"ccq {self.command} to answer /healthz")
+
+
+class GatewayProcess(HttpProcess):
+    """A real `ccq gateway` process (uvicorn) of the test stack."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__("gateway", int(env["CCQ_GATEWAY_PORT"]), env, log_path)
 
     def metrics(self) -> dict[str, float]:
         text = requests.get(f"{self.url}/metrics", timeout=5).text
@@ -235,22 +261,9 @@ class GatewayProcess(CcqProcess):
         return {name.removeprefix("ccq_gateway_"): float(value) for name, value in pairs}
 
 
-class ApiProcess(CcqProcess):
+class ApiProcess(HttpProcess):
     """A real `ccq api` process (gunicorn, gevent) on a free port of the test stack."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = int(env["CCQ_API_PORT"])  # from stack_environment
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("api", int(env["CCQ_API_PORT"]), env, log_path)
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        super().__init__([CCQ, "api"], env, log_path)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        def healthy() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"ccq api exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, timeout=timeout, what="the API to answer /healthz")

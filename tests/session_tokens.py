@@ -13,6 +13,9 @@ from orchestrator.auth import session_tokens
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Run, RunStatus, Session
 
+# The prompt of the runs mint_live_token makes (none executes them).
+ACTING_RUN_PROMPT = "(a test acting as this run)"
+
 
 def mint_live_token(
     factory: sessionmaker[DbSession],
@@ -30,7 +33,7 @@ def mint_live_token(
             session_id=session.id,
             owner=session.owner,
             seq=last + 1,
-            prompt="(a test acting as this run)",
+            prompt=ACTING_RUN_PROMPT,
             status=RunStatus.RUNNING,
             started_at=datetime.now(UTC),
         )

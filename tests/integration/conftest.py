@@ -11,13 +11,24 @@ import pytest
 from celery import Celery
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
 
 from api.app import create_app
 from api.extensions import EXTENSION_KEY, Services
+from orchestrator.db.engine import make_engine, make_session_factory
 from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec, SessionDirs
 from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.janitor import Janitor
 from orchestrator.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def db_factory(settings: Settings) -> Iterator[sessionmaker[DbSession]]:
+    """Sessions on the test database, for tests that arrange or read rows directly."""
+    engine = make_engine(settings)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture

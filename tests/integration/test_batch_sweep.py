@@ -4,7 +4,6 @@ or an item whose task was lost. Real worker, beat's task sent by hand, real CLI 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,22 +12,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator.db import engine as db
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Batch, BatchStatus, Run, Session
 from orchestrator.domain.batches import BatchItem, BatchService, NewBatch
-from orchestrator.settings import Settings
 from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def factory(settings: Settings) -> Iterator[sessionmaker[DbSession]]:
-    engine = db.make_engine(settings)
-    yield db.make_session_factory(engine)
-    engine.dispose()
 
 
 def _sweep(celery_app: Celery) -> dict[str, int]:
@@ -37,14 +27,14 @@ def _sweep(celery_app: Celery) -> dict[str, int]:
 
 
 def test_the_sweeper_starts_an_unreleased_batch_and_requeues_a_lost_item(
-    celery_app: Celery, worker: WorkerProcess, factory: sessionmaker[DbSession]
+    celery_app: Celery, worker: WorkerProcess, db_factory: sessionmaker[DbSession]
 ) -> None:
     # Accepted, but none of its items reached Celery (as when Redis was down).
-    with session_scope(factory) as dbs:
+    with session_scope(db_factory) as dbs:
         batch, _ = BatchService(dbs, "sweep-owner").create(
             NewBatch(items=[BatchItem(prompt=f"swept {i}") for i in range(4)])
         )
-    with session_scope(factory) as dbs:  # item 0 was released an hour ago; its task is lost
+    with session_scope(db_factory) as dbs:  # item 0 was released an hour ago; its task is lost
         lost = dbs.scalars(
             select(Run.id)
             .join(Session, Session.id == Run.session_id)
@@ -60,10 +50,10 @@ def test_the_sweeper_starts_an_unreleased_batch_and_requeues_a_lost_item(
 
     assert swept["batch_items_released"] >= 4
     finished = wait_for(
-        lambda: _finished(factory, batch.id), timeout=180, what="the swept batch to finish"
+        lambda: _finished(db_factory, batch.id), timeout=180, what="the swept batch to finish"
     )
     assert finished.status == BatchStatus.SUCCEEDED
-    with factory() as dbs:
+    with db_factory() as dbs:
         results = dbs.scalars(
             select(Run.result_text)
             .join(Session, Session.id == Run.session_id)
@@ -73,7 +63,7 @@ def test_the_sweeper_starts_an_unreleased_batch_and_requeues_a_lost_item(
     assert [r.split(": ")[-1] if r else r for r in results] == [f"swept {i}" for i in range(4)]
 
 
-def _finished(factory: sessionmaker[DbSession], batch_id: uuid.UUID) -> Batch | None:
-    with factory() as dbs:
+def _finished(db_factory: sessionmaker[DbSession], batch_id: uuid.UUID) -> Batch | None:
+    with db_factory() as dbs:
         batch = dbs.get(Batch, batch_id)
         return batch if batch is not None and batch.finished_at is not None else None

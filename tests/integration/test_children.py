@@ -3,7 +3,6 @@ the real API with the run's session token; the scripted model server drives the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -11,7 +10,7 @@ import pytest
 
 from orchestrator.auth import session_tokens
 from orchestrator.auth.owner_tokens import mint_token
-from orchestrator.db.engine import make_engine, make_session_factory, session_scope
+from orchestrator.db.engine import session_scope
 from orchestrator.runtime.containers import SessionDirs
 from orchestrator.runtime.labels import LABEL_SESSION
 from orchestrator.settings import Settings
@@ -232,21 +231,14 @@ def _container(client: docker.DockerClient, session_id: str) -> bool:
 # --- session tokens -------------------------------------------------------------------
 
 
-@pytest.fixture
-def db_session_factory(settings: Settings) -> Iterator[Any]:
-    engine = make_engine(settings)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 def test_a_session_token_acts_only_within_its_own_tree(
-    alice: Api, api_server: ApiProcess, db_session_factory: Any
+    alice: Api, api_server: ApiProcess, db_factory: Any
 ) -> None:
     root_id, root_run = alice.session("root")
     child_id, child_run = alice.child(root_id, "child")
     other_id, _ = alice.session("another tree of the same owner")
     alice.wait_run(child_run)
-    token, acting_run = mint_live_token(db_session_factory, child_id)
+    token, acting_run = mint_live_token(db_factory, child_id)
     as_child = Api(api_server, token)
 
     assert as_child.get(f"/sessions/{child_id}")["session"]["id"] == child_id
@@ -263,7 +255,7 @@ def test_a_session_token_acts_only_within_its_own_tree(
     assert grandchild["session"]["parent_id"] == child_id
     alice.wait_run(grandchild["run"]["id"])
 
-    with session_scope(db_session_factory) as db:
+    with session_scope(db_factory) as db:
         session_tokens.revoke_run(db, acting_run)
     assert as_child.get(f"/sessions/{child_id}", status=401)["error"]["code"] == "unauthorized"
 

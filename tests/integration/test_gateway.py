@@ -25,7 +25,7 @@ from model_server.recording import fingerprint
 from model_server.server import ModelServer
 from orchestrator.auth import session_tokens
 from orchestrator.auth.owner_tokens import mint_token
-from orchestrator.db.engine import make_engine, make_session_factory, session_scope
+from orchestrator.db.engine import session_scope
 from orchestrator.db.models import ModelCall, ModelCallStatus, OwnerSpend, Run, Session
 from orchestrator.domain.pricing import PriceTable, Usage
 from orchestrator.settings import Settings
@@ -36,18 +36,12 @@ from tests.processes import (
     GatewayProcess,
     WorkerProcess,
     gateway_environment,
+    running,
 )
 from tests.session_tokens import mint_live_token
 from tests.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def db(settings: Settings) -> Iterator[Any]:
-    engine = make_engine(settings)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def owner_api(api_server: ApiProcess, settings: Settings, owner: str | None = None) -> SessionApi:
@@ -60,8 +54,8 @@ def alice(api_server: ApiProcess, settings: Settings, worker: WorkerProcess) -> 
     return owner_api(api_server, settings)
 
 
-def calls_of(db: Any, **where: Any) -> list[ModelCall]:
-    with session_scope(db) as s:
+def calls_of(db_factory: Any, **where: Any) -> list[ModelCall]:
+    with session_scope(db_factory) as s:
         query = select(ModelCall).order_by(ModelCall.id)
         for name, value in where.items():
             query = query.where(getattr(ModelCall, name) == value)
@@ -108,14 +102,16 @@ class RunToken:
     run_id: uuid.UUID
 
 
-def mint_run_token(db: Any, api: SessionApi, *, ttl: timedelta = timedelta(minutes=10)) -> RunToken:
+def mint_run_token(
+    db_factory: Any, api: SessionApi, *, ttl: timedelta = timedelta(minutes=10)
+) -> RunToken:
     """A session token of a new session of ``api``'s owner, as a running run of it holds
     one: what a session holds, for calling the gateway directly. The session's first run
     has gone through the stack (and spent)."""
     session_id, first_run = api.session("hello")
     api.wait_run(first_run)
-    token, run_id = mint_live_token(db, session_id, ttl=ttl)
-    with session_scope(db) as s:
+    token, run_id = mint_live_token(db_factory, session_id, ttl=ttl)
+    with session_scope(db_factory) as s:
         owner = s.get(Session, uuid.UUID(session_id)).owner  # type: ignore[union-attr]
     return RunToken(token, owner, uuid.UUID(session_id), run_id)
 
@@ -149,27 +145,16 @@ def oauth_gateway(
     settings: Settings, model_server: ModelServer, api_port: int, tmp_path: Any
 ) -> Iterator[GatewayProcess]:
     """A second gateway of the same stack, holding an OAuth token instead of an API key."""
-    process = GatewayProcess(
-        gateway_environment(
-            settings,
-            model_server,
-            api_port,
-            free_port(),
-            credential={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat-ccq-test-oauth"},
-        ),
-        tmp_path / "gateway-oauth.log",
-    )
-    try:
-        process.wait_ready()
+    credential = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat-ccq-test-oauth"}
+    env = gateway_environment(settings, model_server, api_port, free_port(), credential)
+    with running(GatewayProcess(env, tmp_path / "gateway-oauth.log")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_an_oauth_credential_goes_upstream_as_a_bearer_with_its_beta(
-    alice: SessionApi, db: Any, model: ModelServer, oauth_gateway: GatewayProcess
+    alice: SessionApi, db_factory: Any, model: ModelServer, oauth_gateway: GatewayProcess
 ) -> None:
-    run = mint_run_token(db, alice)
+    run = mint_run_token(db_factory, alice)
     model.clear()
     answer = call_gateway(oauth_gateway.url, run.token)
     assert answer.status_code == 200, answer.text
@@ -206,7 +191,7 @@ def test_chunks_reach_the_run_as_they_are_produced(alice: SessionApi) -> None:
 
 
 def test_each_call_is_metered_per_run_session_and_owner(
-    alice: SessionApi, db: Any, settings: Settings
+    alice: SessionApi, db_factory: Any, settings: Settings
 ) -> None:
     session_id, run_id = alice.session(bash("echo metered"))
     run = alice.wait_run(run_id)
@@ -214,7 +199,7 @@ def test_each_call_is_metered_per_run_session_and_owner(
 
     # Charged in the background, as soon as each call's last byte was relayed.
     def both_charged() -> list[ModelCall] | None:
-        found = calls_of(db, run_id=uuid.UUID(run_id))
+        found = calls_of(db_factory, run_id=uuid.UUID(run_id))
         return found if len(found) >= 2 else None
 
     calls = wait_for(both_charged, timeout=10, what="the run's calls to be charged")
@@ -237,7 +222,7 @@ def test_each_call_is_metered_per_run_session_and_owner(
     assert Decimal(str(run["metered_cost_usd"])) == pytest.approx(total)
     session = alice.get(f"/sessions/{session_id}")["session"]
     assert Decimal(str(session["tree_spent_usd"])) == pytest.approx(total)
-    with session_scope(db) as s:
+    with session_scope(db_factory) as s:
         spent = s.scalars(select(OwnerSpend.spent_usd).where(OwnerSpend.owner == calls[0].owner))
         assert sum(spent, Decimal(0)) == pytest.approx(total)
 
@@ -246,14 +231,14 @@ def test_a_model_missing_from_the_price_table_is_charged_high_and_flagged(
     api_server: ApiProcess,
     settings: Settings,
     worker: WorkerProcess,
-    db: Any,
+    db_factory: Any,
     gateway: GatewayProcess,
 ) -> None:
     api = owner_api(api_server, settings)
     reply = api.post("/sessions", {"prompt": "hi", "model": "mystery-model-1"}, 201)
     run_id = reply["run"]["id"]
     api.wait_run(run_id)
-    calls = calls_of(db, run_id=uuid.UUID(run_id))
+    calls = calls_of(db_factory, run_id=uuid.UUID(run_id))
     assert calls
     assert not any(c.priced for c in calls)
     assert all(c.cost_usd > 0 for c in calls)  # never silently free
@@ -266,12 +251,12 @@ def test_a_model_missing_from_the_price_table_is_charged_high_and_flagged(
 
 
 def test_a_tree_budget_stops_the_tree_within_one_call_and_marks_its_runs(
-    alice: SessionApi, db: Any
+    alice: SessionApi, db_factory: Any
 ) -> None:
     # What one call costs on this stack (the CLI's system prompt dominates its input).
     _, calibration = alice.session("hi")
     alice.wait_run(calibration)
-    one_call = max(c.cost_usd for c in calls_of(db, run_id=uuid.UUID(calibration)))
+    one_call = max(c.cost_usd for c in calls_of(db_factory, run_id=uuid.UUID(calibration)))
     budget = float(one_call * Decimal("3.5"))
 
     # The root delegates to three children whose two calls each would exceed it.
@@ -302,7 +287,7 @@ def test_a_tree_budget_stops_the_tree_within_one_call_and_marks_its_runs(
 
     # The spend: at the cap, past it by at most one call.
     root = alice.get(f"/sessions/{root_id}")["session"]
-    with session_scope(db) as s:
+    with session_scope(db_factory) as s:
         tree_calls = list(
             s.scalars(select(ModelCall).where(ModelCall.lineage.contains([uuid.UUID(root_id)])))
         )
@@ -328,18 +313,14 @@ def capped_gateway(
     """A second gateway of the stack whose owners may spend almost nothing a day."""
     env = gateway_environment(settings, model_server, api_port, free_port())
     env["CCQ_OWNER_DAILY_BUDGET_USD"] = "0.000001"
-    process = GatewayProcess(env, tmp_path / "gateway-capped.log")
-    try:
-        process.wait_ready()
+    with running(GatewayProcess(env, tmp_path / "gateway-capped.log")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_an_owner_over_the_daily_cap_is_refused_in_the_anthropic_shape(
-    alice: SessionApi, db: Any, model: ModelServer, capped_gateway: GatewayProcess
+    alice: SessionApi, db_factory: Any, model: ModelServer, capped_gateway: GatewayProcess
 ) -> None:
-    run = mint_run_token(db, alice)  # its run spent more than the cap, through the stack
+    run = mint_run_token(db_factory, alice)  # its run spent more than the cap, through the stack
     model.clear()
     answer = call_gateway(capped_gateway.url, run.token)
     assert answer.status_code == 402
@@ -349,7 +330,9 @@ def test_an_owner_over_the_daily_cap_is_refused_in_the_anthropic_shape(
     assert error["error"]["type"] == "billing_error"
     assert "this owner today" in error["error"]["message"]
     assert model.requests() == []  # never forwarded
-    refused = [c for c in calls_of(db, run_id=run.run_id) if c.status == ModelCallStatus.REFUSED]
+    refused = [
+        c for c in calls_of(db_factory, run_id=run.run_id) if c.status == ModelCallStatus.REFUSED
+    ]
     assert len(refused) == 1
 
 
@@ -401,15 +384,19 @@ def test_an_upstream_rate_limit_is_waited_out_once_for_the_whole_fleet(
 
 
 def test_missing_invalid_expired_and_revoked_tokens_are_401_and_never_forwarded(
-    alice: SessionApi, db: Any, model: ModelServer, gateway: GatewayProcess, settings: Settings
+    alice: SessionApi,
+    db_factory: Any,
+    model: ModelServer,
+    gateway: GatewayProcess,
+    settings: Settings,
 ) -> None:
-    live = mint_run_token(db, alice)
-    expired = mint_run_token(db, alice, ttl=timedelta(seconds=-1))
-    revoked = mint_run_token(db, alice)
-    with session_scope(db) as s:
+    live = mint_run_token(db_factory, alice)
+    expired = mint_run_token(db_factory, alice, ttl=timedelta(seconds=-1))
+    revoked = mint_run_token(db_factory, alice)
+    with session_scope(db_factory) as s:
         session_tokens.revoke_run(s, revoked.run_id)
-    finished = mint_run_token(db, alice)  # a token whose run has ended, not yet revoked
-    with session_scope(db) as s:
+    finished = mint_run_token(db_factory, alice)  # a token whose run has ended, not yet revoked
+    with session_scope(db_factory) as s:
         s.execute(update(Run).where(Run.id == finished.run_id).values(status="succeeded"))
     jwt = mint_token(settings, "alice")  # an owner's token is not a session's
     model.clear()
@@ -425,9 +412,13 @@ def test_missing_invalid_expired_and_revoked_tokens_are_401_and_never_forwarded(
 
 
 def test_a_body_over_the_limit_is_413_and_never_forwarded(
-    alice: SessionApi, db: Any, model: ModelServer, gateway: GatewayProcess, settings: Settings
+    alice: SessionApi,
+    db_factory: Any,
+    model: ModelServer,
+    gateway: GatewayProcess,
+    settings: Settings,
 ) -> None:
-    run = mint_run_token(db, alice)
+    run = mint_run_token(db_factory, alice)
     model.clear()
     huge = b'{"messages": "' + b"x" * (settings.gateway_max_body_bytes + 1) + b'"}'
     answer = requests.post(
@@ -442,9 +433,9 @@ def test_a_body_over_the_limit_is_413_and_never_forwarded(
 
 
 def test_paths_beyond_the_two_endpoints_are_not_served(
-    alice: SessionApi, db: Any, gateway: GatewayProcess, model: ModelServer
+    alice: SessionApi, db_factory: Any, gateway: GatewayProcess, model: ModelServer
 ) -> None:
-    run = mint_run_token(db, alice)
+    run = mint_run_token(db_factory, alice)
     model.clear()
     for method, path in [
         ("POST", "/v1/messages/batches"),
@@ -500,9 +491,9 @@ def _fuzz_bodies(rng: random.Random) -> Iterator[tuple[bytes, dict[str, str]]]:
 
 
 def test_fuzzing_both_endpoints_never_makes_the_gateway_fail(
-    alice: SessionApi, db: Any, gateway: GatewayProcess
+    alice: SessionApi, db_factory: Any, gateway: GatewayProcess
 ) -> None:
-    run = mint_run_token(db, alice)
+    run = mint_run_token(db_factory, alice)
     rng = random.Random(1414)  # noqa: S311 - reproducible cases, not secrets
     statuses: dict[int, int] = {}
     for path in ("/v1/messages", "/mcp"):

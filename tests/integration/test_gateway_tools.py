@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.credentials import STATE_KEY, RunCredential
 from gateway.tools.server import MCP_PATH, NO_CREDENTIAL, build_tools_server, tools_app
+from tests.http_api import CCQ_TOOLS
 from tests.stub_api import ApiRequest, StubApi
 from tests.waiting import free_port, wait_for
 
@@ -37,15 +38,6 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
 TIMEOUT = 30.0
-TOOLS = {
-    "spawn_child",
-    "send_to_child",
-    "get_child_result",
-    "get_child_output",
-    "list_children",
-    "stop_child",
-    "delegate",
-}
 CHILD_ID = "9a0c1b2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
 ALICE = RunCredential(
     token="alice-session-token", owner="alice", session_id=uuid.uuid4(), run_id=uuid.uuid4()
@@ -201,7 +193,7 @@ def test_the_seven_tools_are_listed_with_their_parameters(gateway: Gateway) -> N
 
     tools = run(test)
 
-    assert set(tools) == TOOLS
+    assert set(tools) == CCQ_TOOLS
     schemas = {name: tool.input_schema for name, tool in tools.items()}
     # The context parameter the tools take is the SDK's, never the model's.
     assert {name: list(s["properties"]) for name, s in schemas.items()} == {

@@ -29,7 +29,7 @@ from model_server.recording import fingerprint, is_main_call
 from model_server.server import ModelServer
 from orchestrator.auth import session_tokens
 from orchestrator.auth.owner_tokens import mint_token
-from orchestrator.db.engine import make_engine, make_session_factory, session_scope
+from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Run, RunStatus
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.runtime.cli_runner import CliRunResult, run_cli
@@ -37,23 +37,11 @@ from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSp
 from orchestrator.runtime.executor import transcript_path
 from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
 from orchestrator.settings import Settings
-from tests.http_api import SessionApi, bash, ccq_tool
+from tests.http_api import CCQ_TOOLS, SessionApi, bash, ccq_tool
 from tests.processes import OPERATOR_KEY, ApiProcess, GatewayProcess, WorkerProcess
-from tests.session_tokens import mint_live_token
+from tests.session_tokens import ACTING_RUN_PROMPT, mint_live_token
 
 pytestmark = pytest.mark.integration
-
-# The prompt of the runs tests.session_tokens.mint_live_token makes (none executes them).
-ACTING_RUN_PROMPT = "(a test acting as this run)"
-TOOLS = (
-    "spawn_child",
-    "send_to_child",
-    "get_child_result",
-    "get_child_output",
-    "list_children",
-    "stop_child",
-    "delegate",
-)
 
 
 @dataclass(frozen=True)
@@ -64,13 +52,6 @@ class Acting:
     session_id: str
     run_id: uuid.UUID
     token: str
-
-
-@pytest.fixture
-def db_factory(settings: Settings) -> Iterator[sessionmaker[DbSession]]:
-    engine = make_engine(settings)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture
@@ -231,7 +212,7 @@ def test_ccq_server_is_connected_at_the_gateway_and_no_ccq_process_runs_in_the_c
 
     init = _init(events)
     assert _ccq_server(init)["status"] == "connected", init["mcp_servers"]
-    assert {f"mcp__ccq__{tool}" for tool in TOOLS} <= set(init["tools"])
+    assert {f"mcp__ccq__{tool}" for tool in CCQ_TOOLS} <= set(init["tools"])
     results = _tool_results(events)
     listed = _answered(results, "list_children")
     assert listed.startswith("1 child session:"), listed

@@ -28,7 +28,6 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator.db import engine as db
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Batch, BatchStatus, Run, RunStatus, Session
 from orchestrator.notify.delivery import Kind, sending_key, sent_key
@@ -51,13 +50,6 @@ def receiver() -> Iterator[ScriptedReceiver]:
 
 
 @pytest.fixture
-def factory(settings: Settings) -> Iterator[sessionmaker[DbSession]]:
-    engine = db.make_engine(settings)
-    yield db.make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.redis_url)
     yield client
@@ -65,12 +57,12 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
 
 
 def _finished_batch(
-    factory: sessionmaker[DbSession], notify_url: str | None, statuses: list[RunStatus]
+    db_factory: sessionmaker[DbSession], notify_url: str | None, statuses: list[RunStatus]
 ) -> uuid.UUID:
     """A closed batch whose items (a session and its first run each) ended as given."""
     now = datetime.now(UTC)
     all_good = all(s == RunStatus.SUCCEEDED for s in statuses)
-    with session_scope(factory) as dbs:
+    with session_scope(db_factory) as dbs:
         batch = Batch(
             id=uuid.uuid4(),
             owner="alice",
@@ -104,13 +96,13 @@ def _finished_batch(
 
 
 def _run(
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     notify_url: str | None,
     status: RunStatus = RunStatus.SUCCEEDED,
     result: str | None = "all done",
 ) -> uuid.UUID:
     now = datetime.now(UTC)
-    with session_scope(factory) as dbs:
+    with session_scope(db_factory) as dbs:
         session = Session(owner="alice", notify_url=notify_url, status="idle")
         dbs.add(session)
         dbs.flush()
@@ -145,13 +137,13 @@ def _notify(celery_app: Celery, task: str, object_id: uuid.UUID, **options: Any)
 def test_a_finished_batch_is_announced_once_even_when_the_first_attempt_failed(
     celery_app: Celery,
     worker: WorkerProcess,
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     redis_client: redis.Redis,
     receiver: ScriptedReceiver,
 ) -> None:
     receiver.script = [(500, {})]
     batch_id = _finished_batch(
-        factory, receiver.hook("batch"), [RunStatus.SUCCEEDED, RunStatus.SUCCEEDED]
+        db_factory, receiver.hook("batch"), [RunStatus.SUCCEEDED, RunStatus.SUCCEEDED]
     )
 
     outcome = _notify(celery_app, "ccq.notify_batch", batch_id)
@@ -192,10 +184,10 @@ def test_a_finished_batch_is_announced_once_even_when_the_first_attempt_failed(
 def test_a_finished_run_is_announced_to_its_sessions_notify_url(
     celery_app: Celery,
     worker: WorkerProcess,
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     receiver: ScriptedReceiver,
 ) -> None:
-    run_id = _run(factory, receiver.hook("run"), result="<!channel> all done")
+    run_id = _run(db_factory, receiver.hook("run"), result="<!channel> all done")
 
     outcome = _notify(celery_app, "ccq.notify_run", run_id)
 
@@ -219,11 +211,11 @@ def test_a_finished_run_is_announced_to_its_sessions_notify_url(
 def test_a_rate_limited_receiver_is_retried_after_the_time_it_asked_for(
     celery_app: Celery,
     worker: WorkerProcess,
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     receiver: ScriptedReceiver,
 ) -> None:
     receiver.script = [(429, {"Retry-After": "1"})]
-    run_id = _run(factory, receiver.hook("limited"))
+    run_id = _run(db_factory, receiver.hook("limited"))
 
     outcome = _notify(celery_app, "ccq.notify_run", run_id)
 
@@ -234,12 +226,12 @@ def test_a_rate_limited_receiver_is_retried_after_the_time_it_asked_for(
 def test_a_receiver_that_refuses_is_not_retried(
     celery_app: Celery,
     worker: WorkerProcess,
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     redis_client: redis.Redis,
     receiver: ScriptedReceiver,
 ) -> None:
     receiver.then = 404
-    batch_id = _finished_batch(factory, receiver.hook("gone"), [RunStatus.FAILED])
+    batch_id = _finished_batch(db_factory, receiver.hook("gone"), [RunStatus.FAILED])
 
     outcome = _notify(celery_app, "ccq.notify_batch", batch_id)
 
@@ -253,12 +245,12 @@ def test_a_receiver_that_refuses_is_not_retried(
 def test_nothing_is_sent_without_a_url_or_before_the_end(
     celery_app: Celery,
     worker: WorkerProcess,
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     receiver: ScriptedReceiver,
 ) -> None:
-    no_url_batch = _finished_batch(factory, None, [RunStatus.SUCCEEDED])
-    no_url_run = _run(factory, None)
-    running = _run(factory, receiver.hook("early"), status=RunStatus.RUNNING)
+    no_url_batch = _finished_batch(db_factory, None, [RunStatus.SUCCEEDED])
+    no_url_run = _run(db_factory, None)
+    running = _run(db_factory, receiver.hook("early"), status=RunStatus.RUNNING)
 
     assert _notify(celery_app, "ccq.notify_batch", no_url_batch)["skipped"] == "no_notify_url"
     assert _notify(celery_app, "ccq.notify_run", no_url_run)["skipped"] == "no_notify_url"
@@ -270,11 +262,11 @@ def test_nothing_is_sent_without_a_url_or_before_the_end(
 def test_a_notification_being_sent_elsewhere_is_not_sent_twice(
     celery_app: Celery,
     worker: WorkerProcess,
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     redis_client: redis.Redis,
     receiver: ScriptedReceiver,
 ) -> None:
-    run_id = _run(factory, receiver.hook("busy"))
+    run_id = _run(db_factory, receiver.hook("busy"))
     # Another task is POSTing this run's notification right now.
     redis_client.set(sending_key(Kind.RUN, run_id), "some-other-task", ex=60)
 
@@ -293,12 +285,12 @@ def test_a_notification_being_sent_elsewhere_is_not_sent_twice(
 
 
 def test_only_ended_runs_of_sessions_with_a_url_want_a_notice(
-    factory: sessionmaker[DbSession], receiver: ScriptedReceiver
+    db_factory: sessionmaker[DbSession], receiver: ScriptedReceiver
 ) -> None:
-    ended = _run(factory, receiver.hook("x"))
-    running = _run(factory, receiver.hook("x"), status=RunStatus.RUNNING)
-    no_url = _run(factory, None)
-    with session_scope(factory) as dbs:
+    ended = _run(db_factory, receiver.hook("x"))
+    running = _run(db_factory, receiver.hook("x"), status=RunStatus.RUNNING)
+    no_url = _run(db_factory, None)
+    with session_scope(db_factory) as dbs:
         assert run_wants_notice(dbs, ended)
         assert not run_wants_notice(dbs, running)
         assert not run_wants_notice(dbs, no_url)
@@ -306,11 +298,11 @@ def test_only_ended_runs_of_sessions_with_a_url_want_a_notice(
 
 
 def test_a_batch_notice_counts_items_by_their_runs_state(
-    factory: sessionmaker[DbSession], receiver: ScriptedReceiver
+    db_factory: sessionmaker[DbSession], receiver: ScriptedReceiver
 ) -> None:
     statuses = [RunStatus.SUCCEEDED] * 3 + [RunStatus.FAILED, RunStatus.TIMED_OUT]
-    batch_id = _finished_batch(factory, receiver.hook("counts"), statuses)
-    with session_scope(factory) as dbs:
+    batch_id = _finished_batch(db_factory, receiver.hook("counts"), statuses)
+    with session_scope(db_factory) as dbs:
         notice = load_batch_notice(dbs, batch_id)
         assert load_batch_notice(dbs, uuid.uuid4()) is None
     assert notice is not None
@@ -324,13 +316,13 @@ def test_a_batch_notice_counts_items_by_their_runs_state(
 def test_a_batch_left_open_is_closed_by_the_sweeper_and_announced_once(
     celery_app: Celery,
     worker: WorkerProcess,
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
     receiver: ScriptedReceiver,
 ) -> None:
     batch_id = _finished_batch(
-        factory, receiver.hook("lost"), [RunStatus.SUCCEEDED, RunStatus.FAILED]
+        db_factory, receiver.hook("lost"), [RunStatus.SUCCEEDED, RunStatus.FAILED]
     )
-    with session_scope(factory) as dbs:  # every item ended, but nobody closed the batch
+    with session_scope(db_factory) as dbs:  # every item ended, but nobody closed the batch
         batch = dbs.get(Batch, batch_id)
         assert batch is not None
         batch.status, batch.finished_at = BatchStatus.RUNNING, None
@@ -339,7 +331,7 @@ def test_a_batch_left_open_is_closed_by_the_sweeper_and_announced_once(
     swept = _sweep(celery_app)
 
     assert swept["batches_closed"] >= 1
-    with factory() as dbs:
+    with db_factory() as dbs:
         closed = dbs.get(Batch, batch_id)
         assert closed is not None
         assert closed.status == BatchStatus.FAILED  # one item failed

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from api.extensions import Services
-from orchestrator.db.engine import make_engine, make_session_factory
 from orchestrator.db.models import Batch, Run, Session
 from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain.sessions import NewSession, SessionService
@@ -26,55 +25,48 @@ from tests.api_helpers import auth
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def factory(settings: Settings) -> Iterator[sessionmaker[DbSession]]:
-    engine = make_engine(settings)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 def _new_session(db: DbSession, owner: str = "uow-owner") -> uuid.UUID:
     session, _ = SessionService(db, owner).create(NewSession(metadata={"t": "uow"}))
     db.flush()
     return session.id
 
 
-def _exists(factory: sessionmaker[DbSession], session_id: uuid.UUID) -> bool:
-    with factory() as db:
+def _exists(db_factory: sessionmaker[DbSession], session_id: uuid.UUID) -> bool:
+    with db_factory() as db:
         return db.get(Session, session_id) is not None
 
 
 def test_hooks_run_after_the_commit_and_their_writes_are_committed_too(
-    factory: sessionmaker[DbSession],
+    db_factory: sessionmaker[DbSession],
 ) -> None:
     seen: list[bool] = []
-    with UnitOfWork(factory) as uow:
+    with UnitOfWork(db_factory) as uow:
         first = _new_session(uow.db)
         follow_up: list[uuid.UUID] = []
 
         def hook(db: DbSession) -> None:
-            seen.append(_exists(factory, first))  # another connection sees the commit
+            seen.append(_exists(db_factory, first))  # another connection sees the commit
             follow_up.append(_new_session(db))
 
         uow.after_commit(hook)
         assert seen == []
         uow.commit()
     assert seen == [True]
-    assert _exists(factory, follow_up[0])
+    assert _exists(db_factory, follow_up[0])
 
 
-def test_a_rollback_drops_the_hooks(factory: sessionmaker[DbSession]) -> None:
+def test_a_rollback_drops_the_hooks(db_factory: sessionmaker[DbSession]) -> None:
     ran: list[str] = []
-    with UnitOfWork(factory) as uow:
+    with UnitOfWork(db_factory) as uow:
         created = _new_session(uow.db)
         uow.after_commit(lambda _db: ran.append("hook"))
         uow.rollback()
         uow.commit()  # nothing pending: no hook left to run
     assert ran == []
-    assert not _exists(factory, created)
+    assert not _exists(db_factory, created)
 
 
-def test_a_failing_hook_rolls_back_its_own_work_only(factory: sessionmaker[DbSession]) -> None:
+def test_a_failing_hook_rolls_back_its_own_work_only(db_factory: sessionmaker[DbSession]) -> None:
     later: list[str] = []
     made: list[uuid.UUID] = []
 
@@ -82,21 +74,21 @@ def test_a_failing_hook_rolls_back_its_own_work_only(factory: sessionmaker[DbSes
         made.append(_new_session(db))
         raise RuntimeError("the publish failed")
 
-    with UnitOfWork(factory) as uow:
+    with UnitOfWork(db_factory) as uow:
         first = _new_session(uow.db)
         uow.after_commit(failing)
         uow.after_commit(lambda _db: later.append("never"))
         with pytest.raises(RuntimeError, match="publish failed"):
             uow.commit()
-    assert _exists(factory, first)
-    assert not _exists(factory, made[0])
+    assert _exists(db_factory, first)
+    assert not _exists(db_factory, made[0])
     assert later == []
 
 
-def test_closing_without_a_commit_keeps_nothing(factory: sessionmaker[DbSession]) -> None:
-    with UnitOfWork(factory) as uow:
+def test_closing_without_a_commit_keeps_nothing(db_factory: sessionmaker[DbSession]) -> None:
+    with UnitOfWork(db_factory) as uow:
         created = _new_session(uow.db)
-    assert not _exists(factory, created)
+    assert not _exists(db_factory, created)
 
 
 class RefusingQueue(Enqueuer):
@@ -120,23 +112,23 @@ def queue_down(services: Services) -> Iterator[None]:
 
 
 def test_a_run_the_queue_refused_is_failed_and_the_client_told_to_retry(
-    client: FlaskClient, settings: Settings, factory: sessionmaker[DbSession], queue_down: None
+    client: FlaskClient, settings: Settings, db_factory: sessionmaker[DbSession], queue_down: None
 ) -> None:
     reply = client.post("/api/v1/sessions", json={"prompt": "hello"}, headers=auth(settings))
     assert reply.status_code == 503, reply.json
     assert reply.json is not None
     assert "the run was not queued (it is marked failed)" in reply.json["error"]["message"]
-    with factory() as db:
+    with db_factory() as db:
         run = db.scalars(select(Run).order_by(Run.created_at.desc()).limit(1)).one()
     assert run.status == "failed"
     assert run.error == "not queued: redis was unavailable"
 
 
 def test_a_fanout_the_queue_refused_fails_its_children_runs(
-    client: FlaskClient, settings: Settings, factory: sessionmaker[DbSession], queue_down: None
+    client: FlaskClient, settings: Settings, db_factory: sessionmaker[DbSession], queue_down: None
 ) -> None:
     headers = auth(settings)
-    with factory() as db:
+    with db_factory() as db:
         parent = SessionService(db, "alice").create(NewSession())[0]
         db.commit()
     reply = client.post(
@@ -145,7 +137,7 @@ def test_a_fanout_the_queue_refused_fails_its_children_runs(
         headers=headers,
     )
     assert reply.status_code == 503, reply.json
-    with factory() as db:
+    with db_factory() as db:
         statuses = db.scalars(
             select(Run.status)
             .join(Session, Session.id == Run.session_id)
@@ -155,7 +147,7 @@ def test_a_fanout_the_queue_refused_fails_its_children_runs(
 
 
 def test_a_batch_the_queue_refused_is_accepted_and_waits_for_the_sweeper(
-    client: FlaskClient, settings: Settings, factory: sessionmaker[DbSession], queue_down: None
+    client: FlaskClient, settings: Settings, db_factory: sessionmaker[DbSession], queue_down: None
 ) -> None:
     reply = client.post(
         "/api/v1/batches",
@@ -164,7 +156,7 @@ def test_a_batch_the_queue_refused_is_accepted_and_waits_for_the_sweeper(
     )
     assert reply.status_code == 201, reply.json
     batch_id = uuid.UUID(reply.json["batch"]["id"])  # type: ignore[index]
-    with factory() as db:
+    with db_factory() as db:
         assert db.get(Batch, batch_id) is not None
         released = db.scalars(
             select(Run.dispatched_at)
