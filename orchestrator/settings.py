@@ -7,6 +7,7 @@ with a :class:`ConfigError` naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from functools import cached_property
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from client import config as client_config
 from orchestrator.domain.pricing import DEFAULT_PRICES, ModelPrice
@@ -150,6 +151,33 @@ class Settings(BaseSettings):
     # bridge ccq creates); inside it `host.docker.internal` is the host's address on it.
     session_network: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
+    # --- isolation: the session network, egress, secrets, container limits -------------
+    # `isolated` (default): session containers reach only the gateway (and, through its
+    # egress proxy, the names their session may use). `open`: the network of a trusted
+    # single-user install, where containers reach the host and the internet freely.
+    network_mode: Literal["isolated", "open"] = "isolated"
+    # The gateway's HTTP(S) egress proxy, on every CCQ_GATEWAY_HOST address.
+    gateway_proxy_port: int = Field(default=8091, ge=1, le=65535)
+    # The ceiling on what sessions may ask to reach: host names, `*.example.org` for
+    # any subdomain, `*` for any name. Empty: no egress at all.
+    egress_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Ports the egress proxy connects to.
+    egress_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [80, 443])
+    # Names the proxy resolves itself, to addresses it would otherwise refuse (private,
+    # loopback): an internal package mirror, or a test's listener. `name=address,...`.
+    egress_hosts: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Secrets by name: `CCQ_SECRET_<NAME>` variables and this file of NAME=value lines.
+    secrets_file: Path | None = None
+    # Each session container's limits, and the most a session may ask for.
+    container_memory_mb: int = Field(default=2048, ge=64)
+    container_cpus: float = Field(default=2.0, gt=0)
+    container_pids: int = Field(default=512, ge=16)
+    container_max_memory_mb: int = Field(default=8192, ge=64)
+    container_max_cpus: float = Field(default=4.0, gt=0)
+    container_max_pids: int = Field(default=4096, ge=16)
+    # Size of the tmpfs at /tmp in a session container (its root filesystem is read-only).
+    container_tmp_mb: int = Field(default=512, ge=16)
+
     @field_validator(
         "anthropic_api_key",
         "claude_code_oauth_token",
@@ -162,12 +190,50 @@ class Settings(BaseSettings):
         "gateway_api_url",
         "owner_daily_budget_usd",
         "session_network",
+        "secrets_file",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `VAR=` (as compose writes `${VAR:-}`) means "not set", not an empty credential.
         return None if value == "" else value
+
+    @field_validator("egress_allow", "egress_ports", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _host_patterns(cls, value: list[str]) -> list[str]:
+        from orchestrator.domain.isolation import check_host_pattern
+
+        return [check_host_pattern(item, allow_any=True) for item in value]
+
+    @field_validator("egress_hosts", mode="before")
+    @classmethod
+    def _host_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, address = item.partition("=")
+            if not sep or not name.strip() or not address.strip():
+                raise ValueError(f"{item!r} is not name=address")
+            pairs[name.strip().lower()] = address.strip()
+        return pairs
+
+    @field_validator("egress_hosts")
+    @classmethod
+    def _host_addresses(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, address in value.items():
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{name}: {address!r} is not an IP address") from None
+        return value
 
     @field_validator("database_url")
     @classmethod
