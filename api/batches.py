@@ -33,6 +33,7 @@ from orchestrator.domain import batches
 from orchestrator.domain.batch_flow import BatchFlow
 from orchestrator.domain.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch, batch_view
 from orchestrator.domain.cancellation import signal_cancel
+from orchestrator.domain.isolation import IsolationError, IsolationPolicy
 from orchestrator.errors import QueueUnavailable
 from orchestrator.streams.batch_events import BATCH_PROGRESS, publish_batch
 
@@ -71,7 +72,7 @@ def _batch_from_request() -> NewBatch:
         body = parse_body(CreateBatch)
         options, raw_items, defaults, metadata = body, body.items, body.defaults, body.metadata
     return NewBatch(
-        items=_items(raw_items, defaults),
+        items=_items(raw_items, defaults, get_services().isolation),
         max_concurrency=options.max_concurrency,
         notify_url=options.notify_url,
         idempotency_key=options.idempotency_key,
@@ -97,7 +98,9 @@ class _BadLine:
         self.line = line
 
 
-def _items(raw_items: list[Any], defaults: CliOptionsBody) -> list[BatchItem]:
+def _items(
+    raw_items: list[Any], defaults: CliOptionsBody, policy: IsolationPolicy
+) -> list[BatchItem]:
     """Every item checked; raises 413 past MAX_ITEMS, else 400 listing bad items by index."""
     if len(raw_items) > MAX_ITEMS:
         reason = f"at most {MAX_ITEMS} items per batch, got {len(raw_items)}"
@@ -119,11 +122,16 @@ def _items(raw_items: list[Any], defaults: CliOptionsBody) -> list[BatchItem]:
         if len(item.prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
             errors.append(_item_error(index, "prompt", f"at most {MAX_PROMPT_BYTES} bytes"))
             continue
+        try:
+            isolation = item.granted(policy)
+        except IsolationError as exc:
+            errors.append(_item_error(index, exc.field, exc.message))
+            continue
         items.append(
             BatchItem(
                 prompt=item.prompt,
                 model=item.model,
-                options=item.cli_options(),
+                options={**item.cli_options(), **isolation},
                 metadata=item.metadata,
             )
         )

@@ -26,6 +26,7 @@ from api.validation import parse_body
 from orchestrator.db.models import Session
 from orchestrator.domain import tree
 from orchestrator.domain.children import ChildSessions, NewFanout, TreeLimits
+from orchestrator.domain.isolation import SessionIsolation
 from orchestrator.domain.sessions import NewSession, SessionService
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,13 @@ def spawn_child(who: Principal, session_id: uuid.UUID) -> Reply:
     uow = request_unit()
     db = uow.db
     sessions = scoped(db, who)
+    inherited = SessionIsolation.of(sessions.get(session_id).options)
     child, run, created = _children(sessions, services).spawn(
         session_id,
         body.prompt,
         NewSession(
             model=body.model,
-            options=body.cli_options(),
+            options={**body.cli_options(), **body.isolation_options(services.isolation, inherited)},
             metadata=body.metadata,
             idempotency_key=body.idempotency_key,
         ),
@@ -104,12 +106,14 @@ def fanout(who: Principal, session_id: uuid.UUID) -> Reply:
     uow = request_unit()
     db = uow.db
     sessions = scoped(db, who)
+    inherited = SessionIsolation.of(sessions.get(session_id).options)
+    options = {**body.cli_options(), **body.isolation_options(services.isolation, inherited)}
     started = _children(sessions, services).fanout(
         session_id,
         NewFanout(
             prompts=body.prompts,
             then=body.then,
-            child=NewSession(model=body.model, options=body.cli_options(), metadata=body.metadata),
+            child=NewSession(model=body.model, options=options, metadata=body.metadata),
             idempotency_key=body.idempotency_key,
         ),
     )

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import engine as db
 from orchestrator.db.unit_of_work import UnitOfWork
+from orchestrator.domain.isolation import IsolationPolicy
+from orchestrator.secrets import SecretStore
 from orchestrator.settings import Settings
 from tasks.enqueue import Enqueuer
 
@@ -33,6 +35,8 @@ class Services:
     # Tails block in XREAD for seconds at a time: their own pool, with a longer timeout.
     stream_redis: Redis
     enqueue: Enqueuer
+    # What sessions may ask for: egress names, secrets by name, container limits.
+    isolation: IsolationPolicy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -57,6 +61,7 @@ class Services:
                 max_connections=MAX_REDIS_CONNECTIONS,
             ),
             enqueue=Enqueuer.from_settings(settings),
+            isolation=IsolationPolicy.from_settings(settings, SecretStore.load(settings).names()),
         )
 
     def close(self) -> None:

@@ -13,6 +13,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from api.errors import InvalidInput, TooLarge
 from orchestrator.db.models import Fanout, Run, Session
 from orchestrator.domain.children import DEFAULT_THEN
+from orchestrator.domain.isolation import (
+    IsolationError,
+    IsolationPolicy,
+    ResourceLimits,
+    SessionIsolation,
+)
 from orchestrator.notify.urls import redact_url, validate_notify_url
 
 MAX_PROMPT_BYTES = 256 * 1024
@@ -31,7 +37,59 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class CliOptionsBody(Strict):
+class NetworkBody(Strict):
+    """Names the session may reach through the gateway's egress proxy."""
+
+    allow: Annotated[list[Annotated[str, StringConstraints(max_length=260)]], Field(max_length=100)]
+
+
+class LimitsBody(Strict):
+    """The session container's limits (each within the operator's maximum)."""
+
+    memory_mb: Annotated[int, Field(ge=64)] | None = None
+    cpus: Annotated[float, Field(gt=0)] | None = None
+    pids: Annotated[int, Field(ge=16)] | None = None
+
+
+class IsolationBody(Strict):
+    """What widens a session's box; checked against the operator's policy (and a child's
+    parent) by :func:`admit_isolation`. Unset: nothing (a child: its parent's)."""
+
+    network: NetworkBody | None = None
+    secrets: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=100)]
+        | None
+    ) = None
+    limits: LimitsBody | None = None
+
+    def granted(
+        self, policy: IsolationPolicy, parent: SessionIsolation | None = None
+    ) -> dict[str, Any]:
+        """The stored options for what was asked (or inherited).
+
+        Raises:
+            IsolationError: naming the field that asks for too much.
+        """
+        return policy.admit(
+            egress_allow=self.network.allow if self.network else None,
+            secrets=self.secrets,
+            limits=ResourceLimits(**self.limits.model_dump()) if self.limits else None,
+            parent=parent,
+        ).as_options()
+
+    def isolation_options(
+        self, policy: IsolationPolicy, parent: SessionIsolation | None = None
+    ) -> dict[str, Any]:
+        """:meth:`granted`, or a 400 naming the field."""
+        try:
+            return self.granted(policy, parent)
+        except IsolationError as exc:
+            raise InvalidInput(
+                f"{exc.field}: {exc.message}", [{"field": exc.field, "reason": exc.message}]
+            ) from None
+
+
+class CliOptionsBody(IsolationBody):
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     append_system_prompt: Annotated[str, StringConstraints(max_length=64 * 1024)] | None = None
     max_turns: Annotated[int, Field(ge=1, le=1000)] | None = None
@@ -41,7 +99,7 @@ class CliOptionsBody(Strict):
 
     def cli_options(self) -> dict[str, Any]:
         """Only the CLI knobs (not the prompt, metadata or key of a subclass), set ones only."""
-        fields = set(CliOptionsBody.model_fields) - {"model"}
+        fields = set(CliOptionsBody.model_fields) - {"model"} - set(IsolationBody.model_fields)
         return self.model_dump(include=fields, exclude_none=True, exclude_defaults=True)
 
 

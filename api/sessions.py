@@ -72,7 +72,7 @@ def create_session(owner: str) -> Reply:
     session, created = sessions.create(
         NewSession(
             model=body.model,
-            options=body.cli_options(),
+            options={**body.cli_options(), **body.isolation_options(services.isolation)},
             metadata=body.metadata,
             idempotency_key=body.idempotency_key,
             notify_url=body.notify_url,

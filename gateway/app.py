@@ -42,10 +42,11 @@ from orchestrator.settings import Settings
 ANTHROPIC_API_URL = "https://api.anthropic.com"
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
+    """The app; ``metrics``: shared with the egress proxy beside it (one /metrics)."""
     engine = make_engine(settings)
     factory = make_session_factory(engine)
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     gate = UpstreamGate(
         max_streams=settings.gateway_max_upstream_streams,
         max_waiting=settings.gateway_max_waiting,

@@ -122,10 +122,13 @@ def network() -> None:
 def _session_network(settings: Settings) -> tuple[ContainerRuntime, SessionNetwork]:
     """The container runtime and the session network (made if missing), or a clear error."""
     from orchestrator.runtime.containers import ContainerError, ContainerRuntime
+    from orchestrator.runtime.egress import session_network_policy
 
     runtime = ContainerRuntime()
     try:
-        return runtime, runtime.ensure_network(settings.session_network_name, settings.instance)
+        return runtime, runtime.ensure_network(
+            settings.session_network_name, settings.instance, session_network_policy(settings)
+        )
     except ContainerError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -133,9 +136,10 @@ def _session_network(settings: Settings) -> tuple[ContainerRuntime, SessionNetwo
 @network.command("address")
 @pass_context
 def network_address(ctx: Context) -> None:
-    """Make the session network if needed; print the host's address on it.
+    """Make the session network if needed (isolated, with its firewall, unless
+    CCQ_NETWORK_MODE=open); print the host's address on it.
 
-    The API must listen there (CCQ_API_HOST) for session containers to reach it.
+    The gateway must listen there (CCQ_GATEWAY_HOST) for session containers to reach it.
     """
     _runtime, found = _session_network(ctx.settings)
     click.echo(found.gateway)

@@ -16,6 +16,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from orchestrator import readiness
 from orchestrator.runtime import heartbeat
+from orchestrator.runtime.egress import session_network_policy
 from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
 
@@ -29,6 +30,7 @@ def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
         instance=settings.instance,
         url=settings.gateway_url_for_containers,
         recheck=heartbeat.REACH_RECHECK_SECONDS,
+        policy=session_network_policy(settings),
     )
     while not stop.is_set():
         status = heartbeat.probe_host(hostname, settings.worker_image, reach)

@@ -20,6 +20,7 @@ from orchestrator.db import migrate
 from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.runtime.containers import docker_client as shared_docker_client
 from orchestrator.settings import Settings, load_settings
+from tests.egress import EGRESS_CEILING, ORIGIN_NAME, Origin
 from tests.processes import (
     TEST_TREE_LIMITS,
     ApiProcess,
@@ -51,11 +52,23 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Iterator[Settings]:
+def egress_origin() -> Iterator[Origin]:
+    """A web server on loopback that sessions may reach through the egress proxy."""
+    origin = Origin()
+    yield origin
+    origin.close()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    base_settings: Settings, data_dir: Path, test_instance: str, egress_origin: Origin
+) -> Iterator[Settings]:
     """Settings for a migrated scratch database, a private Redis database and task queue.
 
     The database and queue are named after this run, so test runs side by side on one
-    machine (and a `make up` stack) never see each other's rows or tasks.
+    machine (and a `make up` stack) never see each other's rows or tasks. The egress
+    proxy's port is this run's own, and its policy lets sessions ask for the names of
+    tests/egress.py, one of them pinned to the loopback origin.
     """
     database = "ccq_" + test_instance.replace("-", "_")
     database_url = recreate_database(base_settings.database_url, database)
@@ -68,6 +81,10 @@ def settings(base_settings: Settings, data_dir: Path, test_instance: str) -> Ite
         data_dir=data_dir,
         jwt_secret=TEST_JWT_SECRET,
         instance=test_instance,
+        gateway_proxy_port=free_port(),
+        egress_allow=list(EGRESS_CEILING),
+        egress_hosts={ORIGIN_NAME: "127.0.0.1"},
+        egress_ports=[80, 443, egress_origin.port],
         **{k.removeprefix("CCQ_").lower(): v for k, v in TEST_TREE_LIMITS.items()},
     )
     drop_database(base_settings.database_url, database)

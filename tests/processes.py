@@ -119,6 +119,11 @@ def stack_environment(
         "CCQ_DATA_DIR": str(settings.data_dir),
         "CCQ_INSTANCE": settings.instance,
         "CCQ_JWT_SECRET": secret.get_secret_value(),
+        "CCQ_NETWORK_MODE": settings.network_mode,
+        "CCQ_GATEWAY_PROXY_PORT": str(settings.gateway_proxy_port),
+        "CCQ_EGRESS_ALLOW": ",".join(settings.egress_allow),
+        "CCQ_EGRESS_HOSTS": ",".join(f"{k}={v}" for k, v in settings.egress_hosts.items()),
+        "CCQ_EGRESS_PORTS": ",".join(map(str, settings.egress_ports)),
         # Only the gateway calls the model server: loopback.
         "CCQ_ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_server.port}",
         # Many cold CLI starts at once on two cores must not look like a hung run.

@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 ANY_HOST = "*"
 # A DNS name, by labels (no trailing dot), lower-cased before it is checked.
@@ -63,7 +66,7 @@ def host_matches(host: str, pattern: str) -> bool:
 def pattern_covered(pattern: str, ceiling: Iterable[str]) -> bool:
     """Whether every host ``pattern`` matches is matched by some pattern of ``ceiling``."""
     for outer in ceiling:
-        if outer == ANY_HOST or outer == pattern:
+        if outer in (ANY_HOST, pattern):
             return True
         if outer.startswith("*.") and pattern.removeprefix("*.").endswith(outer[1:]):
             return True
@@ -132,6 +135,16 @@ class IsolationPolicy:
     max_cpus: float
     max_pids: int
 
+    @classmethod
+    def from_settings(cls, settings: Settings, secret_names: Iterable[str]) -> IsolationPolicy:
+        return cls(
+            egress_allow=tuple(settings.egress_allow),
+            secret_names=frozenset(secret_names),
+            max_memory_mb=settings.container_max_memory_mb,
+            max_cpus=settings.container_max_cpus,
+            max_pids=settings.container_max_pids,
+        )
+
     def admit(
         self,
         *,
@@ -152,9 +165,7 @@ class IsolationPolicy:
             if egress_allow is not None
             else inherited.egress_allow
         )
-        names = (
-            tuple(self._secrets(secrets, parent)) if secrets is not None else inherited.secrets
-        )
+        names = tuple(self._secrets(secrets, parent)) if secrets is not None else inherited.secrets
         return SessionIsolation(
             egress_allow=allow,
             secrets=names,

@@ -38,6 +38,7 @@ from orchestrator.domain.run_lifecycle import RunFinished, RunListeners, RunReco
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.runtime.containers import SessionContainerSpec, SessionDirs
+from orchestrator.runtime.egress import proxy_environment, session_network_policy
 from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.labels import LABEL_BATCH
 from orchestrator.runtime.locks import SessionLock, is_locked
@@ -294,6 +295,7 @@ class RunExecutor:
                     dirs=dirs,
                     instance=self.settings.instance,
                     network=self.settings.session_network_name,
+                    network_policy=session_network_policy(self.settings),
                     extra_labels=({LABEL_BATCH: str(claimed.batch_id)} if claimed.batch_id else {}),
                 )
             )
@@ -304,7 +306,10 @@ class RunExecutor:
                 run_id=str(claimed.run_id),
                 argv=build_command(str(claimed.session_id), resume=resume, options=claimed.options),
                 prompt=claimed.prompt,
-                env=cli_environment(self.settings, claimed.session_token),
+                env={
+                    **cli_environment(self.settings, claimed.session_token),
+                    **proxy_environment(self.settings, claimed.session_token),
+                },
                 on_event=lambda e: self._forward(sink, e),
                 silence_timeout=self.settings.run_silence_timeout,
                 time_limit=self.settings.run_time_limit,

@@ -17,6 +17,7 @@ from orchestrator.runtime.containers import (
     ContainerRuntime,
     ImageMissing,
     NetworkError,
+    NetworkPolicy,
 )
 
 INTERVAL_SECONDS = 5.0
@@ -31,10 +32,18 @@ class ReachCheck:
     """
 
     def __init__(
-        self, *, image: str, network: str, instance: str, url: str, recheck: float
+        self,
+        *,
+        image: str,
+        network: str,
+        instance: str,
+        url: str,
+        recheck: float,
+        policy: NetworkPolicy | None = None,
     ) -> None:
         self.image, self.network, self.instance, self.url = image, network, instance, url
         self.recheck = recheck
+        self.policy = policy or NetworkPolicy()
         self._passed_at: float | None = None
 
     def __call__(self, runtime: ContainerRuntime) -> str | None:
@@ -47,7 +56,7 @@ class ReachCheck:
         if self._passed_at is not None and now - self._passed_at < self.recheck:
             return None
         try:
-            network = runtime.ensure_network(self.network, self.instance)
+            network = runtime.ensure_network(self.network, self.instance, self.policy)
         except NetworkError as exc:
             error: str | None = str(exc)
         else:

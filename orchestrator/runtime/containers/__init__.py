@@ -23,7 +23,7 @@ from orchestrator.runtime.containers.errors import (
     NetworkError,
 )
 from orchestrator.runtime.containers.exec_process import ExecProcess, FrameDecoder, Output
-from orchestrator.runtime.containers.network import SessionNetwork
+from orchestrator.runtime.containers.network import NetworkPolicy, SessionNetwork
 from orchestrator.runtime.containers.runtime import ContainerRuntime
 from orchestrator.runtime.containers.spec import (
     CHILDREN_DIR,
@@ -50,6 +50,7 @@ __all__ = [
     "FrameDecoder",
     "ImageMissing",
     "NetworkError",
+    "NetworkPolicy",
     "Output",
     "SessionContainer",
     "SessionContainerSpec",

@@ -2,8 +2,14 @@
 
 Sessions live on a bridge network of ccq's own (``<instance>-sessions`` unless
 ``CCQ_SESSION_NETWORK`` names another). Inside a session, ``host.docker.internal``
-resolves to that network's gateway: the host's address on the bridge, where the API
-(and the scripted model server) listen for containers.
+resolves to that network's gateway: the host's address on the bridge, where ccq's
+gateway listens for containers.
+
+Isolated (the default, :class:`NetworkPolicy`): the bridge is *internal* (no route
+beyond it) with inter-container traffic off, and a host firewall chain
+(:mod:`~orchestrator.runtime.containers.firewall`) leaves containers only the gateway's
+ports on the host. Open (``CCQ_NETWORK_MODE=open``): a plain bridge, as a trusted
+single-user install may want.
 
 The gateway is found from what every engine has, never from optional fields alone:
 ``docker network inspect`` leaves ``IPAM.Config[].Gateway`` empty on some engines (the
@@ -32,6 +38,7 @@ import requests
 
 from orchestrator.runtime.containers.client import engine_errors
 from orchestrator.runtime.containers.errors import EngineUnavailable, NetworkError
+from orchestrator.runtime.containers.firewall import GatewayRule, ensure_firewall, remove_firewall
 from orchestrator.runtime.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROBE
 
 HOST_ALIAS = "host.docker.internal"
@@ -40,6 +47,24 @@ BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 _SIOCGIFADDR = 0x8915
 # Linux interface names are at most 15 bytes.
 _IFNAMSIZ = 15
+
+
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """How a session network is made: ``gateway_ports`` are what its containers may reach
+    on the host; None is the open network."""
+
+    gateway_ports: tuple[int, ...] | None = None
+
+    @property
+    def isolated(self) -> bool:
+        return self.gateway_ports is not None
+
+
+OPEN = NetworkPolicy()
 
 
 @dataclass(frozen=True)
@@ -77,9 +102,7 @@ def gateway_address(attrs: dict[str, Any]) -> str:
         NetworkError: the network has no bridge interface here, no gateway and no
             IPv4 subnet to derive one from.
     """
-    options = attrs.get("Options") or {}
-    network_id = str(attrs.get("Id") or "")
-    interface = options.get(BRIDGE_NAME_OPTION) or ("br-" + network_id[:12] if network_id else "")
+    interface = bridge_interface(attrs)
     address = interface_ipv4(interface)
     if address:
         return address
@@ -99,37 +122,95 @@ def gateway_address(attrs: dict[str, Any]) -> str:
     )
 
 
-def ensure_network(client: docker.DockerClient, name: str, instance: str) -> SessionNetwork:
-    """The network ``name``, created as a labelled bridge if it does not exist yet.
+def ensure_network(
+    client: docker.DockerClient, name: str, instance: str, policy: NetworkPolicy = OPEN
+) -> SessionNetwork:
+    """The network ``name``, created as a labelled bridge if it does not exist yet, and
+    under an isolated ``policy`` its firewall chain.
 
-    A network that exists already (``bridge``, one a compose file made) is used as it is.
+    A network that exists already is used as it is when it fits the policy. Under an
+    isolated policy one that does not (not internal, or with inter-container traffic on:
+    one an older ccq made, ``bridge``) is replaced if ccq made it and no container uses
+    it; otherwise it is an error: ccq never runs sessions on a network that leaks.
 
     Raises:
-        NetworkError: the engine refused to create it, or its gateway cannot be found.
+        NetworkError: the engine refused to create it, its gateway cannot be found, it
+            cannot be isolated, or the firewall cannot be installed.
         EngineUnavailable: the engine did not answer.
     """
     try:
-        network = _get_or_create(client, name, instance)
+        network = _get_or_create(client, name, instance, policy)
+        if policy.isolated and not _is_isolated(network.attrs):
+            network = _replace(client, network, instance, policy)
     except docker.errors.APIError as exc:
         raise NetworkError(f"cannot create network {name}: {exc.explanation or exc}") from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise EngineUnavailable(f"cannot create network {name}: {exc}") from exc
-    return SessionNetwork(name=name, gateway=gateway_address(network.attrs))
+    session_network = SessionNetwork(name=name, gateway=gateway_address(network.attrs))
+    if policy.gateway_ports is not None:
+        ensure_firewall(
+            GatewayRule(
+                interface=bridge_interface(network.attrs),
+                address=session_network.gateway,
+                ports=policy.gateway_ports,
+            )
+        )
+    return session_network
 
 
-def _get_or_create(client: docker.DockerClient, name: str, instance: str) -> Any:
+def bridge_interface(attrs: dict[str, Any]) -> str:
+    """The host interface of a bridge network, from ``docker network inspect`` output."""
+    options = attrs.get("Options") or {}
+    network_id = str(attrs.get("Id") or "")
+    return str(options.get(BRIDGE_NAME_OPTION) or ("br-" + network_id[:12]))
+
+
+def _is_isolated(attrs: dict[str, Any]) -> bool:
+    options = attrs.get("Options") or {}
+    return bool(attrs.get("Internal")) and options.get(ICC_OPTION) == "false"
+
+
+def _replace(
+    client: docker.DockerClient, network: Any, instance: str, policy: NetworkPolicy
+) -> Any:
+    name = network.name
+    labels = network.attrs.get("Labels") or {}
+    if labels.get(LABEL_MANAGED) != "1" or labels.get(LABEL_INSTANCE) != instance:
+        raise NetworkError(
+            f"network {name} is not isolated (it must be internal, with "
+            f"{ICC_OPTION}=false) and ccq did not make it: remove it, name another with "
+            "CCQ_SESSION_NETWORK, or set CCQ_NETWORK_MODE=open on a trusted host"
+        )
+    try:
+        network.remove()
+    except docker.errors.APIError as exc:
+        raise NetworkError(
+            f"network {name} was made open by an earlier ccq and is still in use; "
+            f"stop its session containers (make down) and start again: {exc.explanation}"
+        ) from exc
+    return _get_or_create(client, name, instance, policy)
+
+
+def _get_or_create(
+    client: docker.DockerClient, name: str, instance: str, policy: NetworkPolicy
+) -> Any:
     try:
         return client.networks.get(name)
     except docker.errors.NotFound:
         pass
+    options = {BRIDGE_NAME_OPTION: bridge_interface_name(name)}
+    if policy.isolated:
+        options[ICC_OPTION] = "false"
     try:
         return client.networks.create(
             name,
             driver="bridge",
+            # No route beyond the bridge: the gateway, on the host, is all there is.
+            internal=policy.isolated,
             # Refused when the name exists: two workers starting at once make one network.
             check_duplicate=True,
             labels={LABEL_MANAGED: "1", LABEL_INSTANCE: instance},
-            options={BRIDGE_NAME_OPTION: bridge_interface_name(name)},
+            options=options,
         )
     except docker.errors.APIError as exc:
         if exc.status_code != 409:
@@ -145,9 +226,11 @@ def remove_networks(client: docker.DockerClient, instance: str) -> int:
             filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={instance}"]}
         )
     for network in networks:
+        interface = bridge_interface(network.attrs)
         with contextlib.suppress(docker.errors.APIError):
             network.remove()
             removed += 1
+            remove_firewall(interface)
     return removed
 
 

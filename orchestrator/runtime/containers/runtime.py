@@ -18,6 +18,8 @@ from orchestrator.runtime.containers.client import docker_client, engine_errors
 from orchestrator.runtime.containers.errors import ContainerError, EngineUnavailable, ImageMissing
 from orchestrator.runtime.containers.exec_process import ExecProcess
 from orchestrator.runtime.containers.network import (
+    OPEN,
+    NetworkPolicy,
     SessionNetwork,
     ensure_network,
     probe_from_container,
@@ -167,13 +169,17 @@ class ContainerRuntime:
         with engine_errors(f"image {image}"):
             self._docker.images.get(image)
 
-    def ensure_network(self, name: str, instance: str) -> SessionNetwork:
-        """The session network ``name``, made if missing, and the host's address on it.
+    def ensure_network(
+        self, name: str, instance: str, policy: NetworkPolicy = OPEN
+    ) -> SessionNetwork:
+        """The session network ``name``, made if missing (isolated under ``policy``, with
+        its firewall), and the host's address on it.
 
         Raises:
-            NetworkError: the engine refused to make it, or the address cannot be found.
+            NetworkError: the engine refused to make it, the address cannot be found, or
+                it cannot be isolated.
         """
-        return ensure_network(self._docker, name, instance)
+        return ensure_network(self._docker, name, instance, policy)
 
     def remove_networks(self, instance: str) -> int:
         """Remove the session networks ccq made for ``instance`` (those in use stay)."""
@@ -196,7 +202,9 @@ class ContainerRuntime:
         return found[0] if found else None
 
     def _create(self, spec: SessionContainerSpec) -> Container:
-        network = ensure_network(self._docker, spec.network or "bridge", spec.instance)
+        network = ensure_network(
+            self._docker, spec.network or "bridge", spec.instance, spec.network_policy
+        )
         try:
             return self._docker.containers.create(
                 spec.image,

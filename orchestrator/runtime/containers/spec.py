@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.runtime.containers.network import OPEN, NetworkPolicy
 from orchestrator.runtime.labels import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -77,8 +78,10 @@ class SessionContainerSpec:
     dirs: SessionDirs
     instance: str = "ccq"
     parent_id: str | None = None
-    # The network it joins (ccq's session network; None: the engine's default bridge).
+    # The network it joins (ccq's session network; None: the engine's default bridge),
+    # and how that network is made (isolated: only the gateway's ports on the host).
     network: str | None = None
+    network_policy: NetworkPolicy = OPEN
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
