@@ -5,9 +5,14 @@ FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
+# iptables: the worker installs the isolated session network's chain on the host (it runs
+# with the host's network and NET_ADMIN in compose.yaml).
+RUN apt-get update && apt-get install -y --no-install-recommends iptables \
+    && rm -rf /var/lib/apt/lists/*
 COPY setup.cfg pyproject.toml README.md ./
 COPY orchestrator orchestrator
 COPY api api
+COPY gateway gateway
 COPY tasks tasks
 COPY cli cli
 COPY client client
@@ -19,5 +24,5 @@ COPY scripts scripts
 RUN pip install --no-cache-dir . && useradd --uid 10001 --create-home ccq
 # The worker needs the host's Docker socket; api, beat and flower run unprivileged.
 USER ccq
-EXPOSE 8080 5555
+EXPOSE 8080 8090 8091 5555
 CMD ["ccq", "api"]

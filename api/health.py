@@ -18,8 +18,13 @@ def healthz() -> tuple[Response, int]:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Every dependency a run needs answers; 503 names each one that does not."""
+    """Every dependency a run needs answers; 503 names each one that does not.
+
+    Either way it says how session containers are networked (``network``: ``isolated``,
+    or ``open`` when the operator turned isolation off), so an open install shows.
+    """
     services = get_services()
+    network = services.settings.network_mode
     problems = find_problems(services.engine, services.redis)
     if problems:
         names = ", ".join(sorted(problems))
@@ -28,7 +33,8 @@ def readyz() -> tuple[Response, int]:
                 "code": "dependency_unavailable",
                 "message": f"not ready: {names}",
                 "details": problems,
-            }
+            },
+            "network": network,
         }
         return jsonify(body), 503
-    return jsonify({"status": "ready"}), 200
+    return jsonify({"status": "ready", "network": network}), 200

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ccq needs on this machine and starts what is not running:
-# the Docker engine, Redis, PostgreSQL (with ccq's role and database) and debootstrap.
+# the Docker engine, Redis, PostgreSQL (with ccq's role and database), debootstrap,
+# iptables (the session network's firewall) and iproute2.
 # Idempotent: every step checks first and says what it did. On Debian/Ubuntu as root it
 # installs through apt; anywhere else it prints exactly what to install and exits 1.
 #
@@ -24,9 +25,11 @@ declare -A PACKAGE_OF=(
   [redis-server]=redis-server [redis-cli]=redis-tools
   [pg_ctlcluster]=postgresql [psql]=postgresql-client
   [debootstrap]=debootstrap
+  [iptables]=iptables [iptables-restore]=iptables [ip]=iproute2
 )
 missing_packages=()
-for cmd in docker dockerd redis-server redis-cli pg_ctlcluster psql debootstrap; do
+for cmd in docker dockerd redis-server redis-cli pg_ctlcluster psql debootstrap \
+  iptables iptables-restore ip; do
   if ! have "$cmd"; then
     pkg=${PACKAGE_OF[$cmd]}
     [[ " ${missing_packages[*]} " == *" $pkg "* ]] || missing_packages+=("$pkg")
@@ -49,7 +52,8 @@ if ((${#missing_packages[@]})); then
     say "unsupported system ($os_id): install these yourself, then run 'make bootstrap' again:"
     say "  Docker Engine (dockerd and the docker CLI), Redis 7 (redis-server, redis-cli),"
     say "  PostgreSQL 15+ (server and psql; a 'pg_ctlcluster' wrapper or your own service),"
-    say "  debootstrap (only to build the worker image's base where no registry is reachable)."
+    say "  debootstrap (only to build the worker image's base where no registry is reachable),"
+    say "  iptables (the isolated session network's host firewall) and iproute2 (ip)."
     say "  Missing here: ${missing_packages[*]} (Debian package names)"
     exit 1
   fi
@@ -64,7 +68,7 @@ if ((${#missing_packages[@]})); then
     "${missing_packages[@]}" >/dev/null
   say "installed: ${missing_packages[*]}"
 else
-  say "already installed: Docker, Redis, PostgreSQL, debootstrap"
+  say "already installed: Docker, Redis, PostgreSQL, debootstrap, iptables, iproute2"
 fi
 
 systemd_running() { [[ -d /run/systemd/system ]]; }

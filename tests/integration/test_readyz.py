@@ -47,13 +47,16 @@ def client_for(settings: Settings) -> Iterator[Callable[..., FlaskClient]]:
     """Build API test clients against a given Redis port (and database URL)."""
     apps: list[Flask] = []
 
-    def build(redis_port: int, database_url: str = settings.database_url) -> FlaskClient:
+    def build(
+        redis_port: int, database_url: str = settings.database_url, **overrides: object
+    ) -> FlaskClient:
         app = create_app(
             load_settings(
                 env_file=None,
                 database_url=database_url,
                 redis_url=f"redis://127.0.0.1:{redis_port}/0",
                 jwt_secret="x" * 32,
+                **overrides,
             )
         )
         apps.append(app)
@@ -91,7 +94,19 @@ def test_ready_when_every_dependency_answers(
     _report_this_host(port, settings)
     response = client_for(port).get("/readyz")
     assert response.status_code == 200, response.json
-    assert response.json == {"status": "ready"}
+    assert response.json == {"status": "ready", "network": "isolated"}
+
+
+def test_ready_shows_an_open_session_network(
+    settings: Settings,
+    client_for: Callable[..., FlaskClient],
+    own_redis: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = own_redis
+    _report_this_host(port, settings)
+    response = client_for(port, network_mode="open").get("/readyz")
+    assert response.status_code == 200, response.json
+    assert response.json == {"status": "ready", "network": "open"}
 
 
 def test_not_ready_without_a_worker_heartbeat(
