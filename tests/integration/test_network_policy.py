@@ -333,3 +333,44 @@ def test_a_child_cannot_widen_its_parents_list(api: SessionApi) -> None:
     assert reply["error"]["details"][0]["field"] == "network.allow.0"
     child = api.post(f"/sessions/{parent['id']}/children", {"prompt": "hi"}, 201)["session"]
     assert child["options"]["network"] == {"allow": [ORIGIN_NAME]}
+
+
+# Answers nothing; records the names it was asked for, from inside the container.
+DNS_LISTENER = """
+import socket, subprocess, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 53))
+sock.settimeout(10)
+subprocess.Popen(["getent", "hosts", sys.argv[1]])
+try:
+    data, _ = sock.recvfrom(4096)
+    print("asked:", sys.argv[1].split(".")[0].encode() in data)
+except socket.timeout:
+    print("asked: never")
+"""
+
+
+def test_names_are_resolved_inside_the_container_or_not_at_all(
+    api: SessionApi, settings: Settings, docker_client: docker.DockerClient
+) -> None:
+    """Docker's embedded resolver forwards unknown names from the host's namespace
+    (engines before 26, internal networks included); session containers name their own
+    loopback as the resolver instead. Shown with a root container on the session network
+    configured the same way, whose listener on 127.0.0.1:53 receives the forwarded query
+    (so nothing is asked of the host's resolvers)."""
+    session_id = api.post("/sessions", {"prompt": "hello"}, 201)["session"]["id"]
+    api.wait_run(api.get(f"/sessions/{session_id}")["session"]["last_run"]["id"])
+    session = docker_client.containers.get(f"ccq-session-{session_id}")
+    assert session.attrs["HostConfig"]["Dns"] == ["127.0.0.1"]
+
+    name = f"ccq{secrets.token_hex(6)}.invalid"
+    output = docker_client.containers.run(
+        settings.worker_image,
+        ["python3", "-c", DNS_LISTENER, name],
+        network=settings.session_network_name,
+        dns=["127.0.0.1"],
+        user="0",
+        labels={"ccq.test": "network-dns"},
+        remove=True,
+    )
+    assert output.decode().strip() == "asked: True"

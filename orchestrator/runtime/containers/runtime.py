@@ -34,6 +34,8 @@ from orchestrator.runtime.containers.spec import (
 )
 from orchestrator.runtime.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_SESSION
 
+CONTAINER_LOOPBACK_DNS = "127.0.0.1"
+
 
 class ContainerRuntime:
     """Session containers (and the session network) on one Docker engine."""
@@ -223,6 +225,11 @@ class ContainerRuntime:
                 pids_limit=spec.limits.pids,
                 network=network.name,
                 extra_hosts=network.extra_hosts(),
+                # Docker's embedded resolver forwards names it does not know from the
+                # host's namespace, even on an internal network (engines before 26): a
+                # way out. A resolver on the container's own loopback answers nothing;
+                # programs reach names through the egress proxy, which resolves them.
+                dns=[CONTAINER_LOOPBACK_DNS] if spec.network_policy.isolated else None,
                 detach=True,
             )
         except docker.errors.ImageNotFound as exc:
