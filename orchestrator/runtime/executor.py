@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,9 @@ from orchestrator.domain import tree
 from orchestrator.domain.admission import admit
 from orchestrator.domain.budgets import BUDGET_EXCEEDED, refusal_of
 from orchestrator.domain.cancellation import cancel_signalled
+from orchestrator.domain.isolation import SessionIsolation
 from orchestrator.domain.run_lifecycle import RunFinished, RunListeners, RunRecording, RunStarted
+from orchestrator.redaction import RedactingSink, Redactor
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
 from orchestrator.runtime.containers import SessionContainerSpec, SessionDirs
@@ -43,6 +46,7 @@ from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.labels import LABEL_BATCH
 from orchestrator.runtime.locks import SessionLock, is_locked
 from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
+from orchestrator.secrets import SecretStore
 from orchestrator.streams import gateway_notices
 from orchestrator.streams.events import (
     RUN_FINISHED,
@@ -89,6 +93,9 @@ class ClaimedRun:
     # A batch item's batch: its container is removed as soon as the run ends (thousands
     # would idle), and the run's announcements carry it.
     batch_id: uuid.UUID | None = None
+    # The names of the secrets the session holds; their values are looked up on this
+    # worker when the CLI starts and travel nowhere else.
+    secret_names: tuple[str, ...] = ()
 
     @property
     def one_shot(self) -> bool:
@@ -115,12 +122,19 @@ def transcript_path(dirs: SessionDirs, session_id: uuid.UUID) -> Path:
 class RunExecutor:
     """Runs prompts on this worker host. One instance per worker process."""
 
-    def __init__(self, host: HostResources, listeners: RunListeners | None = None) -> None:
+    def __init__(
+        self,
+        host: HostResources,
+        listeners: RunListeners | None = None,
+        secrets: SecretStore | None = None,
+    ) -> None:
         self.settings = host.settings
         self.session_factory = host.session_factory
         self.redis = host.redis
         self.runtime = host.runtime
         self.listeners = listeners or RunListeners()
+        # Loaded once per worker process (CCQ_SECRET_* and CCQ_SECRETS_FILE).
+        self.secrets = secrets if secrets is not None else SecretStore.load(self.settings)
 
     # --- claim ---------------------------------------------------------------------------
 
@@ -220,6 +234,7 @@ class RunExecutor:
                 ttl=timedelta(seconds=self.settings.run_time_limit) + TOKEN_TTL_MARGIN,
             ),
             batch_id=session.batch_id,
+            secret_names=SessionIsolation.of(session.options).secrets,
         )
         return claimed, session_lock, RunStatus.RUNNING
 
@@ -261,13 +276,19 @@ class RunExecutor:
             log.info("dropped %d events of a deleted session", len(events))
 
     def _execute_claimed(self, uow: UnitOfWork, claimed: ClaimedRun) -> str:
-        sink = RunEventSink(
+        # Every event, the result and the error leave with the run's secrets and token
+        # redacted.
+        redactor = Redactor.for_run(
+            self.secrets.present(claimed.secret_names), claimed.session_token
+        )
+        sink = RedactingSink(
             self.redis,
             lambda events: self._persist(uow, events),
             claimed.session_id,
             claimed.run_id,
             claimed.first_event_seq,
             stream_ttl=int(self.settings.event_stream_ttl),
+            redactor=redactor,
         )
         sink.emit("ccq.run.started", {"run_id": str(claimed.run_id)})
         dirs = SessionDirs.for_lineage(self.settings.data_dir, [str(i) for i in claimed.lineage])
@@ -307,6 +328,8 @@ class RunExecutor:
                 argv=build_command(str(claimed.session_id), resume=resume, options=claimed.options),
                 prompt=claimed.prompt,
                 env={
+                    # The session's secrets first: ccq's own variables win.
+                    **self.secrets.values_for(claimed.secret_names),
                     **cli_environment(self.settings, claimed.session_token),
                     **proxy_environment(self.settings, claimed.session_token),
                 },
@@ -317,8 +340,13 @@ class RunExecutor:
                 on_tick=lambda: self._tick(sink, claimed.run_id),
             )
         except Exception as exc:  # the run must end recorded, whatever broke
-            log.exception("run %s failed outside the CLI", claimed.run_id)
-            error = f"{type(exc).__name__}: {exc}"
+            error = redactor.text(f"{type(exc).__name__}: {exc}")
+            # The traceback goes redacted: an exception's text may quote the values.
+            log.error(
+                "run %s failed outside the CLI: %s",
+                claimed.run_id,
+                redactor.text(traceback.format_exc()),
+            )
             uow.rollback()  # a failed flush of its events leaves the session unusable
         if claimed.one_shot:
             # Before the outcome commits: that commit lets the batch release its next
@@ -367,7 +395,7 @@ class RunExecutor:
         claimed: ClaimedRun,
         result: CliRunResult | None,
         error: str | None,
-        sink: RunEventSink,
+        sink: RedactingSink,
         *,
         resumed: bool,
     ) -> tuple[str, bool]:
@@ -390,7 +418,7 @@ class RunExecutor:
         status = _final_status(result, error)
         if result is not None:
             o = result.outcome
-            run.result_text = o.result_text
+            run.result_text = sink.redactor.optional(o.result_text)
             run.result_subtype = o.subtype
             run.is_error = o.is_error
             run.total_cost_usd = _run_cost(o.total_cost_usd, session, resumed)
@@ -402,7 +430,7 @@ class RunExecutor:
             if status == RunStatus.FAILED and not o.has_result:
                 error = (
                     f"the CLI exited ({result.exit_code}) without a result: "
-                    + result.stderr_tail[-2000:]
+                    + sink.redactor.text(result.stderr_tail)[-2000:]
                 )
             if o.cli_version:
                 session.cli_started = True
@@ -410,7 +438,7 @@ class RunExecutor:
             # The gateway refused a model call over a budget: that is why it failed.
             run.error_code = BUDGET_EXCEEDED
             error = refusal
-        run.error = error
+        run.error = sink.redactor.optional(error)
         run.status = status
         run.finished_at = datetime.now(UTC)
         session.total_cost_usd = (session.total_cost_usd or Decimal(0)) + (
