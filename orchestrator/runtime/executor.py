@@ -35,12 +35,12 @@ from orchestrator.domain import tree
 from orchestrator.domain.admission import admit
 from orchestrator.domain.budgets import BUDGET_EXCEEDED, refusal_of
 from orchestrator.domain.cancellation import cancel_signalled
-from orchestrator.domain.isolation import SessionIsolation
+from orchestrator.domain.isolation import ResourceLimits, SessionIsolation
 from orchestrator.domain.run_lifecycle import RunFinished, RunListeners, RunRecording, RunStarted
 from orchestrator.redaction import RedactingSink, Redactor
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
 from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
-from orchestrator.runtime.containers import SessionContainerSpec, SessionDirs
+from orchestrator.runtime.containers import ContainerLimits, SessionContainerSpec, SessionDirs
 from orchestrator.runtime.egress import proxy_environment, session_network_policy
 from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.labels import LABEL_BATCH
@@ -81,7 +81,7 @@ class ClaimedRun:
     session_id: uuid.UUID
     owner: str
     parent_id: uuid.UUID | None
-    # Root first, this session last: where its workspace lies (children nest in parents).
+    # Root first, this session last: where its directories lie (SessionDirs).
     lineage: list[uuid.UUID]
     depth: int
     prompt: str
@@ -96,6 +96,8 @@ class ClaimedRun:
     # The names of the secrets the session holds; their values are looked up on this
     # worker when the CLI starts and travel nowhere else.
     secret_names: tuple[str, ...] = ()
+    # The session's own container limits (None each: the operator's default).
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
 
     @property
     def one_shot(self) -> bool:
@@ -235,6 +237,7 @@ class RunExecutor:
             ),
             batch_id=session.batch_id,
             secret_names=SessionIsolation.of(session.options).secrets,
+            limits=SessionIsolation.of(session.options).limits,
         )
         return claimed, session_lock, RunStatus.RUNNING
 
@@ -317,6 +320,12 @@ class RunExecutor:
                     instance=self.settings.instance,
                     network=self.settings.session_network_name,
                     network_policy=session_network_policy(self.settings),
+                    limits=ContainerLimits.of(
+                        memory_mb=claimed.limits.memory_mb or self.settings.container_memory_mb,
+                        cpus=claimed.limits.cpus or self.settings.container_cpus,
+                        pids=claimed.limits.pids or self.settings.container_pids,
+                        tmp_mb=self.settings.container_tmp_mb,
+                    ),
                     extra_labels=({LABEL_BATCH: str(claimed.batch_id)} if claimed.batch_id else {}),
                 )
             )

@@ -9,7 +9,6 @@ them. So a container that will not serve the next prompt soon is removed, not st
 from __future__ import annotations
 
 import logging
-import shutil
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -50,19 +49,24 @@ class Janitor:
     ) -> None:
         """Remove the containers and every file of a deleted session and its descendants.
 
+        The containers go first (none writes while its files go); the directories are
+        walked without following symlinks (:meth:`SessionDirs.delete`), so nothing a
+        session planted leads the deletion out of its own tree.
+
         Args:
-            lineage: root first, the session last (a root session: empty or itself);
-                children's workspaces lie inside their parent's.
-            descendants: deleted with it; their workspaces lie inside its own.
+            lineage: root first, the session last (a root session: empty or itself):
+                where its directories lie.
+            descendants: deleted with it.
         """
-        path = [str(i) for i in lineage] or [str(session_id)]
-        shutil.rmtree(
-            SessionDirs.for_lineage(self.settings.data_dir, path).workspace, ignore_errors=True
-        )
         for member in (session_id, *descendants):
             self.runtime.remove(str(member))
-            # Each session's own directory: its Claude home (and a root's workspace).
-            shutil.rmtree(self.settings.data_dir / "sessions" / str(member), ignore_errors=True)
+        path = [str(i) for i in lineage] or [str(session_id)]
+        try:
+            SessionDirs.for_lineage(self.settings.data_dir, path).delete(
+                [str(d) for d in descendants]
+            )
+        except OSError:
+            log.exception("could not delete every file of session %s", session_id)
 
     def reap(self, now: datetime | None = None) -> dict[str, int]:
         """Remove this instance's containers that no run will use soon.

@@ -35,7 +35,8 @@ symlinks, while the worker may run as root. Every path is therefore walked with
 ``O_NOFOLLOW`` relative to directory descriptors: a symlink (or a file) where ccq expects
 a directory or one of its files is replaced, never followed, and a FIFO is never read.
 Files are written to a temporary name and renamed into place. As root, whatever is created
-is given to uid/gid 1000 (the container user), like ``SessionDirs.create`` does.
+is given to uid/gid 1000 (the container user), like ``SessionDirs.create`` does (both
+walk directories with :mod:`orchestrator.runtime.nofollow`).
 
 Standard library only: no Docker, no database.
 """
@@ -43,7 +44,6 @@ Standard library only: no Docker, no database.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -57,6 +57,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import worker_image
+from orchestrator.runtime import nofollow
 from orchestrator.runtime.claude_cli import SESSION_TOKEN_VARIABLE
 
 TEMPLATES_DIR = worker_image.directory() / "session"  # package data, installed or not
@@ -278,25 +279,12 @@ class _Tree:
 
         A symlink or non-directory in its place is removed first when creating.
         """
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if create:
+            return nofollow.ensure_dir(parent_fd, name, nofollow.CONTAINER_OWNED, replace=True)
         try:
-            return os.open(name, flags, dir_fd=parent_fd)
-        except FileNotFoundError:
-            if not create:
-                return -1
-        except OSError as exc:
-            # ELOOP: a symlink, ENOTDIR: a file. Neither is followed nor written through.
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            if not create:
-                return -1
-            os.unlink(name, dir_fd=parent_fd)
-        os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
-        fd = os.open(name, flags, dir_fd=parent_fd)
-        os.fchmod(fd, DIR_MODE)
-        if self._as_root:
-            os.fchown(fd, CONTAINER_UID, CONTAINER_GID)
-        return fd
+            return nofollow.open_dir(parent_fd, name)
+        except (FileNotFoundError, nofollow.UnsafePath):
+            return -1
 
     def read(self, relative: str) -> bytes | None:
         """A regular file's bytes; None if it is absent or anything else (a symlink…)."""

@@ -52,11 +52,16 @@ def test_long_results_are_clipped_and_say_where_the_rest_is() -> None:
     assert "500 more characters: use get_child_result" in text
 
 
-def test_children_workspaces_nest_inside_their_parents() -> None:
+def test_session_directories_lie_in_root_owned_trees_not_in_their_parents() -> None:
     data = Path("/data")
     root = SessionDirs.for_lineage(data, ["r"])
     assert root == SessionDirs.for_session(data, "r")
     assert root.workspace == Path("/data/sessions/r/workspace")
+    assert root.children == Path("/data/sessions/r/children/r")
     grandchild = SessionDirs.for_lineage(data, ["r", "c", "g"])
-    assert grandchild.workspace == Path("/data/sessions/r/workspace/children/c/children/g")
+    # In its parent's children directory (the parent's /workspace/children), not inside
+    # any workspace a container can write.
+    assert grandchild.workspace == Path("/data/sessions/r/children/c/g")
+    assert grandchild.workspace.parent == SessionDirs.for_lineage(data, ["r", "c"]).children
+    assert grandchild.children == Path("/data/sessions/r/children/g")
     assert grandchild.claude_home == Path("/data/sessions/g/claude-home")

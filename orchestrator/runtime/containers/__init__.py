@@ -7,7 +7,8 @@ A process shares one Docker client, :func:`docker_client`. ``tests/unit/test_doc
 fails if a module outside this package imports ``docker``.
 
 - ``runtime``: :class:`ContainerRuntime`, the one entry point;
-- ``spec``: a session container's directories, limits and labels, and the handle;
+- ``spec``: a session container's directories (their layout), limits and labels, and
+  the handle;
 - ``exec_process``: a ``docker exec`` read in short polls;
 - ``network``: the session network and the host's address on it;
 - ``client``: the per-process client and the translation of docker-py's errors;
@@ -27,7 +28,9 @@ from orchestrator.runtime.containers.network import NetworkPolicy, SessionNetwor
 from orchestrator.runtime.containers.runtime import ContainerRuntime
 from orchestrator.runtime.containers.spec import (
     CHILDREN_DIR,
+    CONTAINER_CHILDREN,
     CONTAINER_CLAUDE_HOME,
+    CONTAINER_PATH,
     CONTAINER_UID,
     CONTAINER_WORKSPACE,
     ContainerLimits,
@@ -38,7 +41,9 @@ from orchestrator.runtime.containers.spec import (
 
 __all__ = [
     "CHILDREN_DIR",
+    "CONTAINER_CHILDREN",
     "CONTAINER_CLAUDE_HOME",
+    "CONTAINER_PATH",
     "CONTAINER_UID",
     "CONTAINER_WORKSPACE",
     "ContainerError",

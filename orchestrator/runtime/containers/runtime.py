@@ -26,7 +26,10 @@ from orchestrator.runtime.containers.network import (
     remove_networks,
 )
 from orchestrator.runtime.containers.spec import (
+    CONTAINER_CHILDREN,
     CONTAINER_CLAUDE_HOME,
+    CONTAINER_HOME,
+    CONTAINER_PATH,
     CONTAINER_UID,
     CONTAINER_WORKSPACE,
     SessionContainer,
@@ -98,6 +101,8 @@ class ContainerRuntime:
     ) -> ExecProcess:
         """Start ``argv`` in the container with stdin attached; nothing passes a shell.
 
+        ``PATH`` is always ccq's own (system directories first), whatever ``env`` says.
+
         Raises:
             ContainerMissing: the container is gone.
         """
@@ -110,7 +115,7 @@ class ContainerRuntime:
                 stdout=True,
                 stderr=True,
                 tty=False,
-                environment=dict(env),
+                environment={**env, "PATH": CONTAINER_PATH},
                 workdir=workdir,
                 user=f"{CONTAINER_UID}:{CONTAINER_UID}",
             )["Id"]
@@ -214,10 +219,15 @@ class ContainerRuntime:
                 labels=spec.labels(),
                 user=f"{CONTAINER_UID}:{CONTAINER_UID}",
                 working_dir=CONTAINER_WORKSPACE,
+                # Docker mounts by depth: /workspace, then its children mount on top;
+                # /home/claude's tmpfs, then the Claude home on top.
                 volumes={
                     str(spec.dirs.workspace): {"bind": CONTAINER_WORKSPACE, "mode": "rw"},
+                    str(spec.dirs.children): {"bind": CONTAINER_CHILDREN, "mode": "rw"},
                     str(spec.dirs.claude_home): {"bind": CONTAINER_CLAUDE_HOME, "mode": "rw"},
                 },
+                read_only=True,
+                tmpfs=_tmpfs(spec.limits.tmpfs_bytes),
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 mem_limit=spec.limits.memory_bytes,
@@ -255,6 +265,16 @@ class ContainerRuntime:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(f"cannot remove container: {exc}") from exc
         return True
+
+
+def _tmpfs(size_bytes: int) -> dict[str, str]:
+    """The writable places of a read-only root: /tmp and the home (``~/.local`` for
+    ``pip --user`` and ``npm -g``, caches), both executable (builds run from them)."""
+    options = f"rw,exec,nosuid,nodev,size={size_bytes}"
+    return {
+        "/tmp": options,  # noqa: S108 - the container's own /tmp
+        CONTAINER_HOME: f"{options},uid={CONTAINER_UID},gid={CONTAINER_UID},mode=0755",
+    }
 
 
 def _handle(container: Container) -> SessionContainer:
