@@ -16,7 +16,9 @@ from typing import Any
 
 from orchestrator.settings import Settings
 
-CLAUDE_BINARY = "claude"
+# By absolute path, on the image's read-only root (npm's global prefix is /usr/local):
+# nothing a session plants on its PATH is ever run instead.
+CLAUDE_BINARY = "/usr/local/bin/claude"
 WORKSPACE = "/workspace"
 
 

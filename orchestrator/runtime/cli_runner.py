@@ -2,12 +2,24 @@
 
 The CLI can hang after its final message or stall mid-stream, and a SIGTERM can leave
 its children running; so this loop polls output in short slices, enforces a silence
-limit and a total time limit, honours cancellation, and kills the whole process tree
-(every process carrying the run's ``CCQ_RUN_ID``) when it stops a run early.
+limit and a total time limit, honours cancellation, and when it stops a run early ends
+every process the session has in its container.
+
+**Stopping a run.** The session runs arbitrary code as the same uid as anything ccq
+execs, so nothing inside the container is trusted to cooperate: a process may drop
+``CCQ_RUN_ID`` from its environment, double-fork away from the CLI, plant ``sh`` or
+``kill`` on its ``PATH``, or kill ccq's helper. The helper (:func:`kill_tree_command`) is
+``/bin/sh`` from the read-only image with builtins only and ccq's own ``PATH``; it
+SIGKILLs every process in the container but PID 1 (tini) and its idle ``sleep``, this
+run's and any an earlier run left behind, in rounds until none is left. If it does not
+finish cleanly in time, or the CLI's ``docker exec`` still runs after it, the container
+is removed (the engine kills its whole cgroup): the session's files stay, and its next
+run gets a new container.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -22,15 +34,23 @@ from orchestrator.runtime.claude_cli import (
     parse_line,
 )
 from orchestrator.runtime.containers import (
+    CONTAINER_PATH,
+    ContainerMissing,
     ContainerRuntime,
     ExecProcess,
     FrameDecoder,
     SessionContainer,
 )
 
+log = logging.getLogger(__name__)
+
 POLL_SECONDS = 0.25
 # After the final `result` line the CLI should exit; if it lingers this long, it is killed.
 EXIT_GRACE_SECONDS = 10.0
+# How long the kill helper may take, and the CLI's exec to end after it, before the
+# container is removed instead.
+KILL_DEADLINE_SECONDS = 10.0
+KILLED_EXIT_SECONDS = 5.0
 STDERR_TAIL_LINES = 50
 
 
@@ -49,17 +69,44 @@ class CliRunResult:
     stderr_tail: str
 
 
-def kill_tree_command(run_id: str) -> list[str]:
-    """argv that SIGKILLs every process in the container whose environment names the run.
+# Shell builtins (dash's read, kill, test, case) and /usr/bin/sleep by absolute path,
+# nothing looked up on a PATH: every process but PID 1 (tini), its idle `sleep` and this
+# shell is SIGKILLed, zombies aside, until a round finds none (exit 0) or the rounds run
+# out (exit 1; ccq then removes the container).
+_KILL_SCRIPT = """
+self=$$
+round=0
+while [ "$round" -lt 40 ]; do
+  round=$((round + 1))
+  found=0
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    if [ "$pid" = 1 ] || [ "$pid" = "$self" ]; then continue; fi
+    state=
+    ppid=
+    while read -r key value rest; do
+      case $key in
+        State:) state=$value ;;
+        PPid:) ppid=$value; break ;;
+      esac
+    done 2>/dev/null < "$p/status"
+    if [ -z "$ppid" ] || [ "$state" = Z ] || [ "$ppid" = "$self" ]; then continue; fi
+    if [ "$ppid" = 1 ] && [ "$p/exe" -ef /usr/bin/sleep ]; then continue; fi
+    kill -KILL "$pid" 2>/dev/null
+    found=1
+  done
+  if [ "$found" = 0 ]; then exit 0; fi
+  /usr/bin/sleep 0.1
+done
+exit 1
+"""
 
-    ``run_id`` is ccq's own UUID, checked by the caller, so the script has no user input.
-    """
-    script = (
-        "for p in /proc/[0-9]*; do "
-        'if tr "\\0" "\\n" < "$p/environ" 2>/dev/null | grep -qx "CCQ_RUN_ID=$1"; then '
-        'kill -KILL "${p#/proc/}" 2>/dev/null; fi; done; true'
-    )
-    return ["sh", "-c", script, "ccq-kill", run_id]
+
+def kill_tree_command() -> list[str]:
+    """argv of ccq's kill helper: ``/bin/sh`` (on the image's read-only root) running a
+    fixed script of shell builtins that SIGKILLs every process of the session in the
+    container (see the module docstring); exit 0 once none is left."""
+    return ["/bin/sh", "-c", _KILL_SCRIPT, "ccq-kill"]
 
 
 def run_cli(
@@ -133,13 +180,16 @@ def run_cli(
                 reason = StopReason.CANCELLED
             if reason is not None:
                 stop_reason = reason
-                _kill(runtime, container, run_id)
                 break
+        exit_code: int | None = None
+        if stop_reason is StopReason.EXITED:
+            exit_code = _wait_exit_code(process)
+        else:
+            exit_code = _stop(runtime, container, process, run_id)
         for line in stdout_lines.flush():
             handle_line(line, FrameDecoder.STDOUT)
         for line in stderr_lines.flush():
             handle_line(line, FrameDecoder.STDERR)
-        exit_code = _wait_exit_code(process)
     finally:
         process.close()
     if stop_reason is StopReason.SILENCE and outcome.has_result:
@@ -165,13 +215,47 @@ def _watchdog(
     return None
 
 
-def _kill(runtime: ContainerRuntime, container: SessionContainer, run_id: str) -> None:
-    killer: ExecProcess = runtime.exec(container, kill_tree_command(run_id), env={})
+def _stop(
+    runtime: ContainerRuntime, container: SessionContainer, process: ExecProcess, run_id: str
+) -> int | None:
+    """End every process of the session in ``container``; the CLI's exit code if known.
+
+    The kill helper first; if it fails or the CLI's exec outlives it, the container goes.
+    """
+    if _kill(runtime, container):
+        try:
+            code = _wait_exit_code(process, KILLED_EXIT_SECONDS)
+        except ContainerMissing:
+            return None
+        if code is not None:
+            return code
+    log.warning(
+        "run %s: its processes did not all end; removing container %s", run_id, container.name
+    )
+    runtime.remove_container(container)
+    return None
+
+
+def _kill(runtime: ContainerRuntime, container: SessionContainer) -> bool:
+    """Run the kill helper; whether it ended cleanly (exit 0) in time.
+
+    Raises:
+        ContainerMissing: the container is gone.
+    """
+    killer: ExecProcess = runtime.exec(
+        container, kill_tree_command(), env={"PATH": CONTAINER_PATH}, workdir="/"
+    )
     try:
         killer.write_stdin_and_close(b"")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + KILL_DEADLINE_SECONDS
         while not killer.eof and time.monotonic() < deadline:
             killer.poll(POLL_SECONDS)
+        return killer.eof and _wait_exit_code(killer, 2.0) == 0
+    except ContainerMissing:
+        raise
+    except Exception:
+        log.exception("the kill helper failed in container %s", container.name)
+        return False
     finally:
         killer.close()
 

@@ -21,7 +21,7 @@ SESSION = "3f1c2b8e-1111-4222-8333-944455556666"
 def test_first_run_fixes_the_session_id_and_later_runs_resume_it() -> None:
     first = build_command(SESSION, resume=False, options=CliOptions())
     later = build_command(SESSION, resume=True, options=CliOptions())
-    assert first[:4] == ["claude", "-p", "--output-format=stream-json", "--verbose"]
+    assert first[:4] == ["/usr/local/bin/claude", "-p", "--output-format=stream-json", "--verbose"]
     assert "--include-partial-messages" in first
     assert f"--session-id={SESSION}" in first
     assert f"--resume={SESSION}" not in first
