@@ -374,3 +374,14 @@ def test_names_are_resolved_inside_the_container_or_not_at_all(
         remove=True,
     )
     assert output.decode().strip() == "asked: True"
+
+
+def test_a_batch_item_beyond_the_ceiling_is_named_and_nothing_is_made(api: SessionApi) -> None:
+    body = {
+        "items": [{"prompt": "a"}, {"prompt": "b", "network": {"allow": ["example.org"]}}],
+        "defaults": {"network": {"allow": [ORIGIN_NAME]}},
+    }
+    reply = api.post("/batches", body, 400)
+    detail = reply["error"]["details"][0]
+    assert (detail["index"], detail["field"]) == (1, "items.1.network.allow.0"), reply
+    assert api.get("/batches")["batches"] == []
