@@ -54,7 +54,8 @@ def test_create_makes_the_layout_with_root_owned_ways_and_container_owned_ends(
     assert child.workspace == sessions / ROOT / "children" / ROOT / CHILD
     assert child.workspace.parent == root.children  # the parent's /workspace/children
     for made in (root.workspace, root.children, child.workspace, child.children):
-        assert made.is_dir() and not made.is_symlink()
+        assert made.is_dir()
+        assert not made.is_symlink()
     assert (root.workspace / "children").is_dir()  # the children mount's mount point
     assert child.claude_home == sessions / CHILD / "claude-home"
     if os.geteuid() == 0:
@@ -119,7 +120,8 @@ def test_a_symlink_as_the_children_mount_point_is_replaced_by_a_directory(
     mount_point.symlink_to(outside)
 
     root.create()
-    assert mount_point.is_dir() and not mount_point.is_symlink()
+    assert mount_point.is_dir()
+    assert not mount_point.is_symlink()
     _untouched(outside)
 
 
@@ -145,7 +147,8 @@ def test_deleting_never_follows_a_symlink_out_of_the_tree(data: Path, outside: P
         data / "sessions" / GRANDCHILD,
     ):
         assert not os.path.lexists(gone), gone
-    assert root.workspace.is_dir() and root.children.is_dir()  # the parent stays
+    assert root.workspace.is_dir()
+    assert root.children.is_dir()
     _untouched(outside)
 
     (root.workspace / "link").symlink_to(outside)
