@@ -277,6 +277,32 @@ def test_a_run_whose_cli_dies_has_its_stderr_redacted_in_its_error(
     assert f"leaked [REDACTED:{SECRET_NAME}] and [REDACTED:CCQ_SESSION_TOKEN]" in stderr
 
 
+def test_a_value_streamed_across_deltas_never_shows_in_the_events(
+    api: SessionApi, secret_value: str
+) -> None:
+    # The scripted model streams a tool call's input in 32-character input_json_delta
+    # pieces: a value in it spans two or three deltas. (The prompt carries the value
+    # here, as a user may paste one; ccq.run.queued carries only the prompt's length.)
+    command = {"command": f"echo {secret_value}"}
+    created = api.post(
+        "/sessions", {"prompt": bash(command["command"]), "secrets": [SECRET_NAME]}, 201
+    )
+    run = api.wait_run(created["run"]["id"])
+    assert run["status"] == "succeeded", run
+    events = api.get(f"/runs/{run['id']}/events?limit=500")["events"]
+    pieces = [
+        e["data"]["event"]["delta"]["partial_json"]
+        for e in events
+        if e["type"] == "stream_event"
+        and e["data"]["event"].get("type") == "content_block_delta"
+        and e["data"]["event"]["delta"].get("type") == "input_json_delta"
+    ]
+    assert len(pieces) >= 2, pieces
+    assert "".join(pieces) == json.dumps({"command": f"echo [REDACTED:{SECRET_NAME}]"})
+    assert json.dumps(events).count(secret_value[:12]) == 0
+    assert run["result"] == f"tool result: [REDACTED:{SECRET_NAME}]"
+
+
 def test_a_session_that_did_not_ask_does_not_have_it(api: SessionApi) -> None:
     created = api.post(
         "/sessions", {"prompt": bash('echo "secret=${GITHUB_TOKEN:-none}"; env | wc -l')}, 201
