@@ -234,8 +234,13 @@ def gateway(ctx: Context) -> None:
 @pass_context
 def worker(ctx: Context, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
+    from orchestrator.secrets import SecretStore
     from tasks.celery_app import make_celery
 
+    try:  # a malformed secret stops the worker here, named, not its first run
+        SecretStore.load(ctx.settings)
+    except ConfigError as exc:
+        _config_failure(exc)
     make_celery(ctx.settings).worker_main(["worker", *celery_args])
 
 

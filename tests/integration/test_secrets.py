@@ -16,8 +16,10 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -44,6 +46,7 @@ from orchestrator.streams.events import stream_key
 from tasks.celery_app import make_celery
 from tests.http_api import SessionApi, bash
 from tests.processes import (
+    CCQ,
     ApiProcess,
     GatewayProcess,
     WorkerProcess,
@@ -439,3 +442,22 @@ def _with_bodies(raw: bytes) -> str:
         with contextlib.suppress(ValueError):
             text += "\n" + base64.b64decode(message["body"]).decode(errors="replace")
     return text
+
+
+def test_a_malformed_secrets_file_stops_the_worker_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.env"
+    path.write_text("GOOD_ONE=value-12345678\nghp_pasted-without-a-name\n")
+    result = subprocess.run(
+        [CCQ, "worker"],
+        env={**os.environ, "CCQ_SECRETS_FILE": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"CCQ_SECRETS_FILE ({path}), line 2: not NAME=value" in result.stderr
+    assert "pasted" not in result.stderr
+    assert "value-12345678" not in result.stderr
+    assert "Traceback" not in result.stderr
