@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import logging
 import socket
 import struct
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from orchestrator.runtime.containers.client import engine_errors
 from orchestrator.runtime.containers.errors import EngineUnavailable, NetworkError
 from orchestrator.runtime.containers.firewall import GatewayRule, ensure_firewall, remove_firewall
 from orchestrator.runtime.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROBE
+
+log = logging.getLogger(__name__)
 
 HOST_ALIAS = "host.docker.internal"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
@@ -140,7 +143,7 @@ def ensure_network(
     """
     try:
         network = _get_or_create(client, name, instance, policy)
-        if policy.isolated and not _is_isolated(network.attrs):
+        if _is_isolated(network.attrs) != policy.isolated:
             network = _replace(client, network, instance, policy)
     except docker.errors.APIError as exc:
         raise NetworkError(f"cannot create network {name}: {exc.explanation or exc}") from exc
@@ -173,9 +176,16 @@ def _is_isolated(attrs: dict[str, Any]) -> bool:
 def _replace(
     client: docker.DockerClient, network: Any, instance: str, policy: NetworkPolicy
 ) -> Any:
+    """The network made anew for ``policy`` (the mode changed since ccq made it).
+
+    Under an isolated policy anything but a fresh isolated network is an error; under an
+    open one, a network that cannot be replaced (not ccq's, or in use) serves as it is.
+    """
     name = network.name
     labels = network.attrs.get("Labels") or {}
     if labels.get(LABEL_MANAGED) != "1" or labels.get(LABEL_INSTANCE) != instance:
+        if not policy.isolated:
+            return network
         raise NetworkError(
             f"network {name} is not isolated (it must be internal, with "
             f"{ICC_OPTION}=false) and ccq did not make it: remove it, name another with "
@@ -184,10 +194,14 @@ def _replace(
     try:
         network.remove()
     except docker.errors.APIError as exc:
+        if not policy.isolated:
+            log.warning("network %s stays isolated while containers use it", name)
+            return network
         raise NetworkError(
             f"network {name} was made open by an earlier ccq and is still in use; "
             f"stop its session containers (make down) and start again: {exc.explanation}"
         ) from exc
+    remove_firewall(bridge_interface(network.attrs))
     return _get_or_create(client, name, instance, policy)
 
 
