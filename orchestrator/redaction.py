@@ -299,14 +299,16 @@ class StreamRedactor:
 class RedactingSink(RunEventSink):
     """A run's event sink that redacts every event before it is published or stored.
 
-    Held stream text is released before the run's events are persisted for the last
-    time (:meth:`persist_pending`), so nothing a run printed is lost.
+    When the run's output has ended, :meth:`release` sends what the stream redactor
+    still holds; :meth:`persist_pending` does it too, if anything is left, without
+    flushing (it runs inside the transaction that records the run).
     """
 
     def __init__(self, *args: Any, redactor: Redactor, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.redactor = redactor
         self._stream = StreamRedactor(redactor)
+        self._hold_flushes = False
 
     def emit(self, type_: str, data: dict[str, Any]) -> WireEvent:
         emitted: WireEvent | None = None
@@ -320,8 +322,20 @@ class RedactingSink(RunEventSink):
         for event_type, event_data in self._stream.release_all():
             super().emit(event_type, event_data)
 
+    def flush(self) -> None:
+        if not self._hold_flushes:
+            super().flush()
+
+    def flush_if_due(self) -> None:
+        if not self._hold_flushes:
+            super().flush_if_due()
+
     def persist_pending(self, db: DbSession) -> None:
-        self.release()
+        self._hold_flushes = True  # a flush would commit the caller's transaction
+        try:
+            self.release()
+        finally:
+            self._hold_flushes = False
         super().persist_pending(db)
 
     def finish(self, type_: str, data: dict[str, Any]) -> WireEvent:

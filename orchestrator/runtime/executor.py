@@ -348,6 +348,7 @@ class RunExecutor:
                 should_cancel=lambda: self._cancel_requested(claimed.run_id),
                 on_tick=lambda: self._tick(sink, claimed.run_id),
             )
+            sink.release()  # text held back for redaction: the CLI's output has ended
         except Exception as exc:  # the run must end recorded, whatever broke
             error = redactor.text(f"{type(exc).__name__}: {exc}")
             # The traceback goes redacted: an exception's text may quote the values.

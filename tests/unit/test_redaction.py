@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from orchestrator.redaction import Redactor, StreamRedactor
+from orchestrator.redaction import RedactingSink, Redactor, StreamRedactor
 
 GITHUB = "ghp_Abc123SECRETvalue456"
 TOKEN = "ccqs_Qw3rtyUiop-Asdf_ghjkl0123456789"
@@ -251,3 +252,67 @@ def test_other_events_are_walked_whole(redactor: Redactor) -> None:
     assert stream.process("result", result) == [
         ("result", {**result, "result": "it is [REDACTED:GITHUB_TOKEN]"})
     ]
+
+
+# --- the run's sink -------------------------------------------------------------------
+
+
+class _Redis:
+    """Just enough of a Redis client for a sink: XADD numbers entries."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def xadd(self, key: str, fields: dict[str, Any], **_: Any) -> str:
+        self.entries.append(json.loads(fields["e"]))
+        return f"{len(self.entries)}-0"
+
+    def expire(self, key: str, seconds: int) -> None:
+        pass
+
+
+class _Db:
+    def __init__(self) -> None:
+        self.added: list[Any] = []
+
+    def add_all(self, rows: Any) -> None:
+        self.added.extend(rows)
+
+
+def _sink(client: _Redis, flushed: list[list[Any]]) -> RedactingSink:
+    return RedactingSink(
+        client,
+        flushed.append,
+        uuid.uuid4(),
+        uuid.uuid4(),
+        redactor=Redactor.for_run({"GITHUB_TOKEN": GITHUB}, TOKEN),
+    )
+
+
+def test_the_sink_publishes_only_redacted_events_and_releases_at_the_end() -> None:
+    client, flushed = _Redis(), list[list[Any]]()
+    sink = _sink(client, flushed)
+    sink.emit("ccq.stderr", {"line": f"oops {TOKEN}"})
+    sink.emit("stream_event", _delta("key: " + GITHUB[:6]))
+    sink.emit("stream_event", _delta(GITHUB[6:] + " and ccq"))
+    sink.release()
+    sink.finish("ccq.run.finished", {"result": f"it was {GITHUB}"})
+
+    published = json.dumps(client.entries)
+    assert GITHUB not in published
+    assert TOKEN not in published
+    assert [e["seq"] for e in client.entries] == list(range(5))
+    texts = [e["data"]["event"]["delta"]["text"] for e in client.entries[1:4]]
+    assert "".join(texts) == "key: [REDACTED:GITHUB_TOKEN] and ccq"
+    assert client.entries[-1]["data"] == {"result": "it was [REDACTED:GITHUB_TOKEN]"}
+
+
+def test_what_is_left_at_the_last_persist_joins_it_without_a_flush() -> None:
+    client, flushed = _Redis(), list[list[Any]]()
+    sink = _sink(client, flushed)
+    sink.emit("stream_event", _delta("tail ccqs_"))
+    sink._last_flush = 0.0  # a flush is due: a flush would commit the caller's transaction
+    db = _Db()
+    sink.persist_pending(db)  # type: ignore[arg-type]
+    assert flushed == []
+    assert [row.data["event"]["delta"]["text"] for row in db.added] == ["tail ", "ccqs_"]
