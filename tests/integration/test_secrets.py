@@ -39,6 +39,7 @@ from sqlalchemy.orm import sessionmaker
 from model_server.server import ModelServer
 from orchestrator.auth.owner_tokens import mint_token
 from orchestrator.db.models import Event, Run
+from orchestrator.db.models import Session as SessionRow
 from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.runtime.labels import LABEL_SESSION
 from orchestrator.settings import Settings
@@ -313,6 +314,24 @@ def test_a_session_that_did_not_ask_does_not_have_it(api: SessionApi) -> None:
     run = api.wait_run(created["run"]["id"])
     assert run["status"] == "succeeded", run
     assert "secret=none" in run["result"]
+
+
+def test_a_name_the_worker_no_longer_holds_fails_the_run_clearly(
+    api: SessionApi, db_factory: sessionmaker[DbSession]
+) -> None:
+    # The operator removed a secret after the session was made (here: the session's
+    # stored options name one this worker never had).
+    session_id = api.post("/sessions", {"secrets": [SECRET_NAME]}, 201)["session"]["id"]
+    with db_factory() as db, db.begin():
+        session = db.get(SessionRow, uuid.UUID(session_id))
+        assert session is not None
+        session.options = {**session.options, "secrets": [SECRET_NAME, "REMOVED_SINCE"]}
+    run = api.wait_run(api.prompt(session_id, "hello"))
+    assert run["status"] == "failed", run
+    assert run["error"] == (
+        "SecretMissing: the secret REMOVED_SINCE this session holds is not configured on "
+        "this worker (CCQ_SECRET_REMOVED_SINCE or CCQ_SECRETS_FILE)"
+    )
 
 
 def test_an_unknown_secret_name_is_refused_naming_the_field(api: SessionApi) -> None:
