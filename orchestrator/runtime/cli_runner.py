@@ -70,28 +70,40 @@ class CliRunResult:
 
 
 # Shell builtins (dash's read, kill, test, case) and /usr/bin/sleep by absolute path,
-# nothing looked up on a PATH: every process but PID 1 (tini), its idle `sleep` and this
-# shell is SIGKILLed, zombies aside, until a round finds none (exit 0) or the rounds run
-# out (exit 1; ccq then removes the container).
+# nothing looked up on a PATH. The container's idle process is PID 1's (tini's) oldest
+# child: the `sleep` with the lowest PID (a later process never gets a lower one: after a
+# wrap PIDs start at 300). Every process but PID 1, that one and this shell is SIGKILLed,
+# zombies aside, until a round finds none (exit 0) or the rounds run out (exit 1; ccq
+# then removes the container).
 _KILL_SCRIPT = """
 self=$$
+status() {
+  state=
+  ppid=
+  while read -r key value rest; do
+    case $key in
+      State:) state=$value ;;
+      PPid:) ppid=$value; break ;;
+    esac
+  done 2>/dev/null < "/proc/$1/status"
+}
+idle=
+for p in /proc/[0-9]*; do
+  pid=${p#/proc/}
+  status "$pid"
+  if [ "$ppid" = 1 ] && [ "$p/exe" -ef /usr/bin/sleep ]; then
+    if [ -z "$idle" ] || [ "$pid" -lt "$idle" ]; then idle=$pid; fi
+  fi
+done
 round=0
 while [ "$round" -lt 40 ]; do
   round=$((round + 1))
   found=0
   for p in /proc/[0-9]*; do
     pid=${p#/proc/}
-    if [ "$pid" = 1 ] || [ "$pid" = "$self" ]; then continue; fi
-    state=
-    ppid=
-    while read -r key value rest; do
-      case $key in
-        State:) state=$value ;;
-        PPid:) ppid=$value; break ;;
-      esac
-    done 2>/dev/null < "$p/status"
+    case $pid in 1|"$self"|"$idle") continue ;; esac
+    status "$pid"
     if [ -z "$ppid" ] || [ "$state" = Z ] || [ "$ppid" = "$self" ]; then continue; fi
-    if [ "$ppid" = 1 ] && [ "$p/exe" -ef /usr/bin/sleep ]; then continue; fi
     kill -KILL "$pid" 2>/dev/null
     found=1
   done

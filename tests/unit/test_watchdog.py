@@ -40,4 +40,5 @@ def test_the_kill_helper_runs_nothing_a_session_could_plant() -> None:
     words = {line.split()[0] for line in script.strip().splitlines() if line.strip()}
     external = {w for w in words if w.startswith("/")}
     assert external == {"/usr/bin/sleep"}
-    assert "PATH" not in script and "$1" not in script
+    assert "PATH" not in script
+    assert argv[3:] == ["ccq-kill"]  # no argument: it takes no input at all
