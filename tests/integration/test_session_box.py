@@ -8,9 +8,11 @@ makes the CLI run the Bash commands a hostile session would.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
+from pathlib import Path
 
 import docker
 import pytest
@@ -332,3 +334,32 @@ def test_a_process_the_kill_helper_cannot_end_gets_the_container_removed(
     assert took < 60
     assert runtime.find(spec.session_id) is None  # removed: its files stay
     assert spec.dirs.claude_home.is_dir()
+
+
+def test_deleting_a_tree_never_follows_what_its_sessions_planted(
+    alice: Api, settings: Settings, tmp_path: Path
+) -> None:
+    outside = tmp_path / "host-files"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me\n")
+    plant = (
+        f"ln -s {outside} /workspace/link && ln -s {outside}/precious.txt /workspace/file "
+        f"&& ln -s {outside} ~/.claude/link && echo planted"
+    )
+    root_id, root_run = alice.session(bash(plant))
+    assert alice.wait_run(root_run)["result"] == "tool result: planted"
+    child_id, child_run = alice.child(root_id, bash(plant))
+    assert alice.wait_run(child_run)["result"] == "tool result: planted"
+    root_dirs = SessionDirs.for_session(settings.data_dir, root_id)
+    assert (root_dirs.workspace / "link").is_symlink()
+
+    alice.call("DELETE", f"/sessions/{root_id}", status=202)
+
+    sessions = settings.data_dir / "sessions"
+    wait_for(
+        lambda: not any(os.path.lexists(sessions / i) for i in (root_id, child_id)),
+        timeout=60,
+        what="the tree's files to be removed",
+    )
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+    assert (outside / "precious.txt").read_text() == "keep me\n"
