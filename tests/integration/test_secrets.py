@@ -5,9 +5,10 @@ its result or error (API, webhook), the API's, worker's or gateway's logs, anyth
 Redis (Celery's queues and result backend), nor what Flower sees (the task events the
 worker broadcasts, its ``inspect conf``). A session that did not ask does not have it.
 
-This module runs an API and a worker of its own, on an instance (and so a Celery queue,
-a session network and its firewall chain) of its own, both given
-``CCQ_SECRET_GITHUB_TOKEN``; the shared gateway and model server serve them.
+This module runs a gateway, an API and a worker of its own, on an instance (and so a
+Celery queue, a session network and its firewall chain) of its own; the API and the
+worker are given ``CCQ_SECRET_GITHUB_TOKEN``, the gateway is not. The shared scripted
+model server answers.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ from orchestrator.runtime.labels import LABEL_SESSION
 from orchestrator.settings import Settings
 from orchestrator.streams.events import stream_key
 from tasks.celery_app import make_celery
-from tests.http_api import SessionApi, bash
+from tests.http_api import SessionApi, bash, ccq_tool
 from tests.processes import (
     CCQ,
     ApiProcess,
     GatewayProcess,
     WorkerProcess,
+    gateway_environment,
     remove_containers,
     running,
     stack_environment,
@@ -95,7 +97,9 @@ def secret_value() -> str:
 @pytest.fixture(scope="module")
 def own_settings(settings: Settings) -> Settings:
     """The test stack's settings on an instance of this module's own."""
-    return settings.model_copy(update={"instance": f"{settings.instance}-sec"})
+    return settings.model_copy(
+        update={"instance": f"{settings.instance}-sec", "gateway_proxy_port": free_port()}
+    )
 
 
 @dataclass
@@ -111,6 +115,7 @@ class CapturedEvents:
 
 @dataclass
 class Stack:
+    gateway: GatewayProcess
     api: ApiProcess
     worker: WorkerProcess
     celery: Celery
@@ -121,25 +126,27 @@ class Stack:
 def stack(
     own_settings: Settings,
     model_server: ModelServer,
-    gateway: GatewayProcess,
     secret_value: str,
     docker_client: docker.DockerClient,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("secrets")
+    ports = (free_port(), free_port())  # the API's, the gateway's
     env = {
-        **stack_environment(own_settings, model_server, free_port(), gateway.port),
+        **stack_environment(own_settings, model_server, *ports),
         f"CCQ_SECRET_{SECRET_NAME}": secret_value,
     }
+    gateway_env = gateway_environment(own_settings, model_server, *ports)
     celery = make_celery(own_settings)
     captured = CapturedEvents()
     try:
         with (
+            running(GatewayProcess(gateway_env, logs / "gateway.log")) as gateway,
             running(WorkerProcess(env, WORKER_NAME, logs / "worker.log")) as worker,
             running(ApiProcess(env, logs / "api.log")) as api,
             _capturing_events(celery, captured),
         ):
-            yield Stack(api, worker, celery, captured)
+            yield Stack(gateway, api, worker, celery, captured)
     finally:
         celery.close()
         remove_containers(docker_client, f"ccq.instance={own_settings.instance}")
@@ -211,7 +218,8 @@ def leaks(api: SessionApi, docker_client: docker.DockerClient) -> Iterator[Leaks
         created = api.post(
             "/sessions",
             {
-                "prompt": bash(PRINT_SECRETS),
+                # ccq's tools too: the token goes CLI -> gateway -> API with the call.
+                "prompt": bash(PRINT_SECRETS) + " " + ccq_tool("list_children", {}),
                 "secrets": [SECRET_NAME],
                 "notify_url": receiver.hook("secrets"),
             },
@@ -267,6 +275,7 @@ def test_the_session_s_tool_sees_the_secret_and_its_token(leaks: Leaks, secret_v
     # sha256sum prints "<hex>  -": the tool saw exactly the values.
     assert f"{_sha256(secret_value)}  -" in lines, printed
     assert f"{_sha256(leaks.printed_token)}  -" in lines, printed
+    assert "This session has no children." in lines, printed  # the tool call went through
 
 
 def test_a_run_whose_cli_dies_has_its_stderr_redacted_in_its_error(
@@ -384,14 +393,12 @@ def test_the_values_are_not_in_results_errors_or_webhooks(
     _assert_absent("the webhook bodies", hooks, values)
 
 
-def test_the_values_are_not_in_the_logs(
-    leaks: Leaks, secret_value: str, stack: Stack, gateway: GatewayProcess
-) -> None:
+def test_the_values_are_not_in_the_logs(leaks: Leaks, secret_value: str, stack: Stack) -> None:
     values = _values(leaks, secret_value)
     for name, path in (
         ("API", stack.api.log_path),
         ("worker", stack.worker.log_path),
-        ("gateway", gateway.log_path),
+        ("gateway", stack.gateway.log_path),
     ):
         _assert_absent(f"the {name}'s log", Path(path).read_text(errors="replace"), values)
 
