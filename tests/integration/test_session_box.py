@@ -363,3 +363,31 @@ def test_deleting_a_tree_never_follows_what_its_sessions_planted(
     )
     assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
     assert (outside / "precious.txt").read_text() == "keep me\n"
+
+
+def test_on_the_stack_a_session_with_planted_tools_is_cancelled_and_answers_again(
+    alice: Api, runtime: ContainerRuntime, docker_client: docker.DockerClient
+) -> None:
+    session_id, planting = alice.session(bash(PLANT))
+    assert "planted /home/claude/.local/bin/kill" in alice.wait_run(planting)["result"]
+    slow = alice.prompt(
+        session_id,
+        bash("(setsid env -u CCQ_RUN_ID sleep 100003 </dev/null >/dev/null 2>&1 &); sleep 600"),
+    )
+    handle = runtime.find(session_id)
+    assert handle is not None
+    wait_for(
+        lambda: any("sleep 600" in p for p in _session_processes(docker_client, handle)),
+        timeout=60,
+        what="the slow command to run",
+    )
+
+    alice.post(f"/runs/{slow}/cancel", {}, 202)
+
+    assert alice.wait_run(slow, timeout=60)["status"] == "cancelled"
+    assert runtime.find(session_id) == handle  # ended by the helper, in place
+    assert _session_processes(docker_client, handle) == []
+    again = alice.wait_run(alice.prompt(session_id, "still the real CLI?"))
+    assert again["status"] == "succeeded", again
+    assert again["result"].endswith("still the real CLI?")
+    assert "no-log" in _sh(docker_client, handle, "test -e /tmp/hijacked.log || echo no-log")
