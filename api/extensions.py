@@ -61,7 +61,13 @@ class Services:
                 max_connections=MAX_REDIS_CONNECTIONS,
             ),
             enqueue=Enqueuer.from_settings(settings),
-            isolation=IsolationPolicy.from_settings(settings, SecretStore.load(settings).names()),
+            isolation=IsolationPolicy(
+                egress_allow=tuple(settings.egress_allow),
+                secret_names=SecretStore.load(settings).names(),
+                max_memory_mb=settings.container_max_memory_mb,
+                max_cpus=settings.container_max_cpus,
+                max_pids=settings.container_max_pids,
+            ),
         )
 
     def close(self) -> None:

@@ -157,7 +157,8 @@ class EgressProxy:
         try:
             target = _target(method, target_text, headers)
         except Refusal as exc:
-            await self._refuse(writer, credential, method, target_text, None, exc)
+            # Not the text itself: it may hold anything, cut where redaction misses it.
+            await self._refuse(writer, credential, method, "(unreadable target)", None, exc)
             return
         try:
             address = await self._check(credential, target)
@@ -262,7 +263,7 @@ class EgressProxy:
         port: int | None,
         refusal: str | None,
     ) -> None:
-        data: dict[str, object] = {"method": method, "host": host[:300], "port": port}
+        data: dict[str, object] = {"method": method[:20], "host": host[:300], "port": port}
         if refusal is None:
             self.metrics.count("egress_allowed_total")
             await self.notices.push(credential.run_id, "egress_allowed", data)

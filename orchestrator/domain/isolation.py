@@ -12,10 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from orchestrator.settings import Settings
+from typing import Any
 
 ANY_HOST = "*"
 # A DNS name, by labels (no trailing dot), lower-cased before it is checked.
@@ -134,16 +131,6 @@ class IsolationPolicy:
     max_memory_mb: int
     max_cpus: float
     max_pids: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings, secret_names: Iterable[str]) -> IsolationPolicy:
-        return cls(
-            egress_allow=tuple(settings.egress_allow),
-            secret_names=frozenset(secret_names),
-            max_memory_mb=settings.container_max_memory_mb,
-            max_cpus=settings.container_max_cpus,
-            max_pids=settings.container_max_pids,
-        )
 
     def admit(
         self,

@@ -418,13 +418,15 @@ class RunExecutor:
             The run's final status, and whether its session has been stopped meanwhile.
         """
         db = uow.db
+        # Before the row locks: emitting may flush (and commit) the events so far, which
+        # must not release the locks taken below.
+        self._emit_gateway_notices(sink, claimed.run_id)
         session = db.get(Session, claimed.session_id, with_for_update=ROW_LOCK)
         run = db.get(Run, claimed.run_id, with_for_update=ROW_LOCK)
         if session is None or run is None:
             uow.rollback()
             return "deleted", False  # the session was deleted while the run was going
         session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
-        self._emit_gateway_notices(sink, run.id)
         status = _final_status(result, error)
         if result is not None:
             o = result.outcome
