@@ -261,12 +261,15 @@ def test_a_session_token_acts_only_within_its_own_tree(
 
 
 def test_a_runs_session_token_is_revoked_when_the_run_ends(
-    alice: Api, api_server: ApiProcess
+    alice: Api, api_server: ApiProcess, settings: Settings
 ) -> None:
-    session_id, run_id = alice.session(bash("printenv CCQ_SESSION_TOKEN"))
+    # Into the workspace: printed, it would reach the result redacted.
+    session_id, run_id = alice.session(bash("printenv CCQ_SESSION_TOKEN > token"))
     ran = alice.wait_run(run_id)
-    token = ran["result"].removeprefix("tool result: ").strip()
-    assert token.startswith(session_tokens.TOKEN_PREFIX), ran["result"]
+    assert ran["status"] == "succeeded", ran
+    workspace = SessionDirs.for_session(settings.data_dir, session_id).workspace
+    token = (workspace / "token").read_text().strip()
+    assert token.startswith(session_tokens.TOKEN_PREFIX)
     Api(api_server, token).get(f"/sessions/{session_id}", status=401)
 
 
