@@ -4,46 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 
 import docker
 import pytest
 
 from model_server.server import ModelServer
-from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command
-from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
+from orchestrator.runtime.claude_cli import CliEvent
+from orchestrator.runtime.cli_runner import CliRunResult, StopReason
 from orchestrator.runtime.containers import ContainerRuntime, SessionContainerSpec
 from orchestrator.settings import Settings
-from tests.processes import SCRIPTED_MODEL_KEY, container_base_url
+from tests.scripted_cli import run_scripted_cli
 
 pytestmark = pytest.mark.integration
 
 
-def _run(
-    runtime: ContainerRuntime,
-    spec: SessionContainerSpec,
-    model: ModelServer,
-    prompt: str,
-    *,
-    resume: bool,
-    events: list[CliEvent],
-    silence_timeout: float = 120,
-) -> CliRunResult:
-    container = runtime.ensure_running(spec)
-    return run_cli(
-        runtime,
-        container,
-        run_id=str(uuid.uuid4()),
-        argv=build_command(spec.session_id, resume=resume, options=CliOptions()),
-        prompt=prompt,
-        env={
-            "ANTHROPIC_BASE_URL": container_base_url(model),
-            "ANTHROPIC_API_KEY": SCRIPTED_MODEL_KEY,
-        },
-        on_event=events.append,
-        silence_timeout=silence_timeout,
-        time_limit=300,
-    )
+_run = run_scripted_cli
 
 
 ECHO = re.compile(r"^echo \(messages=(\d+)\): (.*)$", re.DOTALL)

@@ -81,9 +81,10 @@ def test_a_session_sees_no_operator_credential_and_the_upstream_gets_it(
     run = alice.wait_run(run_id)
     assert run["status"] == "succeeded", run
     seen = run["result"]
-    # The dump ran (the CLI's own environment is in it), and holds only the run's token.
+    # The dump ran (the CLI's own environment is in it), and holds only the run's token
+    # (which leaves the worker redacted).
     assert "ANTHROPIC_BASE_URL=http://host.docker.internal:" in seen
-    assert "ANTHROPIC_API_KEY=ccqs_" in seen
+    assert "ANTHROPIC_API_KEY=[REDACTED:CCQ_SESSION_TOKEN]" in seen
     assert OPERATOR_KEY not in seen
     assert OPERATOR_KEY not in json.dumps(events_of(alice, run_id))
 

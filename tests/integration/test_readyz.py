@@ -85,28 +85,19 @@ def test_healthz_needs_nothing(
     assert response.json == {"status": "ok"}
 
 
+@pytest.mark.parametrize("network_mode", ["isolated", "open"])
 def test_ready_when_every_dependency_answers(
     settings: Settings,
     client_for: Callable[..., FlaskClient],
     own_redis: tuple[subprocess.Popen[bytes], int],
+    network_mode: str,
 ) -> None:
+    """Ready, saying how session containers are networked (an open install shows)."""
     _, port = own_redis
     _report_this_host(port, settings)
-    response = client_for(port).get("/readyz")
+    response = client_for(port, network_mode=network_mode).get("/readyz")
     assert response.status_code == 200, response.json
-    assert response.json == {"status": "ready", "network": "isolated"}
-
-
-def test_ready_shows_an_open_session_network(
-    settings: Settings,
-    client_for: Callable[..., FlaskClient],
-    own_redis: tuple[subprocess.Popen[bytes], int],
-) -> None:
-    _, port = own_redis
-    _report_this_host(port, settings)
-    response = client_for(port, network_mode="open").get("/readyz")
-    assert response.status_code == 200, response.json
-    assert response.json == {"status": "ready", "network": "open"}
+    assert response.json == {"status": "ready", "network": network_mode}
 
 
 def test_not_ready_without_a_worker_heartbeat(
