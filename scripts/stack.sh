@@ -106,7 +106,10 @@ up() {
   if [[ -z ${CCQ_GATEWAY_HOST:-} ]]; then
     export CCQ_GATEWAY_HOST=127.0.0.1,$host_address
   fi
-  say "api: listening on $(setting api_host); gateway: on $CCQ_GATEWAY_HOST"
+  say "api: listening on $(setting api_host); gateway: on $CCQ_GATEWAY_HOST" \
+    "(port $(setting gateway_port), egress proxy $(setting gateway_proxy_port))"
+  say "session network: $(setting network_mode); egress names sessions may ask for:" \
+    "$(setting "egress_allow and ', '.join(l().egress_allow) or 'none'")"
   start gateway "$BIN/ccq" gateway
   start api "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" api
   start worker "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" worker --loglevel=INFO --concurrency=4 --hostname="ccq@%h"

@@ -148,6 +148,7 @@ def oauth_gateway(
     """A second gateway of the same stack, holding an OAuth token instead of an API key."""
     credential = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat-ccq-test-oauth"}
     env = gateway_environment(settings, model_server, api_port, free_port(), credential)
+    env["CCQ_GATEWAY_PROXY_PORT"] = str(free_port())  # beside the stack's own gateway
     with running(GatewayProcess(env, tmp_path / "gateway-oauth.log")) as process:
         yield process
 
@@ -313,6 +314,7 @@ def capped_gateway(
 ) -> Iterator[GatewayProcess]:
     """A second gateway of the stack whose owners may spend almost nothing a day."""
     env = gateway_environment(settings, model_server, api_port, free_port())
+    env["CCQ_GATEWAY_PROXY_PORT"] = str(free_port())  # beside the stack's own gateway
     env["CCQ_OWNER_DAILY_BUDGET_USD"] = "0.000001"
     with running(GatewayProcess(env, tmp_path / "gateway-capped.log")) as process:
         yield process
