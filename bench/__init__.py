@@ -1,7 +1,7 @@
 """`make bench`: ccq measured against what it wraps, each ratio from one run.
 
 * warm turn: POST a prompt to a live session until the CLI's ``result`` arrives on a
-  tail, against ``docker exec ... claude -p`` in the same container;
+  tail, against ``docker exec ... claude -p`` in an idle container made like a session's;
 * cold session: POST a new session until its ``result`` arrives, against ``docker run``
   of the same image and CLI;
 * event delivery: an event appended as the worker does, until 1, 100 and 500 WebSocket

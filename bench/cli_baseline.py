@@ -62,18 +62,13 @@ def exec_command(
     ]
 
 
-def run_command(
-    image: str, instance: str, dirs: SessionDirs, session_id: str, env: Mapping[str, str]
-) -> list[str]:
-    """``docker run`` of the CLI in a new container configured like a session's: the same
-    mounts, user, limits and host alias. Labelled with the bench instance, so cleanup
-    finds it if ``--rm`` never got to run."""
+def _container_flags(instance: str, dirs: SessionDirs) -> list[str]:
+    """A baseline container configured like a session's before ccq isolated sessions:
+    the same mounts, user, limits and host alias, on Docker's default bridge (the model
+    server must be reachable: ccq's own session network admits only the gateway).
+    Labelled with the bench instance, so cleanup finds what ``--rm`` never removed."""
     limits = ContainerLimits()
     return [
-        "docker",
-        "run",
-        "--rm",
-        "-i",
         "--label",
         f"{LABEL_INSTANCE}={instance}",
         "-u",
@@ -96,10 +91,33 @@ def run_command(
         str(limits.nano_cpus / 10**9),
         "--pids-limit",
         str(limits.pids),
+    ]
+
+
+def run_command(
+    image: str, instance: str, dirs: SessionDirs, session_id: str, env: Mapping[str, str]
+) -> list[str]:
+    """``docker run`` of the CLI in a new baseline container."""
+    return [
+        "docker",
+        "run",
+        "--rm",
+        "-i",
+        *_container_flags(instance, dirs),
         *_env_flags(env),
         image,
         *cli_argv(session_id, resume=False),
     ]
+
+
+def start_idle_container(image: str, instance: str, dirs: SessionDirs) -> str:
+    """A baseline container idling as a session's does (the image's ``sleep``); its ID,
+    for ``docker exec`` (:func:`exec_command`)."""
+    command = ["docker", "run", "-d", *_container_flags(instance, dirs), image]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"docker run -d: {done.stderr.strip()[:500]}")
+    return done.stdout.strip()
 
 
 def time_to_result(command: list[str], prompt: str, env: Mapping[str, str]) -> float:

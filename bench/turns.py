@@ -18,6 +18,7 @@ from bench.cli_baseline import (
     check_result,
     exec_command,
     run_command,
+    start_idle_container,
     time_to_result,
 )
 from bench.report import Comparison
@@ -125,11 +126,15 @@ def warm_turn(stack: Stack, iterations: int, progress: Callable[[str], None]) ->
     session_id = str(created["session"]["id"])
     with _tail(stack, f"/api/v1/runs/{created['run']['id']}/stream") as ws:
         _read_until(ws, _finished(created["run"]["id"]))
-    container = _session_container(stack, session_id)
+    _session_container(stack, session_id)  # up, and staying up between turns
     env = stack.baseline_environment()
     # Both sides resume a conversation, as ccq does from its second prompt on: the
     # baseline's first call creates its own (with --session-id), untimed like ccq's.
+    # Its container is one of its own, configured like a session's (see cli_baseline).
     baseline_session = str(uuid.uuid4())
+    dirs = SessionDirs.for_session(stack.settings.data_dir / "baseline", baseline_session)
+    dirs.create()
+    container = start_idle_container(stack.settings.worker_image, stack.settings.instance, dirs)
     time_to_result(exec_command(container, baseline_session, resume=False, env=env), "hi", env)
     ccq_warm_turn(stack, session_id, _prompt(1))
 
@@ -150,7 +155,7 @@ def warm_turn(stack: Stack, iterations: int, progress: Callable[[str], None]) ->
     return Comparison(
         key="warm_turn",
         title="warm turn",
-        baseline_name="docker exec + claude -p --resume, same container",
+        baseline_name="docker exec + claude -p --resume, in an idle container",
         ccq=Summary.of(ccq),
         baseline=Summary.of(baseline),
         details={"iterations": iterations, "ccq_seconds": ccq, "baseline_seconds": baseline},

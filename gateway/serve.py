@@ -43,7 +43,9 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    asyncio.run(_serve(uvicorn.Server(config), sockets, settings, metrics, proxy_sockets))
+    # uvicorn's own loop (uvloop where installed), as `uvicorn.Server.run` would choose.
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve(uvicorn.Server(config), sockets, settings, metrics, proxy_sockets))
 
 
 async def _serve(
