@@ -21,9 +21,11 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 from orchestrator.domain.isolation import SECRET_NAME
 from orchestrator.redaction import MIN_REDACTED_LENGTH
-from orchestrator.settings import ConfigError, Settings
+from orchestrator.settings import ConfigError, Settings, find_env_file
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +78,15 @@ class SecretStore:
 
     @classmethod
     def load(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> SecretStore:
-        """From ``environ`` (``os.environ`` by default) and ``settings.secrets_file``.
+        """From ``environ`` and ``settings.secrets_file``; by default ``environ`` is the
+        process's environment over the dotenv file the settings were read from
+        (``.ccq/ccq.env`` under ``make up``), so a secret can live beside the other
+        settings. The environment wins over that file, and both over the secrets file.
 
         Raises:
             SecretsConfigError: a bad variable name, or a bad line in the file (by number).
         """
-        env = os.environ if environ is None else environ
+        env = _environment_with_env_file() if environ is None else environ
         values: dict[str, str] = {}
         if settings.secrets_file is not None:
             values.update(read_secrets_file(settings.secrets_file))
@@ -172,3 +177,14 @@ def read_secrets_file(path: Path) -> dict[str, str]:
         values[name] = value
         first_line[name] = number
     return values
+
+
+def _environment_with_env_file() -> dict[str, str]:
+    """``os.environ`` over the ``CCQ_SECRET_*`` lines of the settings' dotenv file."""
+    found = find_env_file(os.environ, Path.cwd())
+    from_file = {
+        key: value
+        for key, value in (dotenv_values(found) if found is not None else {}).items()
+        if key.startswith(ENV_PREFIX) and value is not None
+    }
+    return {**from_file, **os.environ}

@@ -135,3 +135,21 @@ def test_settings_do_not_hold_secret_values(monkeypatch: pytest.MonkeyPatch) -> 
     settings = load_settings(env_file=None)
     assert VALUE not in repr(settings)
     assert VALUE not in settings.model_dump_json()
+
+
+def test_the_settings_dotenv_file_gives_secrets_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / "ccq.env"
+    env_file.write_text(
+        f"CCQ_JWT_SECRET=not-a-secret-by-name\nCCQ_SECRET_GITHUB_TOKEN={VALUE}\n"
+        "CCQ_SECRET_NPM_TOKEN=from-the-file-0001\n"
+    )
+    monkeypatch.setenv("CCQ_ENV_FILE", str(env_file))
+    monkeypatch.setenv("CCQ_SECRET_NPM_TOKEN", "from-the-environment-0002")
+    store = SecretStore.load(_settings())
+    assert store.names() >= {"GITHUB_TOKEN", "NPM_TOKEN"}
+    assert store.values_for(["GITHUB_TOKEN", "NPM_TOKEN"]) == {
+        "GITHUB_TOKEN": VALUE,
+        "NPM_TOKEN": "from-the-environment-0002",
+    }
