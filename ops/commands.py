@@ -145,6 +145,20 @@ def network_address(ctx: Context) -> None:
     click.echo(found.gateway)
 
 
+@network.command("remove")
+@pass_context
+def network_remove(ctx: Context) -> None:
+    """Remove this instance's session networks and their firewall chains (those still
+    in use stay); `make down` runs it after removing the session containers."""
+    from orchestrator.runtime.containers import ContainerError, ContainerRuntime
+
+    try:
+        removed = ContainerRuntime().remove_networks(ctx.settings.instance)
+    except ContainerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"removed {removed} session network(s)")
+
+
 @network.command("check")
 @click.option(
     "--url",

@@ -173,8 +173,13 @@ down() {
   fi
   networks=$(docker network ls -q --filter label=ccq.managed=1 --filter "label=ccq.instance=$instance" 2>/dev/null || true)
   if [[ -n $networks ]]; then
-    # shellcheck disable=SC2086
-    docker network rm $networks >/dev/null && say "removed the session network"
+    # With its firewall chain (ccq's own command; the docker CLI would leave the chain).
+    if "$BIN/ccq" network remove >/dev/null; then
+      say "removed the session network and its firewall chain"
+    else
+      # shellcheck disable=SC2086
+      docker network rm $networks >/dev/null && say "removed the session network"
+    fi
   fi
   say "down"
 }

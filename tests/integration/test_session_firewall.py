@@ -124,3 +124,16 @@ def test_a_network_ccq_did_not_make_must_already_be_isolated(
         assert runtime.ensure_network(name, instance).name == name  # open mode: as it is
     finally:
         foreign.remove()
+
+
+def test_a_network_removed_behind_ccqs_back_loses_its_chain_at_the_next_cleanup(
+    runtime: ContainerRuntime, docker_client: docker.DockerClient, instance: str
+) -> None:
+    name = f"{instance}-sessions"
+    runtime.ensure_network(name, instance, ISOLATED)
+    docker_client.networks.get(name).remove()  # as `docker network rm` would
+    assert "--dport 18090" in _chain(name)  # the chain outlived its bridge
+
+    runtime.remove_networks(instance)
+    assert _chain(name) == ""
+    assert not _jumps_to(name)

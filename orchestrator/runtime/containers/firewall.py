@@ -20,6 +20,7 @@ is replaced in one ``iptables-restore`` transaction (never an empty, open chain 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import threading
@@ -116,6 +117,24 @@ def remove_firewall(interface: str) -> None:
             _run([tool, "-w", "-X", chain], check=False)
         for rule in [r for r in _verified if r.interface == interface]:
             del _verified[rule]
+
+
+def remove_stale_firewalls() -> list[str]:
+    """Remove every ccq chain whose bridge no longer exists (a network removed by hand,
+    or by `docker network rm`); the interfaces whose chains went."""
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        return []
+    listing = _run([iptables, "-w", "-S"], check=False).stdout.splitlines()
+    chains = [line.split()[1] for line in listing if line.startswith(f"-N {CHAIN_PREFIX}")]
+    stale = [
+        chain.removeprefix(CHAIN_PREFIX)
+        for chain in chains
+        if not os.path.exists(f"/sys/class/net/{chain.removeprefix(CHAIN_PREFIX)}")
+    ]
+    for interface in stale:
+        remove_firewall(interface)
+    return stale
 
 
 def forget_verified() -> None:

@@ -39,7 +39,12 @@ import requests
 
 from orchestrator.runtime.containers.client import engine_errors
 from orchestrator.runtime.containers.errors import EngineUnavailable, NetworkError
-from orchestrator.runtime.containers.firewall import GatewayRule, ensure_firewall, remove_firewall
+from orchestrator.runtime.containers.firewall import (
+    GatewayRule,
+    ensure_firewall,
+    remove_firewall,
+    remove_stale_firewalls,
+)
 from orchestrator.runtime.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROBE
 
 log = logging.getLogger(__name__)
@@ -245,6 +250,9 @@ def remove_networks(client: docker.DockerClient, instance: str) -> int:
             network.remove()
             removed += 1
             remove_firewall(interface)
+    # Chains of bridges removed some other way (`docker network rm`) go too.
+    with contextlib.suppress(NetworkError):
+        remove_stale_firewalls()
     return removed
 
 
