@@ -15,6 +15,7 @@ from api.dispatch import commit_and_queue, commit_and_queue_run
 from api.extensions import Services, get_services, request_unit
 from api.schemas import (
     ChildrenQuery,
+    CliOptionsBody,
     CreateChild,
     CreateFanout,
     check_prompt_size,
@@ -38,6 +39,15 @@ def _children(service: SessionService, services: Services) -> ChildSessions:
     return ChildSessions(service, TreeLimits.from_settings(services.settings))
 
 
+def _child_options(
+    body: CliOptionsBody, services: Services, sessions: SessionService, parent_id: uuid.UUID
+) -> dict[str, Any]:
+    """A child's stored options: its CLI knobs, and the box it asked for within its
+    parent's (the parent's own box where it asked for nothing)."""
+    inherited = SessionIsolation.of(sessions.get(parent_id).options)
+    return {**body.cli_options(), **body.isolation_options(services.isolation, inherited)}
+
+
 @bp.post("/sessions/<uuid:session_id>/children")
 @require_principal
 def spawn_child(who: Principal, session_id: uuid.UUID) -> Reply:
@@ -48,13 +58,12 @@ def spawn_child(who: Principal, session_id: uuid.UUID) -> Reply:
     uow = request_unit()
     db = uow.db
     sessions = scoped(db, who)
-    inherited = SessionIsolation.of(sessions.get(session_id).options)
     child, run, created = _children(sessions, services).spawn(
         session_id,
         body.prompt,
         NewSession(
             model=body.model,
-            options={**body.cli_options(), **body.isolation_options(services.isolation, inherited)},
+            options=_child_options(body, services, sessions, session_id),
             metadata=body.metadata,
             idempotency_key=body.idempotency_key,
         ),
@@ -106,8 +115,7 @@ def fanout(who: Principal, session_id: uuid.UUID) -> Reply:
     uow = request_unit()
     db = uow.db
     sessions = scoped(db, who)
-    inherited = SessionIsolation.of(sessions.get(session_id).options)
-    options = {**body.cli_options(), **body.isolation_options(services.isolation, inherited)}
+    options = _child_options(body, services, sessions, session_id)
     started = _children(sessions, services).fanout(
         session_id,
         NewFanout(

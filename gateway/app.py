@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx2
 import redis.asyncio
@@ -27,6 +28,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, request_response
 
 from gateway.auth import RequireSessionToken, TokenVerifier
+from gateway.egress import EgressPolicy, EgressProxy
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.notices import Notices
@@ -42,11 +44,12 @@ from orchestrator.settings import Settings
 ANTHROPIC_API_URL = "https://api.anthropic.com"
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
-    """The app; ``metrics``: shared with the egress proxy beside it (one /metrics)."""
+def create_app(settings: Settings, egress_sockets: Sequence[socket.socket] = ()) -> Starlette:
+    """The app; the egress proxy, sharing its resources, accepts on ``egress_sockets``
+    (bound by the caller) while the app runs."""
     engine = make_engine(settings)
     factory = make_session_factory(engine)
-    metrics = metrics or Metrics()
+    metrics = Metrics()
     gate = UpstreamGate(
         max_streams=settings.gateway_max_upstream_streams,
         max_waiting=settings.gateway_max_waiting,
@@ -67,6 +70,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
         # A model may think in silence for minutes; the worker's watchdog owns silence.
         timeout=httpx2.Timeout(settings.run_silence_timeout + 60, connect=10.0),
     )
+    notices = Notices(redis_client)
     proxy = ModelProxy(
         client=client,
         credential=UpstreamCredential.from_settings(settings),
@@ -74,13 +78,20 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
         ledger=Ledger(
             factory, Budgets(settings.owner_daily_budget_usd), PriceTable(settings.model_prices)
         ),
-        notices=Notices(redis_client),
+        notices=notices,
         metrics=metrics,
         max_body_bytes=settings.gateway_max_body_bytes,
         wait_timeout=settings.gateway_wait_timeout,
     )
     tools = tools_app(build_tools_server(settings.gateway_api_url or settings.api_url))
     verifier = TokenVerifier(factory)
+    egress = EgressProxy(
+        verifier=verifier,
+        session_factory=factory,
+        policy=EgressPolicy.from_settings(settings),
+        notices=notices,
+        metrics=metrics,
+    )
 
     def guarded(handler: Callable[[Request], Awaitable[Response]]) -> RequireSessionToken:
         return RequireSessionToken(request_response(handler), verifier, metrics)
@@ -96,9 +107,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with tools.session_manager.run():
+            egress_servers = await egress.serve(egress_sockets)
             try:
                 yield
             finally:
+                for server in egress_servers:
+                    server.close()
                 await proxy.drain()
                 await client.aclose()
                 await redis_client.aclose()

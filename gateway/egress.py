@@ -33,20 +33,20 @@ import ipaddress
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
-import redis.asyncio
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
 
 from gateway.auth import TokenVerifier
 from gateway.credentials import RunCredential
 from gateway.metrics import Metrics
 from gateway.notices import Notices
-from orchestrator.db.engine import make_engine, make_session_factory, session_scope
+from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Session
 from orchestrator.domain.isolation import SessionIsolation, allows_host
 from orchestrator.settings import Settings
@@ -70,13 +70,9 @@ _HOP_BY_HOP = frozenset(
         "proxy-connection",
         "te",
         "trailer",
-        "transfer-encoding-hint",
         "upgrade",
     }
 )
-
-# (session_id) -> what the session may reach; looked up in PostgreSQL.
-AllowLookup = Callable[[uuid.UUID], Awaitable[tuple[str, ...]]]
 
 
 class Refusal(Exception):
@@ -94,6 +90,14 @@ class EgressPolicy:
     ports: frozenset[int]
     pinned: dict[str, str]
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EgressPolicy:
+        return cls(
+            ceiling=tuple(settings.egress_allow),
+            ports=frozenset(settings.egress_ports),
+            pinned=dict(settings.egress_hosts),
+        )
+
 
 @dataclass(frozen=True)
 class Target:
@@ -108,19 +112,25 @@ class EgressProxy:
         self,
         *,
         verifier: TokenVerifier,
-        allow_of: AllowLookup,
+        session_factory: sessionmaker[DbSession],
         policy: EgressPolicy,
         notices: Notices,
         metrics: Metrics,
-        resolve: Callable[[str, int], Awaitable[list[str]]] | None = None,
     ) -> None:
+        """Shares the app's token verifier, database pool, notices and metrics."""
         self.verifier = verifier
-        self.allow_of = allow_of
+        self.session_factory = session_factory
         self.policy = policy
         self.notices = notices
         self.metrics = metrics
-        self.resolve = resolve or _resolve
         self._tunnels: dict[uuid.UUID, int] = {}
+
+    async def serve(self, sockets: Sequence[socket.socket]) -> list[asyncio.Server]:
+        """Start accepting on ``sockets`` (bound by the caller); the servers, to close."""
+        return [
+            await asyncio.start_server(self.handle, sock=sock, limit=MAX_HEAD_BYTES)
+            for sock in sockets
+        ]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client connection: one request, then a relay (or a refusal)."""
@@ -193,7 +203,7 @@ class EgressProxy:
         """The address to connect to, after every check; else a :class:`Refusal`."""
         host = target.host
         try:
-            allow = await self.allow_of(credential.session_id)
+            allow = await asyncio.to_thread(self._allow_of, credential.session_id)
         except SQLAlchemyError:
             raise Refusal(503, "the gateway cannot read the session's policy now") from None
         if not allows_host(allow, host):
@@ -206,7 +216,7 @@ class EgressProxy:
         if pinned is not None:
             return pinned
         try:
-            addresses = await self.resolve(host, target.port)
+            addresses = await _resolve(host, target.port)
         except OSError as exc:
             raise Refusal(502, f"{host} does not resolve: {exc}") from None
         if not addresses:
@@ -215,6 +225,12 @@ class EgressProxy:
             if not _is_public(text):
                 raise Refusal(403, f"{host} resolves to {text}, which is not a public address")
         return addresses[0]
+
+    def _allow_of(self, session_id: uuid.UUID) -> tuple[str, ...]:
+        """The names the session may reach (blocking: called in a thread)."""
+        with session_scope(self.session_factory) as db:
+            options = db.scalar(select(Session.options).where(Session.id == session_id))
+        return SessionIsolation.of(options or {}).egress_allow
 
     async def _relay(
         self,
@@ -422,43 +438,3 @@ async def _pipe_both(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def session_allow_lookup(load: Callable[[uuid.UUID], dict[str, Any] | None]) -> AllowLookup:
-    """An :data:`AllowLookup` over a blocking loader of a session's options."""
-
-    async def allow_of(session_id: uuid.UUID) -> tuple[str, ...]:
-        options = await asyncio.to_thread(load, session_id)
-        return SessionIsolation.of(options or {}).egress_allow
-
-    return allow_of
-
-
-@contextlib.asynccontextmanager
-async def egress_proxy(settings: Settings, metrics: Metrics) -> AsyncIterator[EgressProxy]:
-    """The proxy with its own database pool and Redis client, closed on the way out."""
-    engine = make_engine(settings)
-    factory = make_session_factory(engine)
-    redis_client = redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-    )
-
-    def load_options(session_id: uuid.UUID) -> dict[str, Any] | None:
-        with session_scope(factory) as db:
-            return db.scalar(select(Session.options).where(Session.id == session_id))
-
-    try:
-        yield EgressProxy(
-            verifier=TokenVerifier(factory),
-            allow_of=session_allow_lookup(load_options),
-            policy=EgressPolicy(
-                ceiling=tuple(settings.egress_allow),
-                ports=frozenset(settings.egress_ports),
-                pinned=dict(settings.egress_hosts),
-            ),
-            notices=Notices(redis_client),
-            metrics=metrics,
-        )
-    finally:
-        await redis_client.aclose()
-        engine.dispose()

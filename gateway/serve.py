@@ -2,20 +2,18 @@
 
 Like the API, the gateway listens on loopback and on the session network's host address
 (where containers reach it), and nowhere else; uvicorn takes the bound sockets. The
-egress proxy listens on the same addresses at CCQ_GATEWAY_PROXY_PORT, in the same loop.
+egress proxy listens on the same addresses at CCQ_GATEWAY_PROXY_PORT, started by the
+app's lifespan in the same loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 
 import uvicorn
 
 from gateway.app import create_app
-from gateway.egress import MAX_HEAD_BYTES, egress_proxy
-from gateway.metrics import Metrics
 from orchestrator.settings import Settings
 
 
@@ -34,35 +32,12 @@ def serve(settings: Settings) -> None:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     sockets = [bind(host, settings.gateway_port) for host in settings.gateway_hosts]
-    proxy_sockets = [bind(host, settings.gateway_proxy_port) for host in settings.gateway_hosts]
-    metrics = Metrics()
+    egress_sockets = [bind(host, settings.gateway_proxy_port) for host in settings.gateway_hosts]
     config = uvicorn.Config(
-        create_app(settings, metrics),
+        create_app(settings, egress_sockets),
         log_level=settings.log_level.lower(),
         access_log=False,  # sessions' calls are counted in /metrics; tokens stay out of logs
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    # uvicorn's own loop (uvloop where installed), as `uvicorn.Server.run` would choose.
-    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(_serve(uvicorn.Server(config), sockets, settings, metrics, proxy_sockets))
-
-
-async def _serve(
-    server: uvicorn.Server,
-    sockets: list[socket.socket],
-    settings: Settings,
-    metrics: Metrics,
-    proxy_sockets: list[socket.socket],
-) -> None:
-    """The app and the egress proxy in one event loop, until the app shuts down."""
-    async with egress_proxy(settings, metrics) as proxy:
-        listeners = [
-            await asyncio.start_server(proxy.handle, sock=sock, limit=MAX_HEAD_BYTES)
-            for sock in proxy_sockets
-        ]
-        try:
-            await server.serve(sockets=sockets)
-        finally:
-            for listener in listeners:
-                listener.close()
+    uvicorn.Server(config).run(sockets=sockets)

@@ -218,6 +218,7 @@ class RunExecutor:
         session.last_active_at = run.started_at
         session_tokens.revoke_run(db, run.id)  # a dead worker's delivery minted one
         # A taken-over run continues its event numbering after what was persisted.
+        isolation = SessionIsolation.of(session.options)
         claimed = ClaimedRun(
             run_id=run.id,
             session_id=session.id,
@@ -236,8 +237,8 @@ class RunExecutor:
                 ttl=timedelta(seconds=self.settings.run_time_limit) + TOKEN_TTL_MARGIN,
             ),
             batch_id=session.batch_id,
-            secret_names=SessionIsolation.of(session.options).secrets,
-            limits=SessionIsolation.of(session.options).limits,
+            secret_names=isolation.secrets,
+            limits=isolation.limits,
         )
         return claimed, session_lock, RunStatus.RUNNING
 

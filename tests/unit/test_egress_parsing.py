@@ -80,4 +80,5 @@ def test_the_password_is_the_token() -> None:
     ],
 )
 def test_only_public_addresses_are_dialled(address: str, public: bool) -> None:
+    # Pure judgement of address literals: nothing here is ever connected to.
     assert _is_public(address) is public
