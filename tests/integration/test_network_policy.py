@@ -220,7 +220,10 @@ head = s.recv(4096).decode()
 print("connect:", head.splitlines()[0])
 if " 200 " in head:
     s.sendall(f"GET /tunnel HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n".encode())
-    print("body:", s.recv(65536).decode().split("\\r\\n\\r\\n", 1)[-1])
+    reply = b""  # the origin writes head and body apart: read to the end
+    while chunk := s.recv(65536):
+        reply += chunk
+    print("body:", reply.decode().split("\\r\\n\\r\\n", 1)[-1])
 """
 
 
