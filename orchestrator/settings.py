@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     run_silence_timeout: PositiveSeconds = 300.0
     run_time_limit: PositiveSeconds = 3600.0
 
+    # --- faults: run leases and the reconciler ----------------------------------------------
+    # A running run's lease in PostgreSQL, renewed by its worker every third of this; a
+    # run whose lease ran out and whose session lock is free was lost with its worker.
+    run_lease_seconds: float = Field(default=30.0, ge=3.0, le=3600.0)
+    # How often beat's reconciler looks for lost runs and queued runs nothing dispatches.
+    reconcile_interval: float = Field(default=5.0, ge=1.0, le=3600.0)
+    # A session's next queued run untouched this long is dispatched again (its task may
+    # have been lost with Redis); a duplicate delivery is harmless.
+    redispatch_after: float = Field(default=60.0, ge=5.0, le=86400.0)
+
     # --- event streams and live tails ------------------------------------------------------
     # An idle session's Redis stream expires after this; its history stays in PostgreSQL.
     event_stream_ttl: PositiveSeconds = 86400.0

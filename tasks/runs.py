@@ -9,7 +9,7 @@ from typing import Any
 from celery import shared_task
 
 from orchestrator.domain.admission import NoSlot
-from orchestrator.runtime.executor import NotYourTurn
+from orchestrator.runtime.executor import NotYourTurn, StillRunning
 from tasks import names
 from tasks.base import CcqTask
 
@@ -28,6 +28,10 @@ def run_prompt(self: CcqTask, run_id: str) -> dict[str, Any]:
         return self.context.executor.execute(uuid.UUID(run_id))
     except NotYourTurn as exc:
         raise self.retry(countdown=TURN_RETRY_SECONDS, exc=exc) from None
+    except StillRunning as exc:
+        # Another delivery has it: look again once its lease and lock could have run out
+        # (then it has finished, or it was lost and is settled here).
+        raise self.retry(countdown=exc.retry_after, exc=exc) from None
     except NoSlot as exc:
         wait = random.uniform(*SLOT_RETRY_SECONDS)  # noqa: S311 - jitter, not a secret
         raise self.retry(countdown=wait, exc=exc) from None

@@ -182,6 +182,7 @@ class Run(Base):
         UniqueConstraint("session_id", "seq"),
         UniqueConstraint("session_id", "idempotency_key"),
         Index("ix_runs_owner_status", "owner", "status"),
+        Index("ix_runs_status_lease", "status", "lease_expires_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -202,6 +203,12 @@ class Run(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Deliveries that started this run; bounds requeue loops after worker deaths.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # While running: the worker's lease (orchestrator.runtime.leases), renewed by it; a
+    # run whose lease ran out is settled by beat's reconciler.
+    lease_holder: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # Filled from the CLI's final `result` message.
     result_text: Mapped[str | None] = mapped_column(Text)

@@ -175,6 +175,7 @@ def run_cli(
             result_seen_at = time.monotonic()
         on_event(event)
 
+    ended = False  # the CLI's own exit, or _stop's: nothing of the run is left running
     try:
         process.write_stdin_and_close(prompt.encode("utf-8"))
         while not process.eof:
@@ -198,10 +199,18 @@ def run_cli(
             exit_code = _wait_exit_code(process)
         else:
             exit_code = _stop(runtime, container, process, run_id)
+        ended = True
         for line in stdout_lines.flush():
             handle_line(line, FrameDecoder.STDOUT)
         for line in stderr_lines.flush():
             handle_line(line, FrameDecoder.STDERR)
+    except BaseException:
+        # Whatever broke here (PostgreSQL, Redis, a soft time limit, a shutdown), the CLI
+        # must not outlive this call: a later run would start a second one beside it.
+        if not ended:
+            log.warning("run %s: stopping its CLI after an error", run_id)
+            _stop_quietly(runtime, container, process, run_id)
+        raise
     finally:
         process.close()
     if stop_reason is StopReason.SILENCE and outcome.has_result:
@@ -246,6 +255,46 @@ def _stop(
     )
     runtime.remove_container(container)
     return None
+
+
+def _stop_quietly(
+    runtime: ContainerRuntime, container: SessionContainer, process: ExecProcess, run_id: str
+) -> None:
+    try:
+        _stop(runtime, container, process, run_id)
+    except ContainerMissing:
+        pass
+    except Exception:
+        log.exception("run %s: could not stop its CLI", run_id)
+
+
+def ensure_no_cli(runtime: ContainerRuntime, container: SessionContainer) -> bool:
+    """Make sure no earlier CLI is alive in ``container`` before a new one starts: one
+    is ended with every other session process (the kill helper), or with the container.
+
+    Returns:
+        Whether the container is still there (False: it was removed; make a new one).
+
+    Raises:
+        ContainerError: the engine could not list or end the processes.
+    """
+    try:
+        if not any(_is_cli(command) for command in runtime.commands(container)):
+            return True
+        log.warning("container %s: an earlier CLI is still alive; ending it", container.name)
+        if _kill(runtime, container):
+            return True
+    except ContainerMissing:
+        return False
+    runtime.remove_container(container)
+    return False
+
+
+def _is_cli(command: str) -> bool:
+    """Whether a process's command line is the CLI's (``claude`` by any path, or node
+    running it); a session's own process named so is ended too, which costs it nothing
+    it could rely on."""
+    return any(part.rsplit("/", 1)[-1] == "claude" for part in command.split()[:2])
 
 
 def _kill(runtime: ContainerRuntime, container: SessionContainer) -> bool:

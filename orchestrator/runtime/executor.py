@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.auth import session_tokens
@@ -36,22 +37,28 @@ from orchestrator.domain.admission import admit
 from orchestrator.domain.budgets import BUDGET_EXCEEDED, refusal_of
 from orchestrator.domain.cancellation import cancel_signalled
 from orchestrator.domain.isolation import ResourceLimits, SessionIsolation
+from orchestrator.domain.run_endings import finish_without_cli
 from orchestrator.domain.run_lifecycle import RunFinished, RunListeners, RunRecording, RunStarted
 from orchestrator.redaction import RedactingSink, Redactor
+from orchestrator.runtime import leases
 from orchestrator.runtime.claude_cli import CliEvent, CliOptions, build_command, cli_environment
-from orchestrator.runtime.cli_runner import CliRunResult, StopReason, run_cli
+from orchestrator.runtime.cli_runner import CliRunResult, StopReason, ensure_no_cli, run_cli
 from orchestrator.runtime.containers import ContainerLimits, SessionContainerSpec, SessionDirs
 from orchestrator.runtime.egress import proxy_environment, session_network_policy
 from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.labels import LABEL_BATCH
-from orchestrator.runtime.locks import SessionLock, is_locked
+from orchestrator.runtime.leases import RunLease
+from orchestrator.runtime.locks import SessionLock, lock_ttl_ms
+from orchestrator.runtime.lost_runs import LostRuns
 from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
 from orchestrator.secrets import SecretStore
 from orchestrator.streams import gateway_notices
 from orchestrator.streams.events import (
     RUN_FINISHED,
+    EventsNotStored,
     PendingEvent,
     RunEventSink,
+    StoreUnavailable,
     WireEvent,
     next_run_seq,
     persist_events,
@@ -61,14 +68,28 @@ from orchestrator.streams.events import (
 
 log = logging.getLogger(__name__)
 
-# A run whose worker died this many times is failed instead of started again.
-MAX_ATTEMPTS = 3
 FINAL_STATES = frozenset(s.value for s in RunStatus if s.is_final)
 
 
 class NotYourTurn(Exception):
     """An earlier run of the same session is still queued or running."""
 
+
+class StillRunning(Exception):
+    """Another delivery of this run holds it (its lease or the session lock is live):
+    look again once they could have run out, in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RunLost(Exception):
+    """The run is ``running`` but whoever ran it is gone: settle it by the lost-run rule."""
+
+
+# How long a run whose CLI has ended waits for PostgreSQL to record its outcome.
+RECORD_PATIENCE_SECONDS = 600.0
 
 # A run's session token outlives the run's own time limit by this much at most; the
 # executor revokes it as soon as the run is recorded.
@@ -98,6 +119,8 @@ class ClaimedRun:
     secret_names: tuple[str, ...] = ()
     # The session's own container limits (None each: the operator's default).
     limits: ResourceLimits = field(default_factory=ResourceLimits)
+    # This delivery's name on the run's lease and the session lock.
+    holder: str = ""
 
     @property
     def one_shot(self) -> bool:
@@ -129,6 +152,7 @@ class RunExecutor:
         host: HostResources,
         listeners: RunListeners | None = None,
         secrets: SecretStore | None = None,
+        lost_runs: LostRuns | None = None,
     ) -> None:
         self.settings = host.settings
         self.session_factory = host.session_factory
@@ -137,6 +161,9 @@ class RunExecutor:
         self.listeners = listeners or RunListeners()
         # Loaded once per worker process (CCQ_SECRET_* and CCQ_SECRETS_FILE).
         self.secrets = secrets if secrets is not None else SecretStore.load(self.settings)
+        # A redelivery that finds its run lost settles it (and runs it again, if the rule
+        # queues it) itself, without dispatching it.
+        self.lost_runs = lost_runs or LostRuns(self.redis, self.runtime, self.listeners)
 
     # --- claim ---------------------------------------------------------------------------
 
@@ -179,21 +206,9 @@ class RunExecutor:
         if RunStatus(run.status).is_final:
             return None, None, run.status
         if run.status == RunStatus.RUNNING:
-            if is_locked(self.redis, session.id):
-                return None, None, "running elsewhere"
-            if run.attempts >= MAX_ATTEMPTS:
-                self._finish_without_cli(
-                    db,
-                    run,
-                    session,
-                    RunStatus.FAILED,
-                    f"worker lost {run.attempts} times",
-                    outbox,
-                )
-                return None, None, RunStatus.FAILED
-            log.warning("run %s was orphaned by a dead worker; taking it over", run_id)
-        elif run.cancel_requested:
-            self._finish_without_cli(db, run, session, RunStatus.CANCELLED, None, outbox)
+            self._check_lost(db, run)  # raises: a live delivery has it, or it was lost
+        if run.cancel_requested:
+            finish_without_cli(db, run, session, RunStatus.CANCELLED, None, outbox)
             return None, None, RunStatus.CANCELLED
         earlier = db.scalar(
             select(Run.id)
@@ -206,14 +221,14 @@ class RunExecutor:
         )
         if earlier is not None:
             raise NotYourTurn(f"run {earlier} of session {session.id} goes first")
-        if run.status == RunStatus.QUEUED:  # a taken-over run already holds its slot
-            admit(db, session, self.settings.max_runs_per_owner)
+        admit(db, session, self.settings.max_runs_per_owner)
         session_lock = SessionLock(self.redis, session.id, holder)
         if not session_lock.acquire():
             raise NotYourTurn(f"session {session.id} is busy")
         run.status = RunStatus.RUNNING
         run.attempts += 1
         run.started_at = datetime.now(UTC)
+        leases.take(db, run, holder, self.settings.run_lease_seconds)
         session.status = SessionStatus.RUNNING
         session.last_active_at = run.started_at
         session_tokens.revoke_run(db, run.id)  # a dead worker's delivery minted one
@@ -239,8 +254,18 @@ class RunExecutor:
             batch_id=session.batch_id,
             secret_names=isolation.secrets,
             limits=isolation.limits,
+            holder=holder,
         )
         return claimed, session_lock, RunStatus.RUNNING
+
+    def _check_lost(self, db: DbSession, run: Run) -> None:
+        """A redelivered ``running`` run: raise :class:`StillRunning` while its lease or
+        the session lock is live, else :class:`RunLost`."""
+        lock_ms = lock_ttl_ms(self.redis, run.session_id)
+        if lock_ms > 0 or not leases.is_expired(db, run):
+            wait = max(lock_ms / 1000, self.settings.run_lease_seconds / 3) + 1
+            raise StillRunning(f"run {run.id} is running elsewhere", retry_after=wait)
+        raise RunLost(f"run {run.id} lost its worker")
 
     # --- execute -------------------------------------------------------------------------
 
@@ -254,23 +279,55 @@ class RunExecutor:
             NotYourTurn: an earlier run of the session has not finished.
         """
         with UnitOfWork(self.session_factory) as uow:
-            claimed, session_lock, status = self._claim(
-                uow, run_id, holder=f"{run_id}:{uuid.uuid4().hex}"
-            )
+            claimed, session_lock, status = self._claim_or_settle(uow, run_id)
             if claimed is not None and session_lock is not None:
+                lease = RunLease(
+                    self.session_factory,
+                    claimed.run_id,
+                    claimed.holder,
+                    self.settings.run_lease_seconds,
+                )
+                lease.start()
                 try:
                     self.listeners.announce_started(
                         RunStarted(claimed.run_id, claimed.session_id, claimed.batch_id), uow
                     )
                     uow.commit()  # ends the listeners' reads: no transaction idles meanwhile
-                    status = self._execute_claimed(uow, claimed)
+                    status = self._execute_claimed(uow, claimed, lease)
                 finally:
+                    lease.stop()
                     session_lock.release()
             if status in FINAL_STATES:
                 self.listeners.announce_finished(RunFinished(run_id, status), uow)
         return {"run_id": str(run_id), "status": status}
 
-    def _persist(self, uow: UnitOfWork, events: list[WireEvent]) -> None:
+    def _claim_or_settle(
+        self, uow: UnitOfWork, run_id: uuid.UUID
+    ) -> tuple[ClaimedRun | None, SessionLock | None, str]:
+        """Claim the run; a run lost with its worker is first settled by the rule
+        (``orchestrator.runtime.reconciler``), and claimed if that queued it again."""
+        for _ in range(2):
+            try:
+                return self._claim(uow, run_id, holder=leases.new_holder(run_id))
+            except RunLost:
+                status = self.lost_runs.settle(uow, run_id)
+                if status is None:
+                    raise StillRunning(
+                        f"run {run_id}: its session is busy", self.settings.run_lease_seconds / 3
+                    ) from None
+                if status != RunStatus.QUEUED:
+                    return None, None, status
+        raise StillRunning(f"run {run_id} was lost again", self.settings.run_lease_seconds / 3)
+
+    def _persist(self, uow: UnitOfWork, events: list[WireEvent], lease: RunLease) -> None:
+        """Store a batch of the run's events; see :class:`StoreUnavailable` for outages.
+
+        Raises:
+            StoreUnavailable: PostgreSQL is unreachable; the sink keeps the events.
+            EventsNotStored: they cannot be stored (the run ends, saying why).
+        """
+        if lease.lost.is_set():
+            return  # the run was settled without this worker: its history is closed
         try:
             persist_events(uow.db, events)
             uow.commit()
@@ -278,8 +335,14 @@ class RunExecutor:
             # The session was deleted mid-run: its history goes with it.
             uow.rollback()
             log.info("dropped %d events of a deleted session", len(events))
+        except (OperationalError, InterfaceError) as exc:
+            uow.rollback()
+            raise StoreUnavailable(str(exc)) from exc
+        except SQLAlchemyError as exc:
+            uow.rollback()
+            raise EventsNotStored(f"the run's events could not be stored: {exc}") from exc
 
-    def _execute_claimed(self, uow: UnitOfWork, claimed: ClaimedRun) -> str:
+    def _execute_claimed(self, uow: UnitOfWork, claimed: ClaimedRun, lease: RunLease) -> str:
         # Every event, the result and the error leave with the run's secrets and token
         # redacted.
         redactor = Redactor.for_run(
@@ -287,7 +350,7 @@ class RunExecutor:
         )
         sink = RedactingSink(
             self.redis,
-            lambda events: self._persist(uow, events),
+            lambda events: self._persist(uow, events, lease),
             claimed.session_id,
             claimed.run_id,
             claimed.first_event_seq,
@@ -311,25 +374,27 @@ class RunExecutor:
                 ),
                 gateway_url=self.settings.gateway_url_for_containers,
             )
-            container = self.runtime.ensure_running(
-                SessionContainerSpec(
-                    session_id=str(claimed.session_id),
-                    owner=claimed.owner,
-                    parent_id=str(claimed.parent_id) if claimed.parent_id else None,
-                    image=self.settings.worker_image,
-                    dirs=dirs,
-                    instance=self.settings.instance,
-                    network=self.settings.session_network_name,
-                    network_policy=session_network_policy(self.settings),
-                    limits=ContainerLimits.of(
-                        memory_mb=claimed.limits.memory_mb or self.settings.container_memory_mb,
-                        cpus=claimed.limits.cpus or self.settings.container_cpus,
-                        pids=claimed.limits.pids or self.settings.container_pids,
-                        tmp_mb=self.settings.container_tmp_mb,
-                    ),
-                    extra_labels=({LABEL_BATCH: str(claimed.batch_id)} if claimed.batch_id else {}),
-                )
+            spec = SessionContainerSpec(
+                session_id=str(claimed.session_id),
+                owner=claimed.owner,
+                parent_id=str(claimed.parent_id) if claimed.parent_id else None,
+                image=self.settings.worker_image,
+                dirs=dirs,
+                instance=self.settings.instance,
+                network=self.settings.session_network_name,
+                network_policy=session_network_policy(self.settings),
+                limits=ContainerLimits.of(
+                    memory_mb=claimed.limits.memory_mb or self.settings.container_memory_mb,
+                    cpus=claimed.limits.cpus or self.settings.container_cpus,
+                    pids=claimed.limits.pids or self.settings.container_pids,
+                    tmp_mb=self.settings.container_tmp_mb,
+                ),
+                extra_labels=({LABEL_BATCH: str(claimed.batch_id)} if claimed.batch_id else {}),
             )
+            container = self.runtime.ensure_running(spec)
+            # Never two CLIs on one session: one an earlier delivery left is ended first.
+            if not ensure_no_cli(self.runtime, container):
+                container = self.runtime.ensure_running(spec)
             resume = transcript_path(dirs, claimed.session_id).exists()
             result = run_cli(
                 self.runtime,
@@ -346,7 +411,7 @@ class RunExecutor:
                 on_event=lambda e: self._forward(sink, e),
                 silence_timeout=self.settings.run_silence_timeout,
                 time_limit=self.settings.run_time_limit,
-                should_cancel=lambda: self._cancel_requested(claimed.run_id),
+                should_cancel=lambda: lease.lost.is_set() or self._cancel_requested(claimed.run_id),
                 on_tick=lambda: self._tick(sink, claimed.run_id),
             )
             sink.release()  # text held back for redaction: the CLI's output has ended
@@ -359,11 +424,17 @@ class RunExecutor:
                 redactor.text(traceback.format_exc()),
             )
             uow.rollback()  # a failed flush of its events leaves the session unusable
+            if isinstance(exc, EventsNotStored):
+                log.error("run %s: %d events not stored", claimed.run_id, sink.discard_unstored())
         if claimed.one_shot:
             # Before the outcome commits: that commit lets the batch release its next
             # item, whose container must not exist beside this one.
             self._remove_container(claimed.session_id)
-        status, stopped = self._record(uow, claimed, result, error, sink, resumed=resume)
+        if lease.lost.is_set():
+            # Settled meanwhile by the reconciler (this worker looked dead): that stands.
+            uow.rollback()
+            return self._status_of(uow, claimed.run_id)
+        status, stopped = self._record_patiently(uow, claimed, result, error, sink, resumed=resume)
         if stopped and not claimed.one_shot:
             # Stopped while this run went (the stop could not remove the container then).
             self._remove_container(claimed.session_id)
@@ -427,6 +498,12 @@ class RunExecutor:
         if session is None or run is None:
             uow.rollback()
             return "deleted", False  # the session was deleted while the run was going
+        if run.lease_holder != claimed.holder or run.status != RunStatus.RUNNING:
+            # The reconciler settled it while this worker could not renew its lease.
+            status = run.status
+            uow.rollback()
+            return status, False
+        leases.clear(run)
         session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
         status = _final_status(result, error)
         if result is not None:
@@ -466,29 +543,40 @@ class RunExecutor:
         db.flush()
         self.listeners.announce_recording(RunRecording(db, run, claimed.batch_id))
         uow.commit()
+        sink.stored()
         sink.finish(RUN_FINISHED, finished)
         return status, stopped
 
-    @staticmethod
-    def _finish_without_cli(
-        db: DbSession,
-        run: Run,
-        session: Session,
-        status: RunStatus,
+    def _record_patiently(
+        self,
+        uow: UnitOfWork,
+        claimed: ClaimedRun,
+        result: CliRunResult | None,
         error: str | None,
-        outbox: list[PendingEvent],
-    ) -> None:
-        run.status = status
-        run.error = error
-        run.finished_at = datetime.now(UTC)
-        session_tokens.revoke_run(db, run.id)
-        if session.status != SessionStatus.STOPPED:
-            session.status = SessionStatus.IDLE
-        outbox.append(
-            PendingEvent(
-                session.id, run.id, next_run_seq(db, run.id), RUN_FINISHED, run_finished_data(run)
-            )
-        )
+        sink: RedactingSink,
+        *,
+        resumed: bool,
+    ) -> tuple[str, bool]:
+        """:meth:`_record`, tried again while PostgreSQL is unreachable (the outcome is
+        only in this process's memory; the lease and session lock keep the reconciler
+        away meanwhile), for at most ``RECORD_PATIENCE_SECONDS``."""
+        deadline = time.monotonic() + RECORD_PATIENCE_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                return self._record(uow, claimed, result, error, sink, resumed=resumed)
+            except (OperationalError, InterfaceError):
+                uow.rollback()
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("run %s: PostgreSQL unreachable; recording it again", claimed.run_id)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _status_of(self, uow: UnitOfWork, run_id: uuid.UUID) -> str:
+        status = uow.db.scalar(select(Run.status).where(Run.id == run_id)) or "deleted"
+        uow.rollback()
+        return status
 
 
 def _run_cost(reported: Decimal | None, session: Session, resumed: bool) -> Decimal | None:

@@ -2,8 +2,9 @@
 steps any holder-keyed lock uses (a webhook's "sending" key, for one).
 
 PostgreSQL says which run is next; this lock says whether some worker is executing it
-right now. A run left ``running`` by a dead worker has no live lock, so a redelivery can
-tell "still running elsewhere" (skip) from "orphaned" (take over).
+right now. A run left ``running`` by a dead worker has no live lock (and no live lease,
+``orchestrator.runtime.leases``), so a redelivery can tell "still running elsewhere"
+(look again later) from "lost" (settled by ``orchestrator.runtime.lost_runs``).
 """
 
 from __future__ import annotations
@@ -77,5 +78,6 @@ class SessionLock:
         release_if_held(self._client, self._key, self._holder)
 
 
-def is_locked(client: redis.Redis, session_id: uuid.UUID) -> bool:
-    return bool(client.exists(lock_key(session_id)))
+def lock_ttl_ms(client: redis.Redis, session_id: uuid.UUID) -> int:
+    """Milliseconds the session's lock has left; 0 if it is free."""
+    return max(0, int(client.pttl(lock_key(session_id))))

@@ -32,6 +32,21 @@ log = logging.getLogger(__name__)
 STREAM_MAXLEN = 10_000  # approximate; older entries are served from PostgreSQL
 FLUSH_EVERY_EVENTS = 50
 FLUSH_EVERY_SECONDS = 0.5
+# Events a run holds while PostgreSQL is unreachable (its tail still gets them live);
+# past this the run ends, saying why.
+MAX_UNSTORED_EVENTS = 20_000
+# How long a sink that found PostgreSQL unreachable waits before trying again.
+STORE_RETRY_SECONDS = 2.0
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL is unreachable: the sink keeps the events and tries again later."""
+
+
+class EventsNotStored(Exception):
+    """A run's events cannot be stored: the run ends with this as its error."""
+
+
 # How long a deleted session's stream stays, so its tails learn of the deletion.
 DELETED_STREAM_TTL_SECONDS = 60
 
@@ -164,6 +179,7 @@ class RunEventSink:
         self._seq = first_seq
         self._pending: list[WireEvent] = []
         self._last_flush = time.monotonic()
+        self._store_down_until = 0.0
 
     def emit(self, type_: str, data: dict[str, Any]) -> WireEvent:
         event = publish(self._client, self._session_id, self._run_id, self._seq, type_, data)
@@ -181,15 +197,42 @@ class RunEventSink:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
+        """Store the pending events; during an outage keep them (up to a bound) for the
+        next flush.
+
+        Raises:
+            EventsNotStored: they cannot be stored, or the outage outgrew the bound.
+        """
+        now = self._last_flush = time.monotonic()
+        if not self._pending or now < self._store_down_until:
+            return
+        try:
             self._persist(self._pending)
-            self._pending = []
-        self._last_flush = time.monotonic()
+        except StoreUnavailable as exc:
+            if len(self._pending) > MAX_UNSTORED_EVENTS:
+                raise EventsNotStored(
+                    f"PostgreSQL was unreachable for {len(self._pending)} events: {exc}"
+                ) from exc
+            self._store_down_until = now + STORE_RETRY_SECONDS
+            log.warning("run %s: %d events wait for PostgreSQL", self._run_id, len(self._pending))
+            return
+        self._store_down_until = 0.0
+        self._pending = []
 
     def persist_pending(self, db: DbSession) -> None:
-        """Add everything not yet persisted to ``db``'s transaction (the run's final one)."""
+        """Add everything not yet persisted to ``db``'s transaction (the run's final one);
+        call :meth:`stored` once it commits (a failed commit can be tried again)."""
         persist_events(db, self._pending)
+
+    def stored(self) -> None:
+        """The transaction :meth:`persist_pending` added to has committed."""
         self._pending = []
+
+    def discard_unstored(self) -> int:
+        """Give up the events not yet stored (they cannot be: :class:`EventsNotStored`);
+        how many. Their live copies were published."""
+        count, self._pending = len(self._pending), []
+        return count
 
     def finish(self, type_: str, data: dict[str, Any]) -> WireEvent:
         """Publish the run's last event, after its final state has committed.

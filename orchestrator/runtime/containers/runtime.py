@@ -122,6 +122,19 @@ class ContainerRuntime:
             sock = api.exec_start(exec_id, socket=True, demux=False)
         return ExecProcess(api, exec_id, sock)
 
+    def commands(self, container: SessionContainer) -> list[str]:
+        """The command line of every process in the container (the engine's ``top``,
+        read from the host: nothing runs inside the container for it).
+
+        Raises:
+            ContainerMissing: the container is gone.
+        """
+        with engine_errors(f"cannot list the processes of container {container.name}"):
+            top = self._docker.api.top(container.id)
+        titles = [str(t) for t in top.get("Titles") or []]
+        column = titles.index("CMD") if "CMD" in titles else len(titles) - 1
+        return [str(row[column]) for row in top.get("Processes") or [] if len(row) > column]
+
     def remove(self, session_id: str) -> bool:
         """Remove the session's container, running or not (its directories stay)."""
         container = self._find(session_id)
