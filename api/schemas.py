@@ -96,6 +96,9 @@ class CliOptionsBody(IsolationBody):
     max_budget_usd: Annotated[float, Field(gt=0, le=10_000)] | None = None
     allowed_tools: Annotated[list[ToolName], Field(max_length=200)] = []
     disallowed_tools: Annotated[list[ToolName], Field(max_length=200)] = []
+    # A run lost with its worker is queued again (up to 3 deliveries) instead of failing
+    # ``worker_lost`` (orchestrator.runtime.lost_runs): for prompts safe to send twice.
+    retry_on_worker_loss: bool = False
 
     def cli_options(self) -> dict[str, Any]:
         """Only the CLI knobs (not the prompt, metadata or key of a subclass), set ones only."""
@@ -246,7 +249,16 @@ def session_json(
         "last_run": run_json(last_run) if last_run else None,
         "created_at": session.created_at.isoformat() if session.created_at else None,
         "last_active_at": session.last_active_at.isoformat() if session.last_active_at else None,
+        # As beat's retention pass last measured it (None: not yet); see docs/decisions.md.
+        "workspace_bytes": session.workspace_bytes,
+        "workspace_measured_at": _iso(session.workspace_measured_at),
+        # Set once retention deleted the tree's files: the session takes no more prompts.
+        "files_deleted_at": _iso(session.files_deleted_at),
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def fanout_json(fanout: Fanout, child_ids: list[str]) -> dict[str, Any]:

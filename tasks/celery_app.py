@@ -33,6 +33,8 @@ def make_celery(settings: Settings) -> Celery:
             "tasks.batches",
             "tasks.notify",
             "tasks.sweep",
+            "tasks.retention",
+            "tasks.reconcile",
             # Not a task module: the worker's heartbeat thread, started when it is ready.
             # Included here so only workers import it (and, through it, Docker).
             "tasks.heartbeat",
@@ -71,6 +73,11 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": max(10.0, settings.idle_timeout / 4),
             },
             "sweep": {"task": names.SWEEP, "schedule": 60.0},
+            "enforce-retention": {
+                "task": names.ENFORCE_RETENTION,
+                "schedule": settings.retention_interval,
+            },
+            "reconcile": {"task": names.RECONCILE, "schedule": settings.reconcile_interval},
         },
     )
     app.conf.ccq_settings = settings

@@ -16,6 +16,8 @@ from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.runtime.executor import RunExecutor
 from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.janitor import Janitor
+from orchestrator.runtime.lost_runs import LostRuns
+from orchestrator.runtime.reconciler import Reconciler
 from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
 from tasks.enqueue import Enqueuer
@@ -26,6 +28,7 @@ from tasks.listeners import run_listeners
 class WorkerContext:
     executor: RunExecutor
     janitor: Janitor
+    reconciler: Reconciler
     fanouts: FanoutJoin
     batches: BatchFlow
     enqueue: Enqueuer
@@ -52,9 +55,11 @@ def worker_context() -> WorkerContext:
         ttl=int(settings.event_stream_ttl),
     )
     listeners = run_listeners(host.redis, settings, batches, enqueue)
+    lost_runs = LostRuns(host.redis, host.runtime, listeners)
     return WorkerContext(
-        executor=RunExecutor(host, listeners),
+        executor=RunExecutor(host, listeners, lost_runs=lost_runs),
         janitor=Janitor(host),
+        reconciler=Reconciler(settings, host.redis, lost_runs, listeners, enqueue),
         fanouts=FanoutJoin(host.redis),
         batches=batches,
         enqueue=enqueue,

@@ -13,3 +13,5 @@ NOTIFY_RUN = "ccq.notify_run"
 # Beat's periodic tasks.
 REAP_CONTAINERS = "ccq.reap_containers"
 SWEEP = "ccq.sweep"
+ENFORCE_RETENTION = "ccq.enforce_retention"
+RECONCILE = "ccq.reconcile"

@@ -9,6 +9,7 @@ from typing import Any
 from celery import shared_task
 
 from orchestrator.domain.admission import NoSlot
+from orchestrator.runtime import reconciler
 from orchestrator.runtime.executor import NotYourTurn, StillRunning
 from tasks import names
 from tasks.base import CcqTask
@@ -24,6 +25,7 @@ SLOT_RETRY_SECONDS = (2.0, 5.0)
 @shared_task(base=CcqTask, bind=True, name=names.RUN_PROMPT, ignore_result=False)
 def run_prompt(self: CcqTask, run_id: str) -> dict[str, Any]:
     """Execute one run of a session (idempotent: a redelivery never runs the CLI twice)."""
+    reconciler.touch(self.context.redis, run_id)  # this run's task is alive
     try:
         return self.context.executor.execute(uuid.UUID(run_id))
     except NotYourTurn as exc:

@@ -38,10 +38,11 @@ def post_json(
 
 
 def create_session(
-    client: FlaskClient, headers: dict[str, str], prompt: str | None = None
+    client: FlaskClient, headers: dict[str, str], prompt: str | None = None, **options: Any
 ) -> dict[str, Any]:
-    """``POST /sessions`` (with its first run when ``prompt`` is given): the reply."""
-    body = {"prompt": prompt} if prompt else {}
+    """``POST /sessions`` (with its first run when ``prompt`` is given, and the session
+    ``options``): the reply."""
+    body = {**options, "prompt": prompt} if prompt else dict(options)
     return post_json(client, "/api/v1/sessions", body, headers, 201)
 
 

@@ -85,6 +85,9 @@ def settings(
         egress_allow=list(EGRESS_CEILING),
         egress_hosts={ORIGIN_NAME: "127.0.0.1"},
         egress_ports=[80, 443, egress_origin.port],
+        # Short, so tests of lost workers wait seconds; long enough that a loaded machine
+        # never misses two renewals of a live run.
+        run_lease_seconds=8,
         **{k.removeprefix("CCQ_").lower(): v for k, v in TEST_TREE_LIMITS.items()},
     )
     drop_database(base_settings.database_url, database)

@@ -128,6 +128,8 @@ def stack_environment(
         "CCQ_ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_server.port}",
         # Many cold CLI starts at once on two cores must not look like a hung run.
         "CCQ_RUN_SILENCE_TIMEOUT": "20",
+        # A lost run is found in seconds (the settings fixture's value).
+        "CCQ_RUN_LEASE_SECONDS": str(settings.run_lease_seconds),
     }
 
 

@@ -222,7 +222,9 @@ class RunExecutor:
         if earlier is not None:
             raise NotYourTurn(f"run {earlier} of session {session.id} goes first")
         admit(db, session, self.settings.max_runs_per_owner)
-        session_lock = SessionLock(self.redis, session.id, holder)
+        session_lock = SessionLock(
+            self.redis, session.id, holder, ttl_ms=int(self.settings.run_lease_seconds * 1000)
+        )
         if not session_lock.acquire():
             raise NotYourTurn(f"session {session.id} is busy")
         run.status = RunStatus.RUNNING

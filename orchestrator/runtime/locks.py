@@ -15,8 +15,8 @@ import uuid
 
 import redis
 
+# The default; a run's executor holds it for as long as its lease (CCQ_RUN_LEASE_SECONDS).
 TTL_MS = 30_000
-RENEW_EVERY_SECONDS = 10.0
 
 # Extend or release only if we still own it (compare-and-set in one round trip).
 _RENEW = (
@@ -51,25 +51,28 @@ def lock_key(session_id: uuid.UUID | str) -> str:
 class SessionLock:
     """Held by one run's executor; a background thread renews it until released."""
 
-    def __init__(self, client: redis.Redis, session_id: uuid.UUID, holder: str) -> None:
+    def __init__(
+        self, client: redis.Redis, session_id: uuid.UUID, holder: str, ttl_ms: int = TTL_MS
+    ) -> None:
         self._client = client
+        self._ttl_ms = ttl_ms
         self._key = lock_key(session_id)
         self._holder = holder
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> bool:
-        if not self._client.set(self._key, self._holder, nx=True, px=TTL_MS):
+        if not self._client.set(self._key, self._holder, nx=True, px=self._ttl_ms):
             return False
         self._thread = threading.Thread(target=self._renew, name="ccq-lock-renew", daemon=True)
         self._thread.start()
         return True
 
     def _renew(self) -> None:
-        while not self._stop.wait(RENEW_EVERY_SECONDS):
+        while not self._stop.wait(self._ttl_ms / 3000):
             # A failed renewal is retried on the next tick; the TTL covers two misses.
             with contextlib.suppress(redis.RedisError):
-                self._client.eval(_RENEW, 1, self._key, self._holder, TTL_MS)
+                self._client.eval(_RENEW, 1, self._key, self._holder, self._ttl_ms)
 
     def release(self) -> None:
         self._stop.set()

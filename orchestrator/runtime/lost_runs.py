@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Protocol
 
 import redis
 from sqlalchemy import select
@@ -47,30 +46,23 @@ RETRY_OPTION = "retry_on_worker_loss"
 RUN_REQUEUED = "ccq.run.requeued"
 
 
-class RunSender(Protocol):
-    def run(self, run_id: uuid.UUID) -> None: ...
-
-
 class LostRuns:
     def __init__(
         self,
         redis_client: redis.Redis,
         runtime: ContainerRuntime,
         listeners: RunListeners,
-        sender: RunSender | None = None,
     ) -> None:
-        """``sender``: dispatches a run queued again (None: the caller runs it itself)."""
         self.redis = redis_client
         self.runtime = runtime
         self.listeners = listeners
-        self.sender = sender
 
     def settle(self, uow: UnitOfWork, run_id: uuid.UUID) -> str | None:
         """Apply the rule to ``run_id`` if it is lost; its status afterwards.
 
         None: its session lock is held (a live delivery, or a settlement under way).
         A run that ends here is announced ``recording`` (in the transaction) but not
-        ``finished``: the caller announces that after this returns.
+        ``finished``, and one queued again is not dispatched: the caller does either.
 
         Raises:
             ContainerError: the old container could not be removed (nothing settled).
@@ -115,8 +107,6 @@ class LostRuns:
                 PendingEvent(session.id, run.id, next_run_seq(db, run.id), RUN_REQUEUED, data)
             )
             uow.commit()
-            if self.sender is not None:
-                self.sender.run(run.id)
             return RunStatus.QUEUED
         if run.cancel_requested:
             finish_without_cli(db, run, session, RunStatus.CANCELLED, None, outbox)
