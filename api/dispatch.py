@@ -23,10 +23,15 @@ from orchestrator.streams.events import publish_pending
 log = logging.getLogger(__name__)
 
 
+def _stream_ttl(services: Services) -> int:
+    """Every stream the API writes to expires (CCQ_EVENT_STREAM_TTL after its last event)."""
+    return int(services.settings.event_stream_ttl)
+
+
 def commit_and_announce(uow: UnitOfWork, services: Services, service: SessionService) -> None:
     """Commit, then publish the change's lifecycle events (run cancelled, session stopped)."""
     outbox = service.outbox
-    uow.after_commit(lambda db: publish_pending(services.redis, db, outbox))
+    uow.after_commit(lambda db: publish_pending(services.redis, db, outbox, _stream_ttl(services)))
     uow.commit()
 
 
@@ -53,7 +58,7 @@ def commit_and_queue(
 
     def publish(db: DbSession) -> None:
         try:
-            publish_pending(services.redis, db, outbox)
+            publish_pending(services.redis, db, outbox, _stream_ttl(services))
         except redis.RedisError as exc:
             failed.append(exc)
 

@@ -107,6 +107,23 @@ class Settings(BaseSettings):
     # have been lost with Redis); a duplicate delivery is harmless.
     redispatch_after: float = Field(default=60.0, ge=5.0, le=86400.0)
 
+    # --- retention (beat's ``ccq.enforce_retention``; a number of days of 0 keeps forever) --
+    # Events of runs that ended this many days ago are deleted (the runs' rows stay).
+    event_retention_days: int = Field(default=30, ge=0, le=36_500)
+    # A session tree inactive this long loses its files (workspaces, Claude homes); its
+    # rows stay, marked, and take no more prompts.
+    workspace_retention_days: int = Field(default=14, ge=0, le=36_500)
+    # A stopped session tree inactive this long is deleted as DELETE /sessions/<id> does.
+    stopped_session_retention_days: int = Field(default=90, ge=0, le=36_500)
+    # The most rows (events, sessions) of each kind one batch deletes; a batch commits
+    # on its own, so a backlog never holds a long transaction.
+    retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # How often beat enforces retention: at most a batch of each kind per pass.
+    retention_interval: float = Field(default=60.0, ge=5.0, le=86_400.0)
+    # The most of a session's workspace ccq itself reads (the files API); sizes past it
+    # are flagged by the retention pass, which measures workspaces.
+    workspace_max_mb: int = Field(default=1024, ge=1, le=10_000_000)
+
     # --- event streams and live tails ------------------------------------------------------
     # An idle session's Redis stream expires after this; its history stays in PostgreSQL.
     event_stream_ttl: PositiveSeconds = 86400.0

@@ -167,6 +167,13 @@ class Session(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
     last_active_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The workspace's size in bytes as beat's retention pass last measured it (None: not
+    # yet), and when; see orchestrator.runtime.workspaces.
+    workspace_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    workspace_measured_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When retention deleted the files of the session's tree (CCQ_WORKSPACE_RETENTION_DAYS):
+    # its rows stay, and it takes no more prompts.
+    files_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="session", order_by="Run.seq", passive_deletes=True

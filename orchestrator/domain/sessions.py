@@ -148,6 +148,11 @@ class SessionService:
                 return existing, False
         if session.status == SessionStatus.FAILED:
             raise ConflictError(f"session {session.id} has failed and accepts no prompts")
+        if session.files_deleted_at is not None:
+            raise ConflictError(
+                f"session {session.id} accepts no prompts: its files were deleted "
+                f"{session.files_deleted_at:%Y-%m-%d} after CCQ_WORKSPACE_RETENTION_DAYS idle"
+            )
         if session.status == SessionStatus.STOPPED:
             session.status = SessionStatus.IDLE  # a stopped session resumes on its next prompt
         last_seq = self.db.scalar(select(func.max(Run.seq)).where(Run.session_id == session.id))

@@ -30,6 +30,9 @@ from orchestrator.streams.stream_ids import parse_stream_id
 log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 10_000  # approximate; older entries are served from PostgreSQL
+# Every write to a stream sets its expiry (CCQ_EVENT_STREAM_TTL where the caller has the
+# settings; this, its default, otherwise): no stream outlives its last event by more.
+DEFAULT_STREAM_TTL_SECONDS = 86_400
 FLUSH_EVERY_EVENTS = 50
 FLUSH_EVERY_SECONDS = 0.5
 # Events a run holds while PostgreSQL is unreachable (its tail still gets them live);
@@ -85,20 +88,29 @@ def publish(
     seq: int,
     type_: str,
     data: dict[str, Any],
+    ttl: int = DEFAULT_STREAM_TTL_SECONDS,
 ) -> WireEvent:
     """Append one event to the session's stream and return it with its stream ID.
+
+    The stream's expiry is set to ``ttl`` seconds in the same round trip (one pipeline),
+    so a stream whose last writer was the API (a queued or cancelled run, a stop) still
+    expires; its history stays in PostgreSQL.
 
     Besides the JSON payload (``e``) the entry carries the run (``r``) and type (``t``)
     as plain fields, so a tail filters and ends run streams without parsing JSON.
     """
     run = str(run_id) if run_id else None
     payload = {"run_id": run, "seq": seq, "type": type_, "data": data}
-    stream_id = client.xadd(
-        stream_key(session_id),
+    key = stream_key(session_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(
+        key,
         {"r": run or "", "t": type_, "e": json.dumps(payload, separators=(",", ":"))},
         maxlen=STREAM_MAXLEN,
         approximate=True,
     )
+    pipe.expire(key, ttl)
+    stream_id = pipe.execute()[0]
     sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
     return WireEvent(sid, str(session_id), run, seq, type_, data)
 
@@ -134,14 +146,17 @@ def next_run_seq(db: DbSession, run_id: uuid.UUID) -> int:
 
 
 def publish_pending(
-    client: redis.Redis, db: DbSession, pending: Iterable[PendingEvent]
+    client: redis.Redis,
+    db: DbSession,
+    pending: Iterable[PendingEvent],
+    ttl: int = DEFAULT_STREAM_TTL_SECONDS,
 ) -> list[WireEvent]:
     """Publish committed lifecycle events, then add them to ``db`` with their stream IDs.
 
     An after-commit step: the caller's unit of work commits what this adds. Events of a
     session deleted meanwhile are dropped (inside a savepoint, so the rest stands).
     """
-    events = [publish(client, p.session_id, p.run_id, p.seq, p.type, p.data) for p in pending]
+    events = [publish(client, p.session_id, p.run_id, p.seq, p.type, p.data, ttl) for p in pending]
     for event in events:
         if event.type == SESSION_DELETED:
             client.expire(stream_key(event.session_id), DELETED_STREAM_TTL_SECONDS)
@@ -182,7 +197,7 @@ class RunEventSink:
         self._store_down_until = 0.0
 
     def emit(self, type_: str, data: dict[str, Any]) -> WireEvent:
-        event = publish(self._client, self._session_id, self._run_id, self._seq, type_, data)
+        event = self._publish(type_, data)
         self._seq += 1
         self._pending.append(event)
         if len(self._pending) >= FLUSH_EVERY_EVENTS:
@@ -240,13 +255,16 @@ class RunEventSink:
         A client that sees it can rely on the run's row and earlier history being final;
         the event's own PostgreSQL copy follows at once.
         """
-        event = publish(self._client, self._session_id, self._run_id, self._seq, type_, data)
+        event = self._publish(type_, data)
         self._seq += 1
-        if self._stream_ttl:
-            # An idle session's stream expires; its history stays in PostgreSQL.
-            self._client.expire(stream_key(self._session_id), self._stream_ttl)
         self._persist([event])
         return event
+
+    def _publish(self, type_: str, data: dict[str, Any]) -> WireEvent:
+        # Each event renews the stream's expiry: an idle session's stream goes, its
+        # history stays in PostgreSQL.
+        ttl = self._stream_ttl or DEFAULT_STREAM_TTL_SECONDS
+        return publish(self._client, self._session_id, self._run_id, self._seq, type_, data, ttl)
 
 
 def persist_events(db: DbSession, events: list[WireEvent]) -> None:
