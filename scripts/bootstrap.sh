@@ -5,12 +5,21 @@
 # Idempotent: every step checks first and says what it did. On Debian/Ubuntu as root it
 # installs through apt; anywhere else it prints exactly what to install and exits 1.
 #
+# Redis keeps its data across restarts (appendonly, fsync every second): the Redis this
+# script starts writes it under CCQ_BOOTSTRAP_REDIS_DIR, and a Redis it finds running
+# without it gets it turned on in place (CONFIG SET; CONFIG REWRITE when the server has a
+# config file). docs/reliability.md says what ccq loses when Redis loses its data anyway.
+#
 # Environment: CCQ_BOOTSTRAP_OS_RELEASE (default /etc/os-release) names the os-release
-# file to read, so the unsupported-system path can be exercised.
+# file to read, so the unsupported-system path can be exercised. CCQ_BOOTSTRAP_REDIS_PORT
+# (default 6379) and CCQ_BOOTSTRAP_REDIS_DIR (default /var/lib/ccq/redis) say where Redis
+# listens and keeps its data, so a test can bootstrap a Redis of its own.
 set -euo pipefail
 
 OS_RELEASE=${CCQ_BOOTSTRAP_OS_RELEASE:-/etc/os-release}
 LOG_DIR=${CCQ_BOOTSTRAP_LOG_DIR:-/var/log/ccq}
+REDIS_PORT=${CCQ_BOOTSTRAP_REDIS_PORT:-6379}
+REDIS_DIR=${CCQ_BOOTSTRAP_REDIS_DIR:-/var/lib/ccq/redis}
 PG_ROLE=ccq
 PG_PASSWORD=ccq
 PG_DATABASE=ccq
@@ -97,18 +106,57 @@ else
 fi
 
 # --- Redis --------------------------------------------------------------------------------
-if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-  say "Redis: running on 127.0.0.1:6379"
-else
-  if systemd_running; then
-    systemctl start redis-server
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+redis_config() { rcli CONFIG GET "$1" | sed -n 2p; }  # the value of one setting
+
+# Appendonly on the running server, whoever started it. CONFIG SET only: never a restart,
+# which would drop the clients of whoever else uses this Redis.
+ensure_redis_aof() {
+  local dir file reply setting
+  dir=$(redis_config dir)
+  if [[ $(redis_config appendonly) == yes ]]; then
+    say "Redis: appendonly already on (appendfsync $(redis_config appendfsync), data dir $dir)"
   else
-    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 \
-      --logfile "$LOG_DIR/redis.log" --dir /tmp >/dev/null
+    # redis-cli exits 0 on an error reply: the reply says whether it worked.
+    for setting in "appendfsync everysec" "appendonly yes"; do
+      # shellcheck disable=SC2086
+      reply=$(rcli CONFIG SET $setting 2>&1)
+      if [[ $reply != OK ]]; then
+        say "Redis: CONFIG SET $setting failed: $reply"
+        exit 1
+      fi
+    done
+    say "Redis: turned appendonly on (appendfsync everysec) with CONFIG SET; data dir $dir"
+    file=$(rcli INFO server | tr -d '\r' | sed -n 's/^config_file://p')
+    if [[ -z $file ]]; then
+      say "Redis: it has no config file: the setting lasts until it restarts (bootstrap sets it again)"
+    elif [[ $(rcli CONFIG REWRITE 2>&1) == OK ]]; then
+      say "Redis: saved appendonly in its config file $file (CONFIG REWRITE)"
+    else
+      say "Redis: CONFIG REWRITE of $file failed: add 'appendonly yes' to it by hand"
+    fi
   fi
-  wait_for 30 "Redis" redis-cli -h 127.0.0.1 -p 6379 ping
-  say "Redis: started on 127.0.0.1:6379"
+  if [[ $dir == /tmp || $dir == /tmp/* ]]; then
+    say "Redis: warning: its data dir $dir may not survive a reboot; restart it through" \
+      "bootstrap (stop it, then run bootstrap) to keep its data in $REDIS_DIR"
+  fi
+}
+
+if rcli ping >/dev/null 2>&1; then
+  say "Redis: running on 127.0.0.1:$REDIS_PORT"
+else
+  if systemd_running && [[ $REDIS_PORT == 6379 ]]; then
+    systemctl start redis-server  # its unit's config names its own data dir
+  else
+    mkdir -p "$REDIS_DIR"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
+      --logfile "$LOG_DIR/redis.log" --dir "$REDIS_DIR" \
+      --appendonly yes --appendfsync everysec >/dev/null
+  fi
+  wait_for 30 "Redis" rcli ping
+  say "Redis: started on 127.0.0.1:$REDIS_PORT"
 fi
+ensure_redis_aof
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 if pg_isready -h 127.0.0.1 -p 5432 -q; then
