@@ -180,10 +180,12 @@ def run_cli(
         process.write_stdin_and_close(prompt.encode("utf-8"))
         while not process.eof:
             for out in process.poll(POLL_SECONDS):
-                last_output = time.monotonic()
                 splitter = stdout_lines if out.stream == FrameDecoder.STDOUT else stderr_lines
                 for line in splitter.feed(out.data):
                     handle_line(line, out.stream)
+                # After handling: time ccq spent (waiting out a Redis outage) is not the
+                # CLI's silence.
+                last_output = time.monotonic()
             on_tick()
             now = time.monotonic()
             reason = _watchdog(

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.db.models import Event, Run
+from orchestrator.storable import storable_json, storable_text
 from orchestrator.streams.stream_ids import parse_stream_id
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ FLUSH_EVERY_SECONDS = 0.5
 MAX_UNSTORED_EVENTS = 20_000
 # How long a sink that found PostgreSQL unreachable waits before trying again.
 STORE_RETRY_SECONDS = 2.0
+
+
+# How long a run's sink waits for Redis before the run ends, saying why.
+REDIS_PATIENCE_SECONDS = 60.0
+
+
+class StreamUnavailable(Exception):
+    """Redis stayed unreachable: the run cannot stream, and ends with this as its error."""
 
 
 class StoreUnavailable(Exception):
@@ -98,7 +107,13 @@ def publish(
 
     Besides the JSON payload (``e``) the entry carries the run (``r``) and type (``t``)
     as plain fields, so a tail filters and ends run streams without parsing JSON.
+
+    Every event passes here, whoever made it (the CLI's output above all), and both its
+    copies (this stream entry, and the PostgreSQL row made from the returned event) carry
+    the data made storable: a NUL or a lone surrogate becomes U+FFFD, so a tail and the
+    history agree and no insert fails (:mod:`orchestrator.storable`).
     """
+    type_, data = storable_text(type_), storable_json(data)
     run = str(run_id) if run_id else None
     payload = {"run_id": run, "seq": seq, "type": type_, "data": data}
     key = stream_key(session_id)
@@ -261,10 +276,51 @@ class RunEventSink:
         return event
 
     def _publish(self, type_: str, data: dict[str, Any]) -> WireEvent:
+        """Publish the next event, waiting out a Redis outage of up to
+        ``REDIS_PATIENCE_SECONDS`` (the CLI's output waits in its pipe meanwhile).
+
+        Raises:
+            StreamUnavailable: Redis stayed away longer.
+        """
         # Each event renews the stream's expiry: an idle session's stream goes, its
         # history stays in PostgreSQL.
         ttl = self._stream_ttl or DEFAULT_STREAM_TTL_SECONDS
-        return publish(self._client, self._session_id, self._run_id, self._seq, type_, data, ttl)
+        deadline: float | None = None
+        delay = 0.2
+        while True:
+            try:
+                if deadline is not None and (found := self._published_already()) is not None:
+                    return found  # the failed attempt's write had landed
+                return publish(
+                    self._client, self._session_id, self._run_id, self._seq, type_, data, ttl
+                )
+            except redis.RedisError as exc:
+                now = time.monotonic()
+                deadline = deadline or now + REDIS_PATIENCE_SECONDS
+                if now >= deadline:
+                    raise StreamUnavailable(
+                        f"Redis was unreachable for {REDIS_PATIENCE_SECONDS:.0f} s: {exc}"
+                    ) from exc
+                log.warning("run %s: Redis unreachable, publishing again", self._run_id)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _published_already(self) -> WireEvent | None:
+        """This sink's next event, if the stream's newest entry is it."""
+        newest = self._client.xrevrange(stream_key(self._session_id), count=1)
+        if not newest:
+            return None
+        stream_id, fields = newest[0]
+        if not fields:
+            return None
+        payload = json.loads(fields[b"e"])
+        if payload.get("run_id") != str(self._run_id) or payload.get("seq") != self._seq:
+            return None
+        sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+        run = payload["run_id"]
+        return WireEvent(
+            sid, str(self._session_id), run, self._seq, payload["type"], payload["data"]
+        )
 
 
 def persist_events(db: DbSession, events: list[WireEvent]) -> None:

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask.testing import FlaskClient
@@ -57,7 +57,7 @@ def database_refused(settings: Settings) -> Iterator[None]:
 
 def _streamed(client: redis.Redis, session_id: str, run_id: str) -> list[dict[str, Any]]:
     """The run's events as its session's Redis stream holds them."""
-    entries = client.xrange(stream_key(session_id))
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream_key(session_id)))
     payloads = [json.loads(fields[b"e"]) for _, fields in entries]
     return [p for p in payloads if p["run_id"] == run_id]
 

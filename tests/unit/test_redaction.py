@@ -270,6 +270,26 @@ class _Redis:
     def expire(self, key: str, seconds: int) -> None:
         pass
 
+    def pipeline(self, transaction: bool = True) -> _Pipeline:
+        return _Pipeline(self)
+
+
+class _Pipeline:
+    """Runs the queued XADD and EXPIRE against the fake at ``execute``."""
+
+    def __init__(self, client: _Redis) -> None:
+        self._client = client
+        self._calls: list[Any] = []
+
+    def xadd(self, *args: Any, **kwargs: Any) -> None:
+        self._calls.append(lambda: self._client.xadd(*args, **kwargs))
+
+    def expire(self, *args: Any) -> None:
+        self._calls.append(lambda: self._client.expire(*args))
+
+    def execute(self) -> list[Any]:
+        return [call() for call in self._calls]
+
 
 class _Db:
     def __init__(self) -> None:
