@@ -9,6 +9,7 @@ from flask import Flask
 from api import batch_stream, batches, children, health, sessions, streams
 from api.errors import register_error_handlers
 from api.extensions import EXTENSION_KEY, Services, close_request_unit
+from api.validation import check_query_string
 from orchestrator.settings import Settings, load_settings
 
 # Requests larger than this are refused before any parsing (413).
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = services or Services.from_settings(settings)
     register_error_handlers(app)
+    app.before_request(check_query_string)  # no query parameter PostgreSQL cannot store
     app.teardown_appcontext(close_request_unit)
     app.register_blueprint(health.bp)
     app.register_blueprint(sessions.bp)

@@ -26,7 +26,7 @@ from api.schemas import (
     encode_cursor,
 )
 from api.sessions import Reply
-from api.validation import parse_body
+from api.validation import parse_body, unstorable_fields
 from orchestrator.db.models import Batch
 from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain import batches
@@ -69,7 +69,7 @@ def _batch_from_request() -> NewBatch:
         options = BatchOptions.model_validate(request.args.to_dict())
         raw_items, defaults, metadata = _ndjson_items(), CliOptionsBody(), {}
     else:
-        body = parse_body(CreateBatch)
+        body = parse_body(CreateBatch, checked_later={"items"})
         options, raw_items, defaults, metadata = body, body.items, body.defaults, body.metadata
     return NewBatch(
         items=_items(raw_items, defaults, get_services().isolation),
@@ -113,6 +113,9 @@ def _items(
     for index, raw in enumerate(raw_items):
         if isinstance(raw, _BadLine):
             errors.append(_item_error(index, "(line)", f"line {raw.line} is not valid JSON"))
+            continue
+        if unstorable := unstorable_fields(raw):
+            errors += [_item_error(index, e["field"], e["reason"]) for e in unstorable]
             continue
         try:
             item = BatchItemBody.model_validate({**base, **raw} if isinstance(raw, dict) else raw)

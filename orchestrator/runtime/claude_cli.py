@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.settings import Settings
+from orchestrator.storable import storable_json
 
 # By absolute path, on the image's read-only root (npm's global prefix is /usr/local):
 # nothing a session plants on its PATH is ever run instead.
@@ -178,8 +179,14 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def apply_event(outcome: RunOutcome, event: CliEvent) -> None:
-    """Fold one event into the run's outcome (init facts, then the final result)."""
-    data = event.data
+    """Fold one event into the run's outcome (init facts, then the final result).
+
+    The outcome's strings go to the run's row: NUL and lone surrogates in them become
+    U+FFFD (:mod:`orchestrator.storable`), as in the run's events.
+    """
+    if event.type not in ("system", "result"):
+        return
+    data = storable_json(event.data)
     if event.type == "system" and data.get("subtype") == "init":
         outcome.cli_version = data.get("claude_code_version")
         outcome.model = data.get("model")
