@@ -52,6 +52,7 @@ from orchestrator.runtime.locks import SessionLock, lock_ttl_ms
 from orchestrator.runtime.lost_runs import LostRuns
 from orchestrator.runtime.session_setup import MCP_CONFIG_PATH, SessionContext, write_session_files
 from orchestrator.secrets import SecretStore
+from orchestrator.storable import storable_text
 from orchestrator.streams import gateway_notices
 from orchestrator.streams.events import (
     RUN_FINISHED,
@@ -530,7 +531,7 @@ class RunExecutor:
             # The gateway refused a model call over a budget: that is why it failed.
             run.error_code = BUDGET_EXCEEDED
             error = refusal
-        run.error = sink.redactor.optional(error)
+        run.error = storable_text(sink.redactor.optional(error))  # stderr may hold a NUL
         run.status = status
         run.finished_at = datetime.now(UTC)
         session.total_cost_usd = (session.total_cost_usd or Decimal(0)) + (

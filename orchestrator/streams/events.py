@@ -270,7 +270,17 @@ class RunEventSink:
         A client that sees it can rely on the run's row and earlier history being final;
         the event's own PostgreSQL copy follows at once.
         """
-        event = self._publish(type_, data)
+        try:
+            event = self._publish(type_, data)
+        except StreamUnavailable:
+            # Redis stayed away: the run's history still ends with it. Its ID follows
+            # the session's earlier ones (they come from the same clock, give or take
+            # Redis's); live tails learn of the end from the history.
+            log.error("run %s: its last event is stored without a stream entry", self._run_id)
+            stream_id = f"{time.time_ns() // 1_000_000}-{self._seq}"
+            event = WireEvent(
+                stream_id, str(self._session_id), str(self._run_id), self._seq, type_, data
+            )
         self._seq += 1
         self._persist([event])
         return event
