@@ -10,13 +10,20 @@
 # The Claude credential (ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN) is handed to the
 # gateway only; every other process is started without it.
 #
-# Environment: the usual CCQ_* settings (instance, ports, database, Redis), and
+# `down` stops the worker as Celery means it to be stopped (a warm shutdown: it takes no
+# new task and lets its running ones finish) and kills it only after
+# CCQ_WORKER_STOP_GRACE; the runs it still had are then settled by beat's reconciler
+# (docs/reliability.md, "Stopping a worker").
+#
+# Environment: the usual CCQ_* settings (instance, ports, database, Redis),
 # CCQ_STATE_DIR (default .ccq), where pid files, logs and the dev secret live, so a
-# second stack (the test suite's) can run beside the user's.
+# second stack (the test suite's) can run beside the user's, and CCQ_WORKER_STOP_GRACE
+# (default 10m, as compose.yaml's stop_grace_period: seconds, or a number with s, m or h).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATE=${CCQ_STATE_DIR:-.ccq}
+WORKER_STOP_GRACE=${CCQ_WORKER_STOP_GRACE:-10m}
 RUN=$STATE/run
 LOGS=$STATE/log
 ENV_FILE=$STATE/ccq.env
@@ -44,17 +51,53 @@ start() {  # start NAME COMMAND...
   say "$name: started (pid $!, log $LOGS/$name.log)"
 }
 
-stop() {  # stop NAME
-  local name=$1 pid
+# A zombie (exited, not yet reaped by its parent) has stopped too.
+alive() { kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]; }
+
+seconds_of() {  # seconds_of DURATION: 90, 90s, 15m or 1h in whole seconds
+  case $1 in
+    *[0-9]s) echo "${1%s}" ;;
+    *[0-9]m) echo $((${1%m} * 60)) ;;
+    *[0-9]h) echo $((${1%h} * 3600)) ;;
+    *) echo "$1" ;;
+  esac
+}
+
+stop() {  # stop NAME [GRACE_SECONDS [main]]: TERM, then KILL the group after the grace
+  # period (10 s by default). `main` sends TERM to the main process alone.
+  local name=$1 grace=${2:-10} only=${3:-} pid deadline
   [[ -f $RUN/$name.pid ]] || return 0
   pid=$(cat "$RUN/$name.pid")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  if alive "$pid"; then
+    if [[ $only == main ]]; then
+      kill -TERM "$pid" 2>/dev/null || true
+    else
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    fi
+    deadline=$((SECONDS + grace))
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.25; done
+    if alive "$pid"; then
+      say "$name: still running after the $grace s grace period: killed"
+    fi
     kill -KILL -- "-$pid" 2>/dev/null || true
     say "$name: stopped (pid $pid)"
   fi
   rm -f "$RUN/$name.pid"
+}
+
+stop_worker() {
+  local grace
+  grace=$(seconds_of "$WORKER_STOP_GRACE")
+  if [[ ! $grace =~ ^[0-9]+$ ]]; then
+    say "CCQ_WORKER_STOP_GRACE=$WORKER_STOP_GRACE: expected seconds, or a number with s, m or h"
+    exit 2
+  fi
+  if [[ -f $RUN/worker.pid ]] && alive "$(cat "$RUN/worker.pid")"; then
+    say "worker: warm shutdown: it finishes its running tasks, for up to $grace s"
+  fi
+  # TERM to Celery's main process only: its pool processes reset SIGTERM to the default
+  # action, so a TERM to the whole group would kill the runs they are executing.
+  stop worker "$grace" main
 }
 
 ensure_env_file() {
@@ -161,7 +204,9 @@ wait_until() {  # wait_until SECONDS URL WHAT: until URL answers 2xx, or fail na
 
 down() {
   use_env_file  # absent before the first `up`: `down` then has only defaults to go by
-  for name in flower beat worker api gateway model-server; do stop "$name"; done
+  # The worker first, while the gateway, the API and beat still serve its runs.
+  stop_worker
+  for name in flower beat api gateway model-server; do stop "$name"; done
   # Session containers go too: their files stay, and the next prompt resumes the
   # conversation in a new container.
   instance=$(setting instance)
