@@ -19,6 +19,13 @@ from tasks import names
 
 # Headroom between the run's own limit and Celery's: the run kills its container first.
 TIME_LIMIT_MARGIN_SECONDS = 120
+# Celery's own Redis connections (broker and result backend): a publish or a chord's join
+# on a hung Redis fails in seconds rather than hanging the task or beat. The broker's
+# BRPOP blocks 1 s on the server (kombu's default) and is read only once readable, so
+# these stay well above it. (See orchestrator.runtime.redis_client for ccq's own client.)
+CELERY_REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
+CELERY_REDIS_CONNECT_TIMEOUT_SECONDS = 3.0
+CELERY_REDIS_HEALTH_CHECK_INTERVAL_SECONDS = 25
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -63,7 +70,13 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": int(hard_limit * 2),
             # Bring back a dead worker's unacknowledged tasks in seconds, not ~100 s.
             "unacked_restore_interval": 5,
+            "socket_timeout": CELERY_REDIS_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": CELERY_REDIS_CONNECT_TIMEOUT_SECONDS,
+            "health_check_interval": CELERY_REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
         },
+        redis_socket_timeout=CELERY_REDIS_SOCKET_TIMEOUT_SECONDS,
+        redis_socket_connect_timeout=CELERY_REDIS_CONNECT_TIMEOUT_SECONDS,
+        redis_backend_health_check_interval=CELERY_REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
         worker_send_task_events=True,  # Flower
         task_send_sent_event=True,
         timezone="UTC",

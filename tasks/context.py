@@ -18,6 +18,7 @@ from orchestrator.runtime.host import HostResources
 from orchestrator.runtime.janitor import Janitor
 from orchestrator.runtime.lost_runs import LostRuns
 from orchestrator.runtime.reconciler import Reconciler
+from orchestrator.runtime.redis_client import worker_redis
 from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
 from tasks.enqueue import Enqueuer
@@ -44,7 +45,7 @@ def worker_context() -> WorkerContext:
     host = HostResources(
         settings=settings,
         session_factory=db.make_session_factory(db.make_engine(settings)),
-        redis=redis.Redis.from_url(settings.redis_url),
+        redis=worker_redis(settings.redis_url),  # bounded timeouts: see its module
         runtime=ContainerRuntime.connected(),
     )
     enqueue = Enqueuer(current_app, settings)

@@ -17,12 +17,13 @@ from celery.signals import worker_ready, worker_shutdown
 from orchestrator import readiness
 from orchestrator.runtime import heartbeat
 from orchestrator.runtime.egress import session_network_policy
+from orchestrator.runtime.redis_client import worker_redis
 from orchestrator.settings import Settings
 from tasks.celery_app import settings_of
 
 
 def _heartbeat_loop(settings: Settings, stop: threading.Event) -> None:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = worker_redis(settings.redis_url)
     hostname = socket.gethostname()
     reach = heartbeat.ReachCheck(
         image=settings.worker_image,
