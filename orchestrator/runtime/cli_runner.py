@@ -281,7 +281,7 @@ def ensure_no_cli(runtime: ContainerRuntime, container: SessionContainer) -> boo
         ContainerError: the engine could not list or end the processes.
     """
     try:
-        if not any(_is_cli(command) for command in runtime.commands(container)):
+        if not any(is_cli_command(command) for command in runtime.commands(container)):
             return True
         log.warning("container %s: an earlier CLI is still alive; ending it", container.name)
         if _kill(runtime, container):
@@ -292,7 +292,7 @@ def ensure_no_cli(runtime: ContainerRuntime, container: SessionContainer) -> boo
     return False
 
 
-def _is_cli(command: str) -> bool:
+def is_cli_command(command: str) -> bool:
     """Whether a process's command line is the CLI's (``claude`` by any path, or node
     running it); a session's own process named so is ended too, which costs it nothing
     it could rely on."""

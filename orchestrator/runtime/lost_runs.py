@@ -97,7 +97,7 @@ class LostRuns:
         self.runtime.remove(str(session_id))  # the old CLI dies with its container
         where = f"{run.worker_host or '?'} pid {run.worker_pid or '?'}"
         log.warning("run %s lost its worker (%s, attempt %d)", run.id, where, run.attempts)
-        if self._retries(run, session):
+        if retries_after_loss(run, session):
             run.status = RunStatus.QUEUED
             leases.clear(run)
             if session.status != SessionStatus.STOPPED:
@@ -124,12 +124,13 @@ class LostRuns:
         uow.commit()
         return run.status
 
-    @staticmethod
-    def _retries(run: Run, session: Session) -> bool:
-        options = {**session.options, **run.options}
-        return (
-            bool(options.get(RETRY_OPTION))
-            and run.attempts < MAX_ATTEMPTS
-            and not run.cancel_requested
-            and session.status != SessionStatus.STOPPED
-        )
+
+def retries_after_loss(run: Run, session: Session) -> bool:
+    """Whether the rule queues ``run`` again rather than ending it."""
+    options = {**session.options, **run.options}
+    return (
+        bool(options.get(RETRY_OPTION))
+        and run.attempts < MAX_ATTEMPTS
+        and not run.cancel_requested
+        and session.status != SessionStatus.STOPPED
+    )
