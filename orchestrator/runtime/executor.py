@@ -308,7 +308,7 @@ class RunExecutor:
         self, uow: UnitOfWork, run_id: uuid.UUID
     ) -> tuple[ClaimedRun | None, SessionLock | None, str]:
         """Claim the run; a run lost with its worker is first settled by the rule
-        (``orchestrator.runtime.reconciler``), and claimed if that queued it again."""
+        (``orchestrator.runtime.lost_runs``), and claimed if that queued it again."""
         for _ in range(2):
             try:
                 return self._claim(uow, run_id, holder=leases.new_holder(run_id))
