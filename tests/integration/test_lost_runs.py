@@ -123,19 +123,22 @@ def _lose(db_factory: sessionmaker[DbSession], settings: Settings, run_id: str) 
     assert run.worker_pid is not None
     os.kill(run.worker_pid, signal.SIGKILL)
     client = redis.Redis.from_url(settings.redis_url)
-    # Expire the lease now rather than wait for it (the worker is gone either way).
-    with db_factory() as db:
-        db.execute(
-            update(Run)
-            .where(Run.id == run.id)
-            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
-        )
-        db.commit()
+    _expire_lease(db_factory, run_id)  # now, rather than wait (the worker is gone anyway)
     wait_for(
         lambda: not client.exists(f"ccq:lock:session:{run.session_id}"),
         timeout=60,
         what="the dead holder's lock to expire",
     )
+
+
+def _expire_lease(db_factory: sessionmaker[DbSession], run_id: str) -> None:
+    with db_factory() as db:
+        db.execute(
+            update(Run)
+            .where(Run.id == uuid.UUID(run_id))
+            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        db.commit()
 
 
 def test_the_reconciler_leaves_a_run_alone_while_its_session_lock_is_held(
@@ -147,20 +150,14 @@ def test_the_reconciler_leaves_a_run_alone_while_its_session_lock_is_held(
 ) -> None:
     """PostgreSQL missed the renewals but the worker is alive: its lock says so."""
     headers = auth(settings)
-    session_id, run_id = _streaming_session(client, headers, f"held-{uuid.uuid4().hex[:8]}")
-    with db_factory() as db:
-        db.execute(
-            update(Run)
-            .where(Run.id == uuid.UUID(run_id))
-            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
-        )
-        db.commit()
+    _, run_id = _streaming_session(client, headers, f"held-{uuid.uuid4().hex[:8]}")
+    _expire_lease(db_factory, run_id)
     with UnitOfWork(db_factory) as uow:
         counts = reconciler.reconcile(uow)
     assert counts["lost_failed"] == counts["lost_requeued"] == 0, counts
+    assert _run_row(db_factory, run_id).status == "running"
     post_json(client, f"/api/v1/runs/{run_id}/cancel", {}, headers, 202)
     assert wait_run(client, headers, run_id)["status"] == "cancelled"
-    assert session_id
 
 
 def test_the_reconciler_settles_a_lost_run_and_requeues_it_when_the_session_asks(
@@ -173,16 +170,9 @@ def test_the_reconciler_settles_a_lost_run_and_requeues_it_when_the_session_asks
 ) -> None:
     headers = auth(settings)
     nonce = f"retry-{uuid.uuid4().hex[:8]}"
-    created = create_session(
-        client, headers, f"{nonce} [[stream 40 0.25]]", retry_on_worker_loss=True
-    )
-    session_id, run_id = created["session"]["id"], created["run"]["id"]
-    assert created["session"]["options"]["retry_on_worker_loss"] is True
-    wait_for(
-        lambda: len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]) > 5,
-        timeout=120,
-        what="the run to stream",
-    )
+    session_id, run_id = _streaming_session(client, headers, nonce, retry_on_worker_loss=True)
+    session = get_json(client, f"/api/v1/sessions/{session_id}", headers)["session"]
+    assert session["options"]["retry_on_worker_loss"] is True
     first_holder = _run_row(db_factory, run_id).lease_holder
     _lose(db_factory, settings, run_id)
 
@@ -199,7 +189,6 @@ def test_the_reconciler_settles_a_lost_run_and_requeues_it_when_the_session_asks
     requeued = [e for e in events if e["type"] == "ccq.run.requeued"]
     assert [e["data"]["reason"] for e in requeued] == ["worker_lost"], events
     assert _prompt_calls(model, nonce) == 2, "once per delivery the rule allows"
-    assert session_id
 
 
 def test_the_reconciler_dispatches_a_queued_run_whose_task_was_lost(
