@@ -100,6 +100,7 @@ class Load:
     stack: PrivateStack
     runs: list[LoadRun]
     max_clis: dict[str, int] = field(default_factory=dict)  # per session, ever seen
+    crowded: list[str] = field(default_factory=list)  # what was seen when more than one
     _watching: threading.Event = field(default_factory=threading.Event)
     _watcher: threading.Thread | None = None
 
@@ -120,8 +121,10 @@ class Load:
                     continue
                 for container in containers:
                     session = container.labels.get("ccq.session", "")
-                    seen = cli_count(container)
-                    self.max_clis[session] = max(self.max_clis.get(session, 0), seen)
+                    seen = cli_commands(container)
+                    if len(seen) > 1:
+                        self.crowded.append(f"{time.strftime('%X')} {session}: {seen}")
+                    self.max_clis[session] = max(self.max_clis.get(session, 0), len(seen))
                 _never.wait(0.3)
 
         self._watcher = threading.Thread(target=sample, daemon=True, name="cli-watch")
@@ -133,18 +136,28 @@ class Load:
             self._watcher.join(timeout=30)
 
 
-def cli_count(container: Any) -> int:
-    """How many CLI processes run in ``container`` (0 if it is not running): ``claude``
-    by any path as the command or its first argument (node running it)."""
+def cli_commands(container: Any) -> list[str]:
+    """The CLIs running in ``container`` (none if it is not running), as ``pid ppid
+    command``: ``claude`` by any path as the command or its first argument (node running
+    it). A CLI's own child caught between fork and exec still shows the CLI's command
+    line; it is part of that CLI, not a second one, so it is left out."""
     try:
-        top = container.top(ps_args="-eo pid,args")
+        top = container.top(ps_args="-eo pid,ppid,args")
     except Exception:  # stopped or gone since it was listed
-        return 0
-    column = top["Titles"].index("COMMAND") if "COMMAND" in top["Titles"] else -1
-    return sum(
-        any(part.rsplit("/", 1)[-1] == "claude" for part in row[column].split()[:2])
+        return []
+    titles = top["Titles"]
+    pid, ppid, command = titles.index("PID"), titles.index("PPID"), titles.index("COMMAND")
+    clis = [
+        row
         for row in top.get("Processes") or []
-    )
+        if any(part.rsplit("/", 1)[-1] == "claude" for part in row[command].split()[:2])
+    ]
+    pids = {row[pid] for row in clis}
+    return [" ".join(row)[:200] for row in clis if row[ppid] not in pids]
+
+
+def cli_count(container: Any) -> int:
+    return len(cli_commands(container))
 
 
 def start_load(
@@ -256,6 +269,10 @@ def check_invariants(
     # (b) never two CLIs at once on a session, sampled from the load's start until now.
     load.stop_watching()
     problems += [f"(b) session {s}: {n} CLIs at once" for s, n in load.max_clis.items() if n > 1]
+    problems += [f"(b) seen at {line}" for line in load.crowded[:5]]
+    unseen = sessions - {s for s, n in load.max_clis.items() if n}
+    if unseen:  # the sampler saw no CLI of a session that ran one: it is blind
+        problems.append(f"(b) no CLI ever seen in the containers of {sorted(unseen)}")
 
     # (e) no container nothing owns, and no CLI left in any settled session's container.
     for container in stack.containers():
@@ -273,6 +290,7 @@ def check_invariants(
         "tails": sum(run.tail is not None for run in load.runs),
         "seconds_fault_end_to_all_final": round(recovered, 1),
         "model_calls_per_run": sorted(calls.values()),
+        "most_clis_at_once_per_session": max(load.max_clis.values(), default=0),
         "outcomes": sorted(
             f"{run.final['status']}:{run.final.get('error_code') or '-'}:"
             f"attempts={run.final['attempts']}"
