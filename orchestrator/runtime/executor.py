@@ -437,7 +437,9 @@ class RunExecutor:
             # Settled meanwhile by the reconciler (this worker looked dead): that stands.
             uow.rollback()
             return self._status_of(uow, claimed.run_id)
-        status, stopped = self._record_patiently(uow, claimed, result, error, sink, resumed=resume)
+        status, stopped = self._record_patiently(
+            uow, claimed, result, error, sink, lease, resumed=resume
+        )
         if stopped and not claimed.one_shot:
             # Stopped while this run went (the stop could not remove the container then).
             self._remove_container(claimed.session_id)
@@ -481,6 +483,7 @@ class RunExecutor:
         result: CliRunResult | None,
         error: str | None,
         sink: RedactingSink,
+        lease: RunLease,
         *,
         resumed: bool,
     ) -> tuple[str, bool]:
@@ -506,6 +509,7 @@ class RunExecutor:
             status = run.status
             uow.rollback()
             return status, False
+        lease.stop_renewing()  # the row is locked: nobody settles it now
         leases.clear(run)
         session_tokens.revoke_run(db, run.id)  # the run's tools are gone with it
         status = _final_status(result, error)
@@ -557,6 +561,7 @@ class RunExecutor:
         result: CliRunResult | None,
         error: str | None,
         sink: RedactingSink,
+        lease: RunLease,
         *,
         resumed: bool,
     ) -> tuple[str, bool]:
@@ -567,7 +572,7 @@ class RunExecutor:
         delay = 0.5
         while True:
             try:
-                return self._record(uow, claimed, result, error, sink, resumed=resumed)
+                return self._record(uow, claimed, result, error, sink, lease, resumed=resumed)
             except (OperationalError, InterfaceError):
                 uow.rollback()
                 if time.monotonic() > deadline:

@@ -120,12 +120,19 @@ class RunLease:
         while not self._stop.wait(self._seconds / 3):
             try:
                 if not self.renew():
+                    if self._stop.is_set():
+                        return  # its worker recorded the run meanwhile: not lost
                     log.warning("run %s: its lease was taken; stopping its CLI", self._run_id)
                     self.lost.set()
                     return
             except SQLAlchemyError:
                 # Retried next tick; the session lock still says the run is live.
                 log.warning("run %s: could not renew its lease", self._run_id)
+
+    def stop_renewing(self) -> None:
+        """The run is being recorded under its row lock: renewals end, and one under
+        way that finds the row recorded does not count the lease as lost."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -36,7 +36,12 @@ from orchestrator.domain.run_lifecycle import RunListeners, RunRecording
 from orchestrator.runtime import leases
 from orchestrator.runtime.containers import ContainerRuntime
 from orchestrator.runtime.locks import SessionLock
-from orchestrator.streams.events import PendingEvent, next_run_seq, publish_pending
+from orchestrator.streams.events import (
+    PendingEvent,
+    next_run_seq,
+    publish_pending,
+    store_unstored,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,15 @@ class LostRuns:
             uow.rollback()
             return status
         self.runtime.remove(str(session_id))  # the old CLI dies with its container
+        try:
+            stored = store_unstored(self.redis, db, session_id, run.id)
+        except redis.RedisError:
+            # Settled all the same: a lost run must not wait for Redis as well.
+            log.warning("run %s: its last streamed events could not be read", run.id)
+        else:
+            if stored:
+                log.info("run %s: stored %d events its worker had only streamed", run.id, stored)
+            db.flush()  # before next_run_seq counts them
         where = f"{run.worker_host or '?'} pid {run.worker_pid or '?'}"
         log.warning("run %s lost its worker (%s, attempt %d)", run.id, where, run.attempts)
         if retries_after_loss(run, session):

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from sqlalchemy import func, select
@@ -158,6 +158,50 @@ class PendingEvent:
 def next_run_seq(db: DbSession, run_id: uuid.UUID) -> int:
     last = db.scalar(select(func.max(Event.seq)).where(Event.run_id == run_id))
     return 0 if last is None else last + 1
+
+
+def store_unstored(
+    client: redis.Redis, db: DbSession, session_id: uuid.UUID, run_id: uuid.UUID
+) -> int:
+    """Add to ``db`` the run's events its stream has and PostgreSQL has not; how many.
+
+    A worker publishes each event at once and stores them every half second: one that
+    died leaves its last few in Redis only, where live tails saw them. Whoever settles
+    its run stores them first, so the history is what the tails saw.
+
+    Raises:
+        redis.RedisError: the stream could not be read.
+    """
+    last = db.execute(
+        select(Event.seq, Event.stream_id)
+        .where(Event.run_id == run_id)
+        .order_by(Event.seq.desc())
+        .limit(1)
+    ).first()
+    after = f"({last.stream_id}" if last is not None else "-"
+    entries = cast(
+        list[tuple[bytes, dict[bytes, bytes]]],
+        client.xrange(stream_key(session_id), min=after, max="+"),
+    )
+    missing = []
+    for stream_id, fields in entries:
+        payload = json.loads(fields[b"e"])
+        if payload.get("run_id") != str(run_id):
+            continue
+        if last is not None and payload["seq"] <= last.seq:
+            continue
+        missing.append(
+            WireEvent(
+                stream_id.decode(),
+                str(session_id),
+                str(run_id),
+                payload["seq"],
+                payload["type"],
+                payload["data"],
+            )
+        )
+    persist_events(db, missing)
+    return len(missing)
 
 
 def publish_pending(

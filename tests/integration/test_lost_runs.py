@@ -8,7 +8,6 @@ queued behind it forever.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import uuid
@@ -23,7 +22,6 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from api.extensions import Services
-from model_server.recording import is_main_call
 from model_server.server import ModelServer
 from orchestrator.db.models import Event, Run
 from orchestrator.db.unit_of_work import UnitOfWork
@@ -35,19 +33,8 @@ from orchestrator.runtime.reconciler import Reconciler
 from orchestrator.settings import Settings
 from tests.api_helpers import auth, create_session, get_json, post_json, queue_run, wait_run
 from tests.processes import WorkerProcess
+from tests.run_records import prompt_calls, streamed
 from tests.waiting import wait_for
-
-
-def _prompt_calls(model: ModelServer, nonce: str) -> int:
-    """Main-conversation model calls whose newest user message carries ``nonce``: how
-    often a CLI was started on that prompt (a turn's later calls end with tool results)."""
-    return sum(1 for r in model.requests() if is_main_call(r) and nonce in _last_user(r))
-
-
-def _last_user(entry: dict[str, Any]) -> str:
-    messages = (entry.get("body") or {}).get("messages") or []
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return json.dumps(users[-1]) if users else ""
 
 
 def _run_row(db_factory: sessionmaker[DbSession], run_id: str) -> Run:
@@ -86,8 +73,19 @@ def test_a_run_whose_pool_process_is_killed_fails_worker_lost_and_the_session_go
     assert running.worker_pid
     container = runtime.find(session_id)
     assert container is not None
-    streamed = len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"])
+    seen = len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"])
+    live = redis.Redis.from_url(settings.redis_url)
 
+    def stored() -> int:
+        with db_factory() as db:
+            return len(db.scalars(select(Event.id).where(Event.run_id == running.id)).all())
+
+    # Killed while tails have seen events PostgreSQL has not (it stores them in batches).
+    wait_for(
+        lambda: len(streamed(live, session_id, run_id)) > stored(),
+        timeout=30,
+        what="an event streamed but not yet stored",
+    )
     os.kill(running.worker_pid, signal.SIGKILL)  # the pool process; its parent respawns it
 
     # Celery redelivers the task at once; it waits out the lease, then settles the run.
@@ -96,11 +94,14 @@ def test_a_run_whose_pool_process_is_killed_fails_worker_lost_and_the_session_go
     assert lost["error_code"] == "worker_lost", lost
     assert lost["error"].startswith("worker_lost:"), lost
     events = get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]
-    assert len(events) > streamed, "what it streamed is kept, and its end is recorded"
+    assert len(events) > seen, "what it streamed is kept, and its end is recorded"
     assert events[-1]["type"] == "ccq.run.finished"
+    # Its last events were only in Redis when it died (stored every half second): the
+    # history holds them too, exactly what the tails saw.
+    assert [e["seq"] for e in events] == [e["seq"] for e in streamed(live, session_id, run_id)]
     replaced = runtime.find(session_id)
     assert replaced is None or replaced.id != container.id, "the CLI died with its container"
-    assert _prompt_calls(model, nonce) == 1, "the prompt was never sent again"
+    assert prompt_calls(model, nonce) == 1, "the prompt was never sent again"
 
     nxt = queue_run(client, headers, session_id, "still here after the loss")
     assert wait_run(client, headers, nxt)["status"] == "succeeded"
@@ -188,7 +189,7 @@ def test_the_reconciler_settles_a_lost_run_and_requeues_it_when_the_session_asks
     events = get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]
     requeued = [e for e in events if e["type"] == "ccq.run.requeued"]
     assert [e["data"]["reason"] for e in requeued] == ["worker_lost"], events
-    assert _prompt_calls(model, nonce) == 2, "once per delivery the rule allows"
+    assert prompt_calls(model, nonce) == 2, "once per delivery the rule allows"
 
 
 def test_the_reconciler_dispatches_a_queued_run_whose_task_was_lost(

@@ -7,11 +7,9 @@ server, touching no other database.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
 
 import redis
 from flask.testing import FlaskClient
@@ -23,10 +21,9 @@ from sqlalchemy.orm import sessionmaker
 from model_server.server import ModelServer
 from orchestrator.db.models import Event
 from orchestrator.settings import Settings
-from orchestrator.streams.events import stream_key
 from tests.api_helpers import auth, create_session, get_json, queue_run, wait_run
-from tests.integration.test_lost_runs import _prompt_calls
 from tests.processes import WorkerProcess
+from tests.run_records import prompt_calls, streamed
 from tests.waiting import wait_for
 
 
@@ -55,13 +52,6 @@ def database_refused(settings: Settings) -> Iterator[None]:
         admin.dispose()
 
 
-def _streamed(client: redis.Redis, session_id: str, run_id: str) -> list[dict[str, Any]]:
-    """The run's events as its session's Redis stream holds them."""
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream_key(session_id)))
-    payloads = [json.loads(fields[b"e"]) for _, fields in entries]
-    return [p for p in payloads if p["run_id"] == run_id]
-
-
 def test_a_postgresql_outage_mid_run_loses_and_repeats_nothing(
     client: FlaskClient,
     settings: Settings,
@@ -74,13 +64,13 @@ def test_a_postgresql_outage_mid_run_loses_and_repeats_nothing(
     created = create_session(client, headers, f"{nonce} [[stream 80 0.25]]")
     session_id, run_id = created["session"]["id"], created["run"]["id"]
     live = redis.Redis.from_url(settings.redis_url)
-    wait_for(lambda: len(_streamed(live, session_id, run_id)) > 5, timeout=120, what="streaming")
+    wait_for(lambda: len(streamed(live, session_id, run_id)) > 5, timeout=120, what="streaming")
 
     with database_refused(settings):
-        during = len(_streamed(live, session_id, run_id))
+        during = len(streamed(live, session_id, run_id))
         # Tails go on getting the run's output while nothing can be stored.
         wait_for(
-            lambda: len(_streamed(live, session_id, run_id)) >= during + 8,
+            lambda: len(streamed(live, session_id, run_id)) >= during + 8,
             timeout=60,
             what="events to flow while PostgreSQL is away",
         )
@@ -92,12 +82,12 @@ def test_a_postgresql_outage_mid_run_loses_and_repeats_nothing(
         stored = db.scalars(
             select(Event.seq).where(Event.run_id == uuid.UUID(run_id)).order_by(Event.seq)
         ).all()
-    streamed = [e["seq"] for e in _streamed(live, session_id, run_id)]
+    live_seqs = [e["seq"] for e in streamed(live, session_id, run_id)]
     assert list(stored) == list(range(len(stored))), "no gap and no duplicate"
-    assert list(stored) == streamed, "PostgreSQL holds exactly what was streamed"
-    assert _prompt_calls(model, nonce) == 1
+    assert list(stored) == live_seqs, "PostgreSQL holds exactly what was streamed"
+    assert prompt_calls(model, nonce) == 1
 
     nxt = queue_run(client, headers, session_id, "and afterwards")
     assert wait_run(client, headers, nxt)["status"] == "succeeded"
     history = get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]
-    assert [e["seq"] for e in history] == streamed
+    assert [e["seq"] for e in history] == live_seqs
