@@ -11,6 +11,8 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +104,8 @@ class Load:
     max_clis: dict[str, int] = field(default_factory=dict)  # per session, ever seen
     crowded: list[str] = field(default_factory=list)  # what was seen when more than one
     _watching: threading.Event = field(default_factory=threading.Event)
+    # Held for each round of sampling; held by a fault that must not meet one midway.
+    _sampling: threading.Lock = field(default_factory=threading.Lock)
     _watcher: threading.Thread | None = None
 
     def drop_tails(self) -> None:
@@ -115,20 +119,30 @@ class Load:
 
         def sample() -> None:
             while not (self._watching.is_set() or self.stack.closing.is_set()):
-                try:
-                    containers = self.stack.containers()
-                except docker.errors.DockerException:  # one went while being listed
-                    continue
-                for container in containers:
-                    session = container.labels.get("ccq.session", "")
-                    seen = cli_commands(container)
-                    if len(seen) > 1:
-                        self.crowded.append(f"{time.strftime('%X')} {session}: {seen}")
-                    self.max_clis[session] = max(self.max_clis.get(session, 0), len(seen))
+                with self._sampling:
+                    self._sample_once()
                 _never.wait(0.3)
 
         self._watcher = threading.Thread(target=sample, daemon=True, name="cli-watch")
         self._watcher.start()
+
+    def _sample_once(self) -> None:
+        try:
+            containers = self.stack.containers()
+        except docker.errors.DockerException:  # one went while being listed
+            return
+        for container in containers:
+            session = container.labels.get("ccq.session", "")
+            seen = cli_commands(container)
+            if len(seen) > 1:
+                self.crowded.append(f"{time.strftime('%X')} {session}: {seen}")
+            self.max_clis[session] = max(self.max_clis.get(session, 0), len(seen))
+
+    @contextmanager
+    def sampling_paused(self) -> Iterator[None]:
+        """No sampling meanwhile (a Docker engine restart: calls would meet it dying)."""
+        with self._sampling:
+            yield
 
     def stop_watching(self) -> None:
         self._watching.set()

@@ -320,3 +320,35 @@ def private_stack(
         )
         stack.callback(built.closing.set)
         yield built
+
+
+def restart_docker_engine(client: docker.DockerClient, timeout: float = 120) -> None:
+    """Stop the host's Docker engine (SIGTERM: it stops every container) and start it
+    again as it was started: through systemd, or with the same command line.
+
+    ``client`` (this process's) drops its connections, which the restart broke."""
+    if Path("/run/systemd/system").is_dir():
+        subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=timeout)
+    else:
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=timeout, what="dockerd to stop")
+        log = Path("/var/log/ccq/dockerd.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            # setsid -f: the engine runs on in a session of its own, as bootstrap's does,
+            # and this process has no child left to reap.
+            subprocess.run(
+                ["setsid", "-f", *(a.decode() for a in argv)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=timeout,
+            )
+
+    def answers() -> bool:
+        return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+
+    wait_for(answers, timeout=timeout, what="the Docker engine to answer again")
+    client.close()

@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import docker
 import pytest
 
 from model_server.server import ModelServer
 from tests.api_helpers import FINAL
 from tests.chaos.load import check_invariants, start_load, wait_streaming
-from tests.chaos.stack import PrivateStack, kill
+from tests.chaos.stack import PrivateStack, kill, restart_docker_engine
 from tests.http_api import bash
 from tests.waiting import wait_for
 
@@ -171,13 +172,46 @@ def test_postgresql_restarted_mid_stream(
     assert not numbers["violations"], numbers["violations"]
 
 
-@pytest.mark.skip(
-    reason="scenario 5 (Docker daemon restart) would stop every container on this "
-    "shared host (other stacks' sessions and services); it needs a private dockerd "
-    "(Docker in Docker) with the worker image loaded, which the suite does not have"
-)
-def test_docker_daemon_restarted_mid_stream() -> None:
-    """Scenario 5."""
+def test_docker_daemon_restarted_mid_stream(
+    stack: PrivateStack,
+    model: ModelServer,
+    record: Record,
+    docker_client: docker.DockerClient,
+    test_label: str,
+) -> None:
+    """Scenario 5: the Docker engine stops mid-stream (every container with it: the CLIs
+    die) and starts again. Each run ends, failed with the reason, its prompt sent once,
+    and its session's next prompt runs in a new container.
+
+    The host's own engine is restarted, so the scenario runs only when every container
+    on it belongs to this test run (as in CI); beside anyone else's it skips.
+    """
+    foreign = [
+        c.name
+        for c in docker_client.containers.list()
+        if c.labels.get("ccq.instance") != stack.settings.instance
+        and c.labels.get("ccq.test") != test_label
+    ]
+    if foreign:
+        pytest.skip(f"restarting the Docker engine would stop containers of others: {foreign}")
+    load = start_load(stack)
+    wait_streaming(load)
+
+    load.drop_tails()
+    fault_started = time.monotonic()
+    with load.sampling_paused():  # no CLI runs while the engine is down
+        restart_docker_engine(docker_client)
+    fault_ended = time.monotonic()
+
+    numbers = check_invariants(load, model, fault_ended)
+    numbers["fault_seconds"] = round(fault_ended - fault_started, 1)
+    problems = numbers["violations"]
+    for run in load.runs:
+        assert run.final is not None
+        if run.final["status"] != "failed" or not run.final["error"]:
+            problems.append(f"run {run.run_id} ended {run.final}, not failed with a reason")
+    record(numbers)
+    assert not problems, problems
 
 
 def test_data_dir_disk_full_mid_stream(
