@@ -10,6 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from orchestrator.redaction import RedactingSink, Redactor, StreamRedactor
+from tests.stream_fakes import StreamRecorder
 
 GITHUB = "ghp_Abc123SECRETvalue456"
 TOKEN = "ccqs_Qw3rtyUiop-Asdf_ghjkl0123456789"
@@ -257,40 +258,6 @@ def test_other_events_are_walked_whole(redactor: Redactor) -> None:
 # --- the run's sink -------------------------------------------------------------------
 
 
-class _Redis:
-    """Just enough of a Redis client for a sink: XADD numbers entries."""
-
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def xadd(self, key: str, fields: dict[str, Any], **_: Any) -> str:
-        self.entries.append(json.loads(fields["e"]))
-        return f"{len(self.entries)}-0"
-
-    def expire(self, key: str, seconds: int) -> None:
-        pass
-
-    def pipeline(self, transaction: bool = True) -> _Pipeline:
-        return _Pipeline(self)
-
-
-class _Pipeline:
-    """Runs the queued XADD and EXPIRE against the fake at ``execute``."""
-
-    def __init__(self, client: _Redis) -> None:
-        self._client = client
-        self._calls: list[Any] = []
-
-    def xadd(self, *args: Any, **kwargs: Any) -> None:
-        self._calls.append(lambda: self._client.xadd(*args, **kwargs))
-
-    def expire(self, *args: Any) -> None:
-        self._calls.append(lambda: self._client.expire(*args))
-
-    def execute(self) -> list[Any]:
-        return [call() for call in self._calls]
-
-
 class _Db:
     def __init__(self) -> None:
         self.added: list[Any] = []
@@ -299,7 +266,7 @@ class _Db:
         self.added.extend(rows)
 
 
-def _sink(client: _Redis, flushed: list[list[Any]]) -> RedactingSink:
+def _sink(client: StreamRecorder, flushed: list[list[Any]]) -> RedactingSink:
     return RedactingSink(
         client,
         flushed.append,
@@ -310,7 +277,7 @@ def _sink(client: _Redis, flushed: list[list[Any]]) -> RedactingSink:
 
 
 def test_the_sink_publishes_only_redacted_events_and_releases_at_the_end() -> None:
-    client, flushed = _Redis(), list[list[Any]]()
+    client, flushed = StreamRecorder(), list[list[Any]]()
     sink = _sink(client, flushed)
     sink.emit("ccq.stderr", {"line": f"oops {TOKEN}"})
     sink.emit("stream_event", _delta("key: " + GITHUB[:6]))
@@ -328,7 +295,7 @@ def test_the_sink_publishes_only_redacted_events_and_releases_at_the_end() -> No
 
 
 def test_what_is_left_at_the_last_persist_joins_it_without_a_flush() -> None:
-    client, flushed = _Redis(), list[list[Any]]()
+    client, flushed = StreamRecorder(), list[list[Any]]()
     sink = _sink(client, flushed)
     sink.emit("stream_event", _delta("tail ccqs_"))
     sink._last_flush = 0.0  # a flush is due: a flush would commit the caller's transaction

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import redis
@@ -24,6 +24,7 @@ from orchestrator.storable import (
     unstorable_reason,
 )
 from orchestrator.streams.events import RunEventSink, WireEvent
+from tests.stream_fakes import StreamRecorder
 
 # --- storable_text ------------------------------------------------------------------------
 
@@ -155,40 +156,8 @@ def test_parse_body_accepts_a_surrogate_pair_escape() -> None:
 # --- CLI output (the worker's side) -------------------------------------------------------
 
 
-class _Redis:
-    """What the sink writes to a stream: each entry's payload, in order."""
-
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def xadd(self, key: str, fields: dict[str, Any], **_: Any) -> str:
-        self.entries.append(json.loads(fields["e"]))
-        return f"{len(self.entries)}-0"
-
-    def expire(self, key: str, seconds: int) -> bool:
-        return True
-
-    def pipeline(self, transaction: bool = True) -> _Pipeline:
-        return _Pipeline(self)
-
-
-class _Pipeline:
-    def __init__(self, client: _Redis) -> None:
-        self._client = client
-        self._results: list[Any] = []
-
-    def xadd(self, key: str, fields: dict[str, Any], **kwargs: Any) -> None:
-        self._results.append(self._client.xadd(key, fields, **kwargs))
-
-    def expire(self, key: str, seconds: int) -> None:
-        self._results.append(self._client.expire(key, seconds))
-
-    def execute(self) -> list[Any]:
-        return self._results
-
-
 def test_an_event_s_stream_copy_and_its_stored_copy_are_both_replaced() -> None:
-    client = _Redis()
+    client = StreamRecorder()
     persisted: list[WireEvent] = []
     sink = RunEventSink(
         cast(redis.Redis, client), persisted.extend, uuid.uuid4(), uuid.uuid4(), stream_ttl=60
