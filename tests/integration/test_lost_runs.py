@@ -152,11 +152,12 @@ def test_the_reconciler_leaves_a_run_alone_while_its_session_lock_is_held(
     """PostgreSQL missed the renewals but the worker is alive: its lock says so."""
     headers = auth(settings)
     _, run_id = _streaming_session(client, headers, f"held-{uuid.uuid4().hex[:8]}")
+    holder = _run_row(db_factory, run_id).lease_holder
     _expire_lease(db_factory, run_id)
     with UnitOfWork(db_factory) as uow:
-        counts = reconciler.reconcile(uow)
-    assert counts["lost_failed"] == counts["lost_requeued"] == 0, counts
-    assert _run_row(db_factory, run_id).status == "running"
+        reconciler.reconcile(uow)  # (other tests' leftovers it may settle are not ours)
+    after = _run_row(db_factory, run_id)
+    assert (after.status, after.lease_holder) == ("running", holder)
     post_json(client, f"/api/v1/runs/{run_id}/cancel", {}, headers, 202)
     assert wait_run(client, headers, run_id)["status"] == "cancelled"
 
@@ -219,10 +220,13 @@ def test_the_reconciler_dispatches_a_queued_run_whose_task_was_lost(
 
     with UnitOfWork(db_factory) as uow:
         counts = reconciler.reconcile(uow)
-    assert counts["redispatched"] == 1, counts
-    assert wait_run(client, headers, run_id)["status"] == "succeeded"
+    assert counts["redispatched"] >= 1, counts  # others' leftover rows may be among them
+    dispatched_at = _run_row(db_factory, run_id).dispatched_at
+    assert dispatched_at is not None
     with UnitOfWork(db_factory) as uow:
-        assert reconciler.reconcile(uow)["redispatched"] == 0, "a run dispatched is left alone"
+        reconciler.reconcile(uow)
+    assert _run_row(db_factory, run_id).dispatched_at == dispatched_at, "not sent twice"
+    assert wait_run(client, headers, run_id)["status"] == "succeeded"
 
 
 def test_a_lock_held_elsewhere_keeps_the_lost_run_rule_off(
