@@ -251,5 +251,7 @@ def test_a_lock_held_elsewhere_keeps_the_lost_run_rule_off(
     finally:
         lock.release()
     with db_factory() as db:
-        stored = db.scalars(select(Event.type).where(Event.run_id == uuid.UUID(run_id))).all()
+        stored = db.scalars(
+            select(Event.type).where(Event.run_id == uuid.UUID(run_id)).order_by(Event.seq)
+        ).all()
     assert stored[-1] == "ccq.run.finished"
