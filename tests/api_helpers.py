@@ -54,10 +54,16 @@ def queue_run(client: FlaskClient, headers: dict[str, str], session_id: str, pro
     return run_id
 
 
-def start_streaming_run(client: FlaskClient, headers: dict[str, str]) -> tuple[str, str]:
-    """A new session whose run streams for about 20 s, once its events are flowing:
-    ``(session_id, run_id)``, for tests that stop or cancel a run midway."""
-    created = create_session(client, headers, "[[stream 200 0.1]]")
+def start_streaming_run(
+    client: FlaskClient,
+    headers: dict[str, str],
+    prompt: str = "[[stream 200 0.1]]",
+    **options: Any,
+) -> tuple[str, str]:
+    """A new session (with ``options``) whose run streams for about 20 s, once its events
+    are flowing: ``(session_id, run_id)``, for tests that stop, cancel or lose a run
+    midway."""
+    created = create_session(client, headers, prompt, **options)
     session_id, run_id = created["session"]["id"], created["run"]["id"]
     wait_for(
         lambda: len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]) > 3,

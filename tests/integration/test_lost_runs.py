@@ -31,7 +31,15 @@ from orchestrator.runtime.locks import SessionLock
 from orchestrator.runtime.lost_runs import LostRuns
 from orchestrator.runtime.reconciler import Reconciler
 from orchestrator.settings import Settings
-from tests.api_helpers import auth, create_session, get_json, post_json, queue_run, wait_run
+from tests.api_helpers import (
+    auth,
+    create_session,
+    get_json,
+    post_json,
+    queue_run,
+    start_streaming_run,
+    wait_run,
+)
 from tests.processes import WorkerProcess
 from tests.run_records import prompt_calls, streamed
 from tests.waiting import wait_for
@@ -47,14 +55,7 @@ def _run_row(db_factory: sessionmaker[DbSession], run_id: str) -> Run:
 def _streaming_session(
     client: FlaskClient, headers: dict[str, str], nonce: str, **options: Any
 ) -> tuple[str, str]:
-    created = create_session(client, headers, f"{nonce} [[stream 80 0.25]]", **options)
-    session_id, run_id = created["session"]["id"], created["run"]["id"]
-    wait_for(
-        lambda: len(get_json(client, f"/api/v1/runs/{run_id}/events", headers)["events"]) > 5,
-        timeout=120,
-        what="the run to stream",
-    )
-    return session_id, run_id
+    return start_streaming_run(client, headers, f"{nonce} [[stream 80 0.25]]", **options)
 
 
 def test_a_run_whose_pool_process_is_killed_fails_worker_lost_and_the_session_goes_on(
