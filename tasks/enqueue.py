@@ -22,12 +22,25 @@ from orchestrator.settings import Settings
 from tasks import names
 from tasks.celery_app import batch_queue, make_celery
 
+# How long a send may retry a lost Redis before the caller is told (503).
+SEND_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+}
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def _sends(method: Callable[P, R]) -> Callable[P, R]:
-    """Redis or the broker refusing a task becomes :class:`QueueUnavailable`."""
+    """Redis or the broker refusing a task becomes :class:`QueueUnavailable`.
+
+    Celery's result consumer (which a chord's members still subscribe through) reports a
+    Redis it cannot reach as a bare ``RuntimeError`` caused by the Redis error, once its
+    own retries are spent; that is the same outage.
+    """
 
     @wraps(method)
     def send(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -35,6 +48,11 @@ def _sends(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
         except (redis.RedisError, KombuOperationalError) as exc:
             raise QueueUnavailable(f"the task queue is unavailable: {type(exc).__name__}") from exc
+        except RuntimeError as exc:
+            if not isinstance(exc.__cause__, redis.RedisError):
+                raise
+            cause = type(exc.__cause__).__name__
+            raise QueueUnavailable(f"the task queue is unavailable: {cause}") from exc
 
     return send
 
@@ -48,15 +66,31 @@ class Enqueuer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Enqueuer:
-        return cls(make_celery(settings), settings)
+        """A sender of its own (the API's): a Redis outage fails a send in about a second.
+
+        A chord's send subscribes to its members' results, and Celery's result consumer
+        otherwise retries a lost Redis 20 times a second apart, holding the request.
+        """
+        celery = make_celery(settings)
+        celery.conf.result_backend_transport_options = {"retry_policy": SEND_RETRY_POLICY}
+        return cls(celery, settings)
 
     def close(self) -> None:
         self.celery.close()
 
+    def _send(self, name: str, args: list[object], **options: object) -> None:
+        """Send a task whose result nobody here waits for.
+
+        ``ignore_result``: without it Celery subscribes this process to the task's result
+        channel (held until the result arrives or the handle is collected, and retried
+        for seconds when Redis is away) and a run's result is kept for ``result_expires``.
+        """
+        self.celery.send_task(name, args=args, ignore_result=True, **options)
+
     @_sends
     def run(self, run_id: uuid.UUID) -> None:
         """An interactive run (a prompt, a child's first prompt, a fan-out's follow-up)."""
-        self.celery.send_task(names.RUN_PROMPT, args=[str(run_id)])
+        self._send(names.RUN_PROMPT, [str(run_id)])
 
     @_sends
     def batch_items(self, run_ids: Iterable[uuid.UUID]) -> None:
@@ -69,22 +103,29 @@ class Enqueuer:
         the sweeper's slower re-release.
         """
         for run_id in run_ids:
-            self.celery.send_task(names.RUN_PROMPT, args=[str(run_id)], queue=self._batch_queue)
+            self._send(names.RUN_PROMPT, [str(run_id)], queue=self._batch_queue)
 
     @_sends
     def fanout(self, run_ids: Sequence[uuid.UUID], fanout_id: uuid.UUID) -> None:
-        """The children's runs as a chord whose callback resumes the parent."""
-        header = [self.celery.signature(names.RUN_PROMPT, args=[str(r)]) for r in run_ids]
+        """The children's runs as a chord whose callback resumes the parent.
+
+        Its members ignore results too: the Redis backend joins a chord on a list of its
+        own that each member pushes to as it ends, whatever ``ignore_result`` says.
+        """
+        header = [
+            self.celery.signature(names.RUN_PROMPT, args=[str(r)], ignore_result=True)
+            for r in run_ids
+        ]
         callback = self.celery.signature(names.RESUME_PARENT, args=[str(fanout_id)], immutable=True)
         chord(header, app=self.celery)(callback)
 
     @_sends
     def close_batch(self, batch_id: uuid.UUID) -> None:
-        self.celery.send_task(names.CLOSE_BATCH, args=[str(batch_id)])
+        self._send(names.CLOSE_BATCH, [str(batch_id)])
 
     @_sends
     def stop_session(self, session_id: uuid.UUID) -> None:
-        self.celery.send_task(names.STOP_SESSION, args=[str(session_id)])
+        self._send(names.STOP_SESSION, [str(session_id)])
 
     @_sends
     def delete_session(
@@ -93,15 +134,15 @@ class Enqueuer:
         lineage: Iterable[uuid.UUID],
         descendants: Iterable[uuid.UUID],
     ) -> None:
-        self.celery.send_task(
+        self._send(
             names.DELETE_SESSION,
-            args=[str(session_id), [str(i) for i in lineage], [str(i) for i in descendants]],
+            [str(session_id), [str(i) for i in lineage], [str(i) for i in descendants]],
         )
 
     @_sends
     def notify_batch(self, batch_id: uuid.UUID) -> None:
-        self.celery.send_task(names.NOTIFY_BATCH, args=[str(batch_id)])
+        self._send(names.NOTIFY_BATCH, [str(batch_id)])
 
     @_sends
     def notify_run(self, run_id: uuid.UUID) -> None:
-        self.celery.send_task(names.NOTIFY_RUN, args=[str(run_id)])
+        self._send(names.NOTIFY_RUN, [str(run_id)])
