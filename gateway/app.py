@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx2
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -57,8 +59,15 @@ def create_app(settings: Settings, egress_sockets: Sequence[socket.socket] = ())
         default_retry_after=settings.gateway_default_retry_after,
     )
     metrics.add_gauges(gate.metrics)
+    # Notices are best effort: one retry of a dropped connection (a restart), never of a
+    # timed-out command, so a hung Redis costs a notice seconds, as a worker's client does
+    # (orchestrator.runtime.redis_client), not redis-py's default of three retries.
     redis_client = redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.5), 1, supported_errors=(redis.ConnectionError,)),
     )
     client = httpx2.AsyncClient(
         base_url=settings.anthropic_base_url or ANTHROPIC_API_URL,

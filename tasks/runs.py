@@ -21,7 +21,8 @@ TURN_RETRY_SECONDS = 1.0
 SLOT_RETRY_SECONDS = (2.0, 5.0)
 
 
-# Results are kept: chords join on them, and a redelivery reports what it did.
+# Results can be kept for a sender that waits on one (tests do); ccq's own sends ignore
+# them (tasks.enqueue), and chords join on a list of their own.
 @shared_task(base=CcqTask, bind=True, name=names.RUN_PROMPT, ignore_result=False)
 def run_prompt(self: CcqTask, run_id: str) -> dict[str, Any]:
     """Execute one run of a session (idempotent: a redelivery never runs the CLI twice)."""
