@@ -93,7 +93,10 @@ def make_celery(settings: Settings) -> Celery:
             "reconcile": {"task": names.RECONCILE, "schedule": settings.reconcile_interval},
         },
     )
-    app.conf.ccq_settings = settings
+    # Beside the configuration, not in it: workers send `app.conf` to `celery inspect conf`
+    # and Flower, and Celery masks only keys that look secret (and broker/backend URLs),
+    # not a settings object whose repr holds the database URL with its password.
+    app.ccq_settings = settings
     return app
 
 
@@ -102,5 +105,5 @@ def batch_queue(settings: Settings) -> str:
 
 
 def settings_of(app: Celery) -> Settings:
-    settings: Settings = app.conf.ccq_settings
+    settings: Settings = app.ccq_settings
     return settings
