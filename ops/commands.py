@@ -272,11 +272,18 @@ def beat(ctx: Context, celery_args: tuple[str, ...]) -> None:
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @pass_context
 def flower(ctx: Context, flower_args: tuple[str, ...]) -> None:
-    """Run Flower, the Celery monitoring UI."""
+    """Run Flower, the Celery monitoring UI: on CCQ_FLOWER_ADDRESS (loopback by default),
+    and elsewhere only with a login (CCQ_FLOWER_BASIC_AUTH or Flower's --auth)."""
+    from ops.flower import plan
     from tasks.celery_app import make_celery
 
     settings = ctx.settings
-    make_celery(settings).start(["flower", f"--port={settings.flower_port}", *flower_args])
+    try:
+        launch = plan(settings, flower_args, os.environ)
+    except ConfigError as exc:
+        _config_failure(exc)
+    os.environ.update(launch.env)  # the password stays out of the command line (`ps`)
+    make_celery(settings).start(["flower", *launch.argv])
 
 
 COMMANDS: tuple[click.Command, ...] = (

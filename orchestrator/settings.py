@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     )
     api_port: int = Field(default=8080, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
+    # Where `ccq flower` listens. Flower shows every worker and task (and can revoke
+    # them), so it stays on loopback; any other address needs CCQ_FLOWER_BASIC_AUTH (or
+    # Flower's own OAuth, `--auth`), or `ccq flower` refuses to start.
+    flower_address: str = Field(default="127.0.0.1", pattern=r"^[0-9A-Za-z.:-]+$")
+    # Flower's HTTP basic auth, `user:password[,user2:password2]`. Handed to Flower in its
+    # environment (FLOWER_BASIC_AUTH), never on its command line, which `ps` shows.
+    flower_basic_auth: SecretStr | None = None
     # Seconds the API keeps an idle keep-alive connection open (gunicorn's `keepalive`;
     # its default of 2 s reset clients polling every few seconds). 0: one request each.
     api_keepalive: int = Field(default=75, ge=0, le=3600)
@@ -218,6 +225,7 @@ class Settings(BaseSettings):
         "owner_daily_budget_usd",
         "session_network",
         "secrets_file",
+        "flower_basic_auth",
         mode="before",
     )
     @classmethod
@@ -277,6 +285,18 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password_pairs(cls, value: SecretStr | None) -> SecretStr | None:
+        # Flower splits the list on commas and compares each `user:password` whole; the
+        # message never repeats the value (it is a password).
+        if value is not None:
+            for pair in value.get_secret_value().split(","):
+                user, sep, password = pair.partition(":")
+                if not (sep and user.strip() and password):
+                    raise ValueError("must be user:password[,user2:password2]")
+        return value
+
     @field_validator("anthropic_base_url", "container_gateway_url", "gateway_api_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -309,6 +329,11 @@ class Settings(BaseSettings):
     def api_url(self) -> str:
         """The API on its first address (loopback when listening everywhere)."""
         return _local_url(self.api_hosts[0], self.api_port)
+
+    @property
+    def flower_url(self) -> str:
+        """Flower as a process on this host reaches it."""
+        return _local_url(self.flower_address, self.flower_port)
 
     @property
     def gateway_hosts(self) -> list[str]:
