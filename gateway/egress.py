@@ -12,7 +12,8 @@ For each connection it reads one request head, then:
    ``CCQ_EGRESS_ALLOW`` again, in case it narrowed since) and the port against
    ``CCQ_EGRESS_PORTS``;
 3. resolves the name (or takes ``CCQ_EGRESS_HOSTS``' address for it) and refuses any
-   address that is not globally routable (loopback, private, link-local, metadata),
+   address that is not globally routable (loopback, private, link-local, metadata;
+   the judgement is orchestrator.outbound's, shared with webhooks),
    unless the operator pinned the name there; then connects to that checked address, so
    a name that resolves differently a second later changes nothing;
 4. ``CONNECT``: answers 200 and relays bytes both ways (TLS stays end to end); a plain
@@ -29,7 +30,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import ipaddress
 import logging
 import socket
 import uuid
@@ -49,6 +49,7 @@ from gateway.notices import Notices
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Session
 from orchestrator.domain.isolation import SessionIsolation, allows_host
+from orchestrator.outbound import is_public
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class EgressProxy:
         if not addresses:
             raise Refusal(502, f"{host} does not resolve")
         for text in addresses:
-            if not _is_public(text):
+            if not is_public(text):
                 raise Refusal(403, f"{host} resolves to {text}, which is not a public address")
         return addresses[0]
 
@@ -363,16 +364,6 @@ def _basic_password(header: str | None) -> str | None:
         return None
     user, _, password = decoded.partition(":")
     return password or user or None
-
-
-def _is_public(text: str) -> bool:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
 
 
 async def _resolve(host: str, port: int) -> list[str]:

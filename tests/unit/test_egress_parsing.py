@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from gateway.egress import Refusal, _basic_password, _is_public, _parse_head, _target
+from gateway.egress import Refusal, _basic_password, _parse_head, _target
+from orchestrator.outbound import is_public
 
 
 def test_a_connect_head() -> None:
@@ -80,5 +81,5 @@ def test_the_password_is_the_token() -> None:
     ],
 )
 def test_only_public_addresses_are_dialled(address: str, public: bool) -> None:
-    # Pure judgement of address literals: nothing here is ever connected to.
-    assert _is_public(address) is public
+    # The shared judgement (orchestrator.outbound); literals only, never connected to.
+    assert is_public(address) is public
