@@ -153,6 +153,26 @@ class Settings(BaseSettings):
     # Queued or running runs one owner may have outside batches; past it, 429.
     max_pending_runs_per_owner: int = Field(default=200, ge=1, le=1_000_000)
 
+    # --- request bodies and the API's database pool (413s name these) ---------------------
+    # Any request body but a batch's; larger ones are refused before they are read.
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    # A batch upload (JSON or NDJSON), read incrementally and refused once past this.
+    batch_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    # Items of one batch; parsing stops at the first past it. Batch progress streams are
+    # sized for at most 10,000 (orchestrator.domain.batches.MAX_ITEMS).
+    batch_max_items: int = Field(default=10_000, ge=1, le=10_000)
+    # One batch item as sent (an NDJSON line, a JSON array element): the largest prompt
+    # (256 KiB of UTF-8) escaped as \uXXXX, with its options and metadata, fits.
+    batch_max_item_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # `GET /batches/<id>/results` reads this many items per database round (a connection
+    # is taken per page and returned before the page is written to a slow client).
+    batch_results_page_items: int = Field(default=100, ge=1, le=10_000)
+    # ... and about this many bytes of results and errors per page, at least one item.
+    batch_results_page_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # How long an API request waits for a pooled database connection before it is
+    # answered 503 with Retry-After (SQLAlchemy's default of 30 s held clients too long).
+    api_db_pool_timeout: PositiveSeconds = 5.0
+
     # --- the session gateway (model proxy, ccq's MCP tools) ----------------------------
     # Like CCQ_API_HOST: loopback plus the session network's host address under `make up`.
     gateway_host: str = Field(
@@ -200,6 +220,12 @@ class Settings(BaseSettings):
     # Names the proxy resolves itself, to addresses it would otherwise refuse (private,
     # loopback): an internal package mirror, or a test's listener. `name=address,...`.
     egress_hosts: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Ports ccq's own outgoing requests for a user (webhooks) may go to; orchestrator/
+    # outbound.py refuses every other port, so a notify_url cannot probe internal services.
+    outbound_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [80, 443])
+    # Let those requests reach loopback and private addresses (local development, tests);
+    # link-local (the metadata service), multicast and reserved addresses stay refused.
+    outbound_allow_private: bool = False
     # Secrets by name: `CCQ_SECRET_<NAME>` variables and this file of NAME=value lines.
     secrets_file: Path | None = None
     # Each session container's limits, and the most a session may ask for.
@@ -233,7 +259,7 @@ class Settings(BaseSettings):
         # `VAR=` (as compose writes `${VAR:-}`) means "not set", not an empty credential.
         return None if value == "" else value
 
-    @field_validator("egress_allow", "egress_ports", mode="before")
+    @field_validator("egress_allow", "egress_ports", "outbound_ports", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -332,8 +358,9 @@ class Settings(BaseSettings):
 
     @property
     def flower_url(self) -> str:
-        """Flower as a process on this host reaches it."""
-        return _local_url(self.flower_address, self.flower_port)
+        """Flower as a process on this host reaches it (loopback when it listens everywhere)."""
+        host = {"::": "::1"}.get(self.flower_address, self.flower_address)
+        return _local_url(f"[{host}]" if ":" in host else host, self.flower_port)
 
     @property
     def gateway_hosts(self) -> list[str]:
