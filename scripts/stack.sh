@@ -160,8 +160,9 @@ up() {
   start flower "${WITHOUT_CREDENTIAL[@]}" "$BIN/ccq" flower
 
   api_url=$(setting api_url)
-  flower_port=$(setting flower_port)
+  flower_url=$(setting flower_url)
   wait_until 30 "$api_url/healthz" "the API to answer"
+  wait_until 30 "$flower_url/healthcheck" "Flower to answer"
   wait_until 30 "$(setting gateway_url)/healthz" "the gateway to answer"
   [[ -n $model_url ]] && wait_until 30 "$model_url" "the scripted model server to answer"
   container_gateway_url=$(setting gateway_url_for_containers)
@@ -179,7 +180,11 @@ up() {
   say "ready"
   echo
   echo "  API:    $api_url"
-  echo "  Flower: http://127.0.0.1:$flower_port"
+  flower_login=""
+  if [[ $(setting "flower_basic_auth is not None") == True ]]; then
+    flower_login="   (login: CCQ_FLOWER_BASIC_AUTH)"
+  fi
+  echo "  Flower: $flower_url$flower_login"
   echo "  Token:  export CCQ_TOKEN=$token"
   echo "  Config: export CCQ_ENV_FILE=$CCQ_ENV_FILE   (for ccq run from another directory)"
   echo
