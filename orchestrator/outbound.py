@@ -80,6 +80,10 @@ class OutboundRefused(ValueError):
     """The policy refuses this target; the message says why, without the URL's path."""
 
 
+class Unresolved(OutboundRefused):
+    """The name did not resolve (now): refused, but another try may do better."""
+
+
 @dataclass(frozen=True)
 class OutboundPolicy:
     """The operator's side: which ports, and whether private addresses are fair game."""
@@ -120,10 +124,11 @@ def refusal(address: IPAddress | str, *, allow_private: bool = False) -> str | N
         ip = unwrap(ipaddress.ip_address(address))
     except ValueError:
         return "is not an IP address"
-    if any(ip in net for net in _NEVER if net.version == ip.version):
-        return "is a link-local, multicast, reserved or unspecified address"
+    # Private first: ::1 is also inside _NEVER's ::/96.
     if any(ip in net for net in _PRIVATE if net.version == ip.version):
         return None if allow_private else "is a loopback or private address"
+    if any(ip in net for net in _NEVER if net.version == ip.version):
+        return "is a link-local, multicast, reserved or unspecified address"
     if not ip.is_global:  # anything Python knows is special and the tables missed
         return "is not a globally routable address"
     return None
@@ -168,9 +173,9 @@ def pin(
         try:
             addresses = list(dict.fromkeys((resolve or _lookup(timeout))(host, port)))
         except (OSError, TimeoutError, UnicodeError) as exc:
-            raise OutboundRefused(f"{host} does not resolve ({type(exc).__name__})") from None
+            raise Unresolved(f"{host} does not resolve ({type(exc).__name__})") from None
         if not addresses:
-            raise OutboundRefused(f"{host} does not resolve")
+            raise Unresolved(f"{host} does not resolve")
     for address in addresses:
         why = refusal(address, allow_private=policy.allow_private)
         if why is not None:

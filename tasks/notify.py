@@ -14,6 +14,7 @@ from celery import shared_task
 from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.notify import delivery
 from orchestrator.notify.delivery import Kind, RetryLater
+from orchestrator.outbound import OutboundPolicy
 from tasks import names
 from tasks.base import CcqTask
 
@@ -35,6 +36,7 @@ def _notify(task: CcqTask, kind: Kind, object_id: str) -> dict[str, Any]:
             object_id,
             holder=task.request.id or object_id,
             retries=task.request.retries,
+            policy=OutboundPolicy.from_settings(task.context.settings),
         )
     if isinstance(outcome, RetryLater):
         failure = NotificationFailed(outcome.reason)

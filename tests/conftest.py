@@ -35,6 +35,7 @@ from tests.processes import (
     stack_environment,
 )
 from tests.waiting import free_port
+from tests.webhooks import WEBHOOK_PORT
 
 TEST_REDIS_DB = 15
 TEST_JWT_SECRET = "test-secret-" + "x" * 32
@@ -85,6 +86,9 @@ def settings(
         egress_allow=list(EGRESS_CEILING),
         egress_hosts={ORIGIN_NAME: "127.0.0.1"},
         egress_ports=[80, 443, egress_origin.port],
+        # Webhook receivers listen on loopback, on one port the operator allows.
+        outbound_allow_private=True,
+        outbound_ports=[80, 443, WEBHOOK_PORT],
         # Short, so tests of lost workers wait seconds; long enough that a loaded machine
         # never misses two renewals of a live run.
         run_lease_seconds=8,

@@ -124,6 +124,8 @@ def stack_environment(
         "CCQ_EGRESS_ALLOW": ",".join(settings.egress_allow),
         "CCQ_EGRESS_HOSTS": ",".join(f"{k}={v}" for k, v in settings.egress_hosts.items()),
         "CCQ_EGRESS_PORTS": ",".join(map(str, settings.egress_ports)),
+        "CCQ_OUTBOUND_PORTS": ",".join(map(str, settings.outbound_ports)),
+        "CCQ_OUTBOUND_ALLOW_PRIVATE": str(settings.outbound_allow_private).lower(),
         # Only the gateway calls the model server: loopback.
         "CCQ_ANTHROPIC_BASE_URL": f"http://127.0.0.1:{model_server.port}",
         # Many cold CLI starts at once on two cores must not look like a hung run.

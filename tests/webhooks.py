@@ -1,4 +1,10 @@
-"""A webhook receiver for tests: answers POSTs from a script, records what it got."""
+"""A webhook receiver for tests: answers POSTs from a script, records what it got.
+
+Receivers listen on one port for the whole test run, :data:`WEBHOOK_PORT`, which the
+test stack's outbound policy allows (``CCQ_OUTBOUND_PORTS``, with
+``CCQ_OUTBOUND_ALLOW_PRIVATE`` for loopback): any other loopback port stays refused, as
+the policy tests check. One receiver at a time (tests close theirs).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.waiting import free_port
+
 SECRET = "SECRET-WEBHOOK-TOKEN"
+# The operator-allowed webhook port of this test run (tests/conftest.py's settings).
+WEBHOOK_PORT = free_port()
 
 
 @dataclass
@@ -22,7 +32,7 @@ class Received:
 class ScriptedReceiver:
     """Answers POSTs with the statuses of ``script`` in turn, then ``then`` forever."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = WEBHOOK_PORT) -> None:
         self.script: list[tuple[int, dict[str, str]]] = []
         self.then = 200
         self.received: list[Received] = []
@@ -48,7 +58,7 @@ class ScriptedReceiver:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(

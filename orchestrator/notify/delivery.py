@@ -33,15 +33,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import requests
+from requests.adapters import HTTPAdapter
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session as DbSession
 
 from client.retry import parse_retry_after
 from orchestrator.notify.notices import Notice, load_batch_notice, load_run_notice
 from orchestrator.notify.urls import redact_url, validate_notify_url
+from orchestrator.outbound import OutboundPolicy, OutboundRefused, Unresolved, pin
 from orchestrator.runtime.locks import release_if_held, take_unless_held
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,30 @@ def _retryable_status(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
-def deliver(url: str, payload: dict[str, Any], *, timeout: float) -> DeliveryResult:
+class _PinnedTls(HTTPAdapter):
+    """HTTPS to a pinned address: SNI and the certificate check use the URL's name."""
+
+    def __init__(self, host: str) -> None:
+        self._host = host
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **pool_kwargs: Any) -> None:
+        pool_kwargs |= {"server_hostname": self._host, "assert_hostname": self._host}
+        super().init_poolmanager(*args, **pool_kwargs)
+
+
+def deliver(
+    url: str, payload: dict[str, Any], *, timeout: float, policy: OutboundPolicy
+) -> DeliveryResult:
     """POST ``payload`` as JSON to ``url`` once; never raises for network trouble.
+
+    The host is resolved and judged by ``policy`` (orchestrator.outbound) here, at
+    delivery, and the POST goes to exactly the address that was checked, with the URL's
+    ``Host`` header and, for https, its name for SNI and the certificate: a name that
+    resolved elsewhere when the URL was accepted (DNS rebinding) cannot move the target.
+    A refusal is decided before any connection, so its reason says nothing about what
+    listens there. Environment proxies are not used (a proxy would resolve the name
+    again).
 
     Redirects are not followed (a webhook that moved is a configuration error, and
     following one would re-send the body somewhere unvetted). The response body is never
@@ -94,20 +119,37 @@ def deliver(url: str, payload: dict[str, Any], *, timeout: float) -> DeliveryRes
     worker. ``timeout`` bounds the connect and each read separately.
     """
     try:
-        with requests.post(
-            url,
-            json=payload,
-            headers={"User-Agent": USER_AGENT},
-            timeout=(timeout, timeout),
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            status = response.status_code
-            retry_after = (
-                parse_retry_after(response.headers.get("Retry-After"))
-                if status in (429, 503)
-                else None
-            )
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        target = pin(host, port, policy, timeout=timeout)
+    except Unresolved as exc:  # perhaps a DNS outage: worth another attempt
+        return DeliveryResult(ok=False, retry=True, reason=f"ccq outbound policy: {exc}")
+    except OutboundRefused as exc:
+        return DeliveryResult(ok=False, retry=False, reason=f"ccq outbound policy: {exc}")
+    except ValueError:
+        return DeliveryResult(ok=False, retry=False, reason="InvalidURL")
+    address = f"[{target.address}]" if ":" in target.address else target.address
+    pinned_url = urlunsplit((parts.scheme, f"{address}:{port}", parts.path, parts.query, ""))
+    headers = {"User-Agent": USER_AGENT, "Host": parts.netloc.rpartition("@")[2]}
+    try:
+        with requests.Session() as session:
+            session.trust_env = False
+            session.mount("https://", _PinnedTls(target.host))
+            with session.post(
+                pinned_url,
+                json=payload,
+                headers=headers,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                status = response.status_code
+                retry_after = (
+                    parse_retry_after(response.headers.get("Retry-After"))
+                    if status in (429, 503)
+                    else None
+                )
     except requests.Timeout:
         return DeliveryResult(ok=False, retry=True, reason="timeout")
     except requests.ConnectionError:
@@ -190,14 +232,21 @@ class _Failed:
 
 
 def attempt(
-    db: DbSession, client: redis.Redis, kind: Kind, object_id: str, *, holder: str, retries: int
+    db: DbSession,
+    client: redis.Redis,
+    kind: Kind,
+    object_id: str,
+    *,
+    holder: str,
+    retries: int,
+    policy: OutboundPolicy,
 ) -> dict[str, Any] | RetryLater:
     """Make attempt number ``retries + 1`` to deliver the object's notification.
 
     Returns:
         The final answer (delivered, skipped or given up), or :class:`RetryLater`.
         ``holder`` names this attempt's task: a redelivery of the same task takes its
-        own ``sending`` key over.
+        own ``sending`` key over. ``policy`` judges the target (see :func:`deliver`).
     """
     answer: dict[str, Any] = {"kind": kind.value, "id": object_id}
     number = retries + 1
@@ -206,7 +255,7 @@ def attempt(
     except ValueError:
         return {**answer, "skipped": "not_found"}
     try:
-        outcome = _post_once(db, client, kind, target, holder)
+        outcome = _post_once(db, client, kind, target, holder, policy)
     except (OperationalError, redis.RedisError) as exc:
         # ccq's own PostgreSQL or Redis is down: the receiver was not reached; try later.
         reason = f"{type(exc).__name__} (ccq's database or Redis)"
@@ -246,7 +295,12 @@ def attempt(
 
 
 def _post_once(
-    db: DbSession, client: redis.Redis, kind: Kind, object_id: uuid.UUID, holder: str
+    db: DbSession,
+    client: redis.Redis,
+    kind: Kind,
+    object_id: uuid.UUID,
+    holder: str,
+    policy: OutboundPolicy,
 ) -> dict[str, Any] | _Failed:
     """One attempt's work: a final answer (dict) or a failed POST to judge."""
     done = sent_key(kind, object_id)
@@ -272,7 +326,9 @@ def _post_once(
     try:
         if client.exists(done):  # another attempt finished while we loaded
             return {"skipped": "already_sent"}
-        delivery = deliver(notice.url, notice.payload, timeout=DELIVERY_TIMEOUT_SECONDS)
+        delivery = deliver(
+            notice.url, notice.payload, timeout=DELIVERY_TIMEOUT_SECONDS, policy=policy
+        )
         if delivery.ok:
             client.set(done, "1", nx=True, ex=SENT_TTL_SECONDS)
     finally:

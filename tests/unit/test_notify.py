@@ -4,6 +4,7 @@ attempt against a real local HTTP server (real sockets, nothing mocked)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from orchestrator.notify.payloads import (
     run_payload,
 )
 from orchestrator.notify.urls import redact_url, validate_notify_url
+from orchestrator.outbound import OutboundPolicy
 from tests.waiting import free_port
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -362,6 +364,8 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # The operator's policy that lets this receiver in (and nothing else on loopback).
+        self.policy = _open_to(self.server.server_address[1])
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -400,6 +404,10 @@ class Receiver:
         self.thread.join(timeout=5)
 
 
+def _open_to(port: int) -> OutboundPolicy:
+    return OutboundPolicy(ports=frozenset({port}), allow_private=True)
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with Receiver() as server:
@@ -408,13 +416,13 @@ def receiver() -> Iterator[Receiver]:
 
 def test_a_2xx_is_delivered_with_json_and_our_user_agent(receiver: Receiver) -> None:
     payload = {"text": "hi", "content": "hi", "ccq": {"n": 1}}
-    result = deliver(f"{receiver.url}/ok/SECRET", payload, timeout=2)
+    result = deliver(f"{receiver.url}/ok/SECRET", payload, timeout=2, policy=receiver.policy)
     assert (result.ok, result.retry, result.status) == (True, False, 200)
     (seen,) = receiver.requests
     assert seen["body"] == payload
     assert seen["headers"]["User-Agent"] == USER_AGENT
     assert seen["headers"]["Content-Type"] == "application/json"
-    assert deliver(f"{receiver.url}/accepted", payload, timeout=2).ok
+    assert deliver(f"{receiver.url}/accepted", payload, timeout=2, policy=receiver.policy).ok
 
 
 @pytest.mark.parametrize(
@@ -432,7 +440,9 @@ def test_a_2xx_is_delivered_with_json_and_our_user_agent(receiver: Receiver) -> 
 def test_failures_are_classified_for_retry(
     receiver: Receiver, path: str, retry: bool, status: int, retry_after: float | None
 ) -> None:
-    result = deliver(f"{receiver.url}{path}/SECRET", {"text": "x"}, timeout=2)
+    result = deliver(
+        f"{receiver.url}{path}/SECRET", {"text": "x"}, timeout=2, policy=receiver.policy
+    )
     assert (result.ok, result.retry, result.status, result.retry_after) == (
         False,
         retry,
@@ -445,26 +455,90 @@ def test_failures_are_classified_for_retry(
 
 
 def test_a_retry_after_date_becomes_seconds(receiver: Receiver) -> None:
-    result = deliver(f"{receiver.url}/limited-date", {"text": "x"}, timeout=2)
+    result = deliver(
+        f"{receiver.url}/limited-date", {"text": "x"}, timeout=2, policy=receiver.policy
+    )
     assert result.retry
     assert result.retry_after is not None
     assert 50 <= result.retry_after <= 61
 
 
 def test_a_receiver_that_hangs_times_out_and_is_retried(receiver: Receiver) -> None:
-    result = deliver(f"{receiver.url}/hang/SECRET", {"text": "x"}, timeout=0.3)
+    result = deliver(
+        f"{receiver.url}/hang/SECRET", {"text": "x"}, timeout=0.3, policy=receiver.policy
+    )
     assert (result.ok, result.retry, result.status) == (False, True, None)
     assert result.reason == "timeout"
 
 
 def test_nobody_listening_is_retried_and_the_url_stays_out_of_the_result() -> None:
-    url = f"http://127.0.0.1:{free_port()}/hooks/SECRET-TOKEN"
-    result = deliver(url, {"text": "x"}, timeout=1)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hooks/SECRET-TOKEN"
+    result = deliver(url, {"text": "x"}, timeout=1, policy=_open_to(port))
     assert (result.ok, result.retry, result.status) == (False, True, None)
     assert "SECRET" not in repr(result)
 
 
 def test_an_unusable_url_is_not_retried() -> None:
-    result = deliver("http://exa mple.com:notaport/SECRET", {"text": "x"}, timeout=1)
+    url = "http://exa mple.com:notaport/SECRET"
+    result = deliver(url, {"text": "x"}, timeout=1, policy=_open_to(80))
     assert (result.ok, result.retry) == (False, False)
     assert "SECRET" not in repr(result)
+
+
+# --- the outbound policy at delivery ---------------------------------------------------------
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> list[str]:
+    """Make ``names`` resolve as given (other hosts as usual); returns every lookup."""
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return lookups
+
+
+def test_a_name_is_posted_to_the_address_it_was_checked_at(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = receiver.server.server_address[1]
+    lookups = _resolving(monkeypatch, {"hooks.test": "127.0.0.1"})
+    url = f"http://hooks.test:{port}/ok/SECRET"
+    assert deliver(url, {"text": "x"}, timeout=2, policy=receiver.policy).ok
+    # One lookup of the name; the connection went to the checked literal address.
+    assert lookups == ["hooks.test", "127.0.0.1"]
+    (seen,) = receiver.requests
+    assert seen["headers"]["Host"] == f"hooks.test:{port}"
+
+
+def test_a_name_that_resolves_to_a_refused_address_is_never_connected_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        _resolving(monkeypatch, {"rebound.test": "127.0.0.1"})
+        policy = OutboundPolicy(ports=frozenset({port}))  # private targets not allowed
+        url = f"http://rebound.test:{port}/hooks/SECRET"
+        result = deliver(url, {"text": "x"}, timeout=2, policy=policy)
+        assert (result.ok, result.retry, result.status) == (False, False, None)
+        assert result.reason.startswith("ccq outbound policy: rebound.test resolves to 127.0.0.1")
+        assert "SECRET" not in repr(result)
+        with pytest.raises(BlockingIOError):  # nobody knocked
+            listener.accept()
+
+
+def test_a_port_off_the_list_is_refused_before_any_connection(receiver: Receiver) -> None:
+    policy = OutboundPolicy(ports=frozenset({443}), allow_private=True)
+    result = deliver(f"{receiver.url}/ok/SECRET", {"text": "x"}, timeout=2, policy=policy)
+    assert (result.ok, result.retry) == (False, False)
+    assert "is not in CCQ_OUTBOUND_PORTS" in result.reason
+    assert receiver.requests == []
