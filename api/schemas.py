@@ -8,9 +8,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+from flask import has_app_context
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.errors import InvalidInput, TooLarge
+from api.extensions import get_services
 from orchestrator.db.models import Fanout, Run, Session
 from orchestrator.domain.children import DEFAULT_THEN
 from orchestrator.domain.isolation import (
@@ -19,15 +21,26 @@ from orchestrator.domain.isolation import (
     ResourceLimits,
     SessionIsolation,
 )
-from orchestrator.notify.urls import redact_url, validate_notify_url
+from orchestrator.notify.urls import check_notify_url, redact_url, validate_notify_url
+from orchestrator.outbound import OutboundPolicy
 
 MAX_PROMPT_BYTES = 256 * 1024
 
 # The size limit is checked after parsing (check_prompt_size) so it can answer 413.
 Prompt = Annotated[str, StringConstraints(min_length=1)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-# A webhook: http(s), a host, no credentials or fragment (see orchestrator.notify.payloads).
-NotifyUrl = Annotated[str, StringConstraints(min_length=1), AfterValidator(validate_notify_url)]
+
+
+def _fit_notify_url(url: str) -> str:
+    """In a request, the operator's outbound policy too (a name is resolved now)."""
+    if not has_app_context():  # a model built outside the API: the URL's form only
+        return validate_notify_url(url)
+    return check_notify_url(url, OutboundPolicy.from_settings(get_services().settings))
+
+
+# A webhook: http(s), a host, no credentials or fragment (see orchestrator.notify.urls),
+# and a target the outbound policy allows (orchestrator.outbound).
+NotifyUrl = Annotated[str, StringConstraints(min_length=1), AfterValidator(_fit_notify_url)]
 ToolName = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^,\s]+( ?\S+)*$")
 ]

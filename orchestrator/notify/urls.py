@@ -3,12 +3,18 @@
 A webhook URL embeds its receiver's secret (Slack's and Discord's tokens are path
 segments), so a URL is never logged, raised or returned in full: :func:`redact_url`
 keeps only its origin.
+
+Where a URL may point is the outbound policy's call (orchestrator.outbound):
+:func:`check_notify_url` applies it when a URL is accepted, and delivery applies it again,
+pinned, when it POSTs (a name may resolve elsewhere by then).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from urllib.parse import urlsplit
+
+from orchestrator.outbound import RESOLVE_TIMEOUT_SECONDS, OutboundPolicy, OutboundRefused, pin
 
 MAX_URL_LENGTH = 2000
 ELLIPSIS = "…"
@@ -43,6 +49,29 @@ def validate_notify_url(url: str) -> str:
         raise ValueError("must not contain a fragment (#...)")
     if parts.netloc.startswith("[") and not _is_ipv6(parts.hostname):
         raise ValueError("is not a valid URL")
+    return url
+
+
+def check_notify_url(
+    url: str, policy: OutboundPolicy, *, timeout: float = RESOLVE_TIMEOUT_SECONDS
+) -> str:
+    """:func:`validate_notify_url`, then the outbound policy on the URL's host and port.
+
+    A name is resolved now (within ``timeout``) and refused unless every address it has
+    passes; a name that does not resolve is refused too: a webhook that cannot be
+    judged now is more likely a typo than a receiver still to come, and the caller can
+    retry. Nothing is connected to.
+
+    Raises:
+        ValueError: saying why (the port, the address, or the name), never quoting the URL.
+    """
+    validate_notify_url(url)
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        pin(parts.hostname or "", port, policy, timeout=timeout)
+    except OutboundRefused as exc:
+        raise ValueError(f"is refused by ccq's outbound policy: {exc}") from None
     return url
 
 
