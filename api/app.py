@@ -12,15 +12,14 @@ from api.extensions import EXTENSION_KEY, Services, close_request_unit
 from api.validation import check_query_string
 from orchestrator.settings import Settings, load_settings
 
-# Requests larger than this are refused before any parsing (413).
-MAX_CONTENT_LENGTH = 64 * 1024 * 1024
-
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the API app: settings, shared resources, blueprints, error handlers."""
     settings = settings or load_settings()
     app = Flask("ccq")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_CONTENT_LENGTH
+    # Bodies past this are refused before any parsing (413); a batch upload sets its
+    # own, larger limit and is read incrementally (api.batch_input).
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = services or Services.from_settings(settings)
     register_error_handlers(app)

@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from psycopg.errors import DeadlockDetected, SerializationFailure
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from orchestrator.errors import (
     ConflictError,
@@ -59,6 +60,16 @@ class Conflict(ApiError):
 
 class TooLarge(ApiError):
     status, code = 413, "too_large"
+
+
+def too_large(field: str, reason: str, setting: str, limit: int) -> TooLarge:
+    """A 413 whose details name the field, and the setting and limit it went past."""
+    detail = {"field": field, "reason": reason, "setting": setting, "limit": limit}
+    return TooLarge(f"{field}: {reason} ({setting})", [detail])
+
+
+# A pool timeout's Retry-After: connections come back as soon as requests end.
+POOL_RETRY_AFTER = 2
 
 
 class TooManyRequests(ApiError):
@@ -119,6 +130,22 @@ def register_error_handlers(app: Flask) -> None:
         first = details[0] if details else {"field": "(body)", "reason": "invalid"}
         message = f"{first['field']}: {first['reason']}"
         return jsonify(error_body("invalid_input", message, details)), 400
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _body_too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        # Flask's MAX_CONTENT_LENGTH (batches set their own, request.max_content_length).
+        limit = request.max_content_length or 0
+        reason = f"a request body is at most {limit} bytes"
+        return _api_error(too_large("(body)", reason, "CCQ_MAX_REQUEST_BYTES", limit))
+
+    @app.errorhandler(PoolTimeout)
+    def _database_busy(exc: PoolTimeout) -> tuple[Response, int]:
+        # Every pooled connection is in use: shed this request rather than queue it.
+        log.warning("database pool exhausted: %s", exc)
+        message = "every database connection is busy; retry shortly"
+        response = jsonify(error_body("database_busy", message))
+        response.headers["Retry-After"] = str(POOL_RETRY_AFTER)
+        return response, 503
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:

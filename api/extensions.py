@@ -40,7 +40,7 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        engine = db.make_engine(settings)
+        engine = db.make_engine(settings, pool_timeout=settings.api_db_pool_timeout)
         return cls(
             settings=settings,
             engine=engine,

@@ -18,13 +18,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.settings import Settings
 
 
-def make_engine(settings: Settings) -> Engine:
-    """Build the process's engine; ``pool_pre_ping`` survives a PostgreSQL restart."""
+def make_engine(settings: Settings, *, pool_timeout: float = 30.0) -> Engine:
+    """Build the process's engine; ``pool_pre_ping`` survives a PostgreSQL restart.
+
+    ``pool_timeout``: how long a checkout waits for a free connection before
+    :class:`sqlalchemy.exc.TimeoutError` (the API answers it 503 and waits less).
+    """
     return create_engine(
         settings.database_url,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
+        pool_timeout=pool_timeout,
         connect_args={"connect_timeout": 5},
     )
 
