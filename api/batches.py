@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, request, stream_with_context
+from flask import Blueprint, Response, request
 from pydantic import ValidationError
+from sqlalchemy.orm import Session as DbSession
 
+from api import batch_input
 from api.auth import require_owner
-from api.errors import InvalidInput, TooLarge, validation_details
+from api.batch_input import BadLine, Limits
+from api.errors import InvalidInput, validation_details
 from api.extensions import Services, get_services, request_unit
 from api.schemas import (
     MAX_PROMPT_BYTES,
@@ -26,12 +29,18 @@ from api.schemas import (
     encode_cursor,
 )
 from api.sessions import Reply
-from api.validation import parse_body, unstorable_fields
+from api.validation import check_storable, unstorable_fields
 from orchestrator.db.models import Batch
 from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain import batches
 from orchestrator.domain.batch_flow import BatchFlow
-from orchestrator.domain.batches import MAX_ITEMS, BatchItem, BatchService, NewBatch, batch_view
+from orchestrator.domain.batches import (
+    BatchItem,
+    BatchService,
+    ItemResult,
+    NewBatch,
+    batch_view,
+)
 from orchestrator.domain.cancellation import signal_cancel
 from orchestrator.domain.isolation import IsolationError, IsolationPolicy
 from orchestrator.errors import QueueUnavailable
@@ -65,14 +74,30 @@ def create_batch(owner: str) -> Reply:
 
 
 def _batch_from_request() -> NewBatch:
+    settings = get_services().settings
+    limits = Limits(
+        max_bytes=settings.batch_max_bytes,
+        max_items=settings.batch_max_items,
+        max_item_bytes=settings.batch_max_item_bytes,
+    )
     if request.mimetype in NDJSON_TYPES:
         options = BatchOptions.model_validate(request.args.to_dict())
-        raw_items, defaults, metadata = _ndjson_items(), CliOptionsBody(), {}
+        raw = batch_input.read_ndjson(limits)
+        defaults, metadata = CliOptionsBody(), {}
     else:
-        body = parse_body(CreateBatch, checked_later={"items"})
-        options, raw_items, defaults, metadata = body, body.items, body.defaults, body.metadata
+        if not request.is_json:
+            raise InvalidInput(
+                "the body must be JSON (Content-Type: application/json)",
+                [{"field": "(body)", "reason": "not JSON"}],
+            )
+        raw = batch_input.read_json(limits, CreateBatch.model_fields)
+        check_storable({k: v for k, v in raw.fields.items() if k != "items"})
+        body = CreateBatch.model_validate(
+            {"items": [], **raw.fields} if raw.has_items else raw.fields
+        )
+        options, defaults, metadata = body, body.defaults, body.metadata
     return NewBatch(
-        items=_items(raw_items, defaults, get_services().isolation),
+        items=_items(raw.items, defaults, get_services().isolation),
         max_concurrency=options.max_concurrency,
         notify_url=options.notify_url,
         idempotency_key=options.idempotency_key,
@@ -81,39 +106,21 @@ def _batch_from_request() -> NewBatch:
     )
 
 
-def _ndjson_items() -> list[Any]:
-    items: list[Any] = []
-    for number, line in enumerate(request.get_data().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            items.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            items.append(_BadLine(number + 1))
-    return items
-
-
-class _BadLine:
-    def __init__(self, line: int) -> None:
-        self.line = line
-
-
 def _items(
-    raw_items: list[Any], defaults: CliOptionsBody, policy: IsolationPolicy
+    raw_items: list[str | bytes | BadLine], defaults: CliOptionsBody, policy: IsolationPolicy
 ) -> list[BatchItem]:
-    """Every item checked; raises 413 past MAX_ITEMS, else 400 listing bad items by index."""
-    if len(raw_items) > MAX_ITEMS:
-        reason = f"at most {MAX_ITEMS} items per batch, got {len(raw_items)}"
-        raise TooLarge(f"items: {reason}", [{"field": "items", "reason": reason}])
+    """Every item checked (each parsed from its JSON text in turn); raises 400 listing bad
+    items by index. The count was bounded while reading (api.batch_input)."""
     if not raw_items:
         reason = "a batch needs at least one item"
         raise InvalidInput(f"items: {reason}", [{"field": "items", "reason": reason}])
     base = defaults.model_dump(exclude_none=True)
     items, errors = [], []
-    for index, raw in enumerate(raw_items):
-        if isinstance(raw, _BadLine):
-            errors.append(_item_error(index, "(line)", f"line {raw.line} is not valid JSON"))
+    for index, text in enumerate(raw_items):
+        if isinstance(text, BadLine):
+            errors.append(_item_error(index, "(line)", f"line {text.line} is not valid JSON"))
             continue
+        raw = json.loads(text)
         if unstorable := unstorable_fields(raw):
             errors += [_item_error(index, e["field"], e["reason"]) for e in unstorable]
             continue
@@ -204,28 +211,53 @@ def list_batches(owner: str) -> Reply:
 @bp.get("/batches/<uuid:batch_id>/results")
 @require_owner
 def batch_results(owner: str, batch_id: uuid.UUID) -> Response:
-    """NDJSON, one line per item in item order, streamed in chunks from PostgreSQL."""
+    """NDJSON, one line per item in item order, streamed in pages from PostgreSQL."""
+    services = get_services()
     db = request_unit().db
     BatchService(db, owner).get(batch_id)
+    # The first page in the request, so a busy pool is still a 503; the request's
+    # connection is returned when the view returns (no stream_with_context), before a
+    # byte is written, and each later page takes one only while it is read.
+    first = _results_page(services, db, batch_id, -1)
+    return Response(_result_lines(services, batch_id, first), mimetype="application/x-ndjson")
 
-    def lines() -> Iterator[str]:
-        for item in batches.results(db, batch_id):
-            yield (
-                json.dumps(
-                    {
-                        "index": item.index,
-                        "session_id": str(item.session_id),
-                        "run_id": str(item.run_id),
-                        "status": item.status,
-                        "result": item.result,
-                        "error": item.error,
-                        "total_cost_usd": _money(item.total_cost_usd),
-                    }
-                )
-                + "\n"
-            )
 
-    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+def _results_page(
+    services: Services, db: DbSession, batch_id: uuid.UUID, after: int
+) -> list[ItemResult]:
+    settings = services.settings
+    return batches.results_page(
+        db,
+        batch_id,
+        after,
+        max_items=settings.batch_results_page_items,
+        max_bytes=settings.batch_results_page_bytes,
+    )
+
+
+def _result_lines(services: Services, batch_id: uuid.UUID, page: list[ItemResult]) -> Iterator[str]:
+    """Writes a page, then reads the next with a connection held only for that read: a
+    client that stops reading holds a greenlet, never a database connection."""
+    while page:
+        for item in page:
+            yield _result_line(item)
+        after = page[-1].index
+        del page  # the written page is not kept while the next is read
+        with services.session_factory() as db:
+            page = _results_page(services, db, batch_id, after)
+
+
+def _result_line(item: ItemResult) -> str:
+    line = {
+        "index": item.index,
+        "session_id": str(item.session_id),
+        "run_id": str(item.run_id),
+        "status": item.status,
+        "result": item.result,
+        "error": item.error,
+        "total_cost_usd": _money(item.total_cost_usd),
+    }
+    return json.dumps(line) + "\n"
 
 
 @bp.post("/batches/<uuid:batch_id>/cancel")

@@ -14,7 +14,6 @@ back every few seconds to look for a slot: 10,000 tasks cycling through the work
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -313,30 +312,44 @@ def progress(db: DbSession, batch_id: uuid.UUID) -> BatchProgress:
     return BatchProgress(counts, cost, min(started, default=None), max(finished, default=None))
 
 
-def results(db: DbSession, batch_id: uuid.UUID, chunk: int = 500) -> Iterator[ItemResult]:
-    """Every item's outcome in item order, fetched in chunks (never all in memory)."""
-    after = -1
-    while True:
-        rows = db.execute(
-            select(
-                Session.batch_index,
-                Session.id,
-                Run.id,
-                Run.status,
-                Run.result_text,
-                Run.error,
-                Run.total_cost_usd,
-            )
-            .join(Run, (Run.session_id == Session.id) & (Run.seq == 1))
-            .where(Session.batch_id == batch_id, Session.batch_index > after)
-            .order_by(Session.batch_index)
-            .limit(chunk)
-        ).all()
-        for index, session_id, run_id, status, result, error, cost in rows:
-            yield ItemResult(index or 0, session_id, run_id, status, result, error, cost)
-        if len(rows) < chunk:
-            return
-        after = rows[-1][0] or 0
+def results_page(
+    db: DbSession, batch_id: uuid.UUID, after: int, max_items: int, max_bytes: int
+) -> list[ItemResult]:
+    """The outcomes of the items after index ``after``, in item order: at most
+    ``max_items``, and no more once ``max_bytes`` of results and errors are in (at least
+    one). Paged by index, so each page can take a connection of its own."""
+    size = func.coalesce(func.octet_length(Run.result_text), 0) + func.coalesce(
+        func.octet_length(Run.error), 0
+    )
+    page = (
+        select(
+            Session.batch_index.label("index"),
+            Session.id.label("session_id"),
+            Run.id.label("run_id"),
+            Run.status,
+            Run.result_text,
+            Run.error,
+            Run.total_cost_usd,
+            size.label("size"),
+        )
+        .join(Run, (Run.session_id == Session.id) & (Run.seq == 1))
+        .where(Session.batch_id == batch_id, Session.batch_index > after)
+        .order_by(Session.batch_index)
+        .limit(max_items)
+        .subquery()
+    )
+    # octet_length reads a stored value's size without fetching it.
+    before = func.sum(page.c.size).over(order_by=page.c.index) - page.c.size
+    sized = select(page, before.label("before")).subquery()
+    rows = db.execute(
+        select(*(c for c in sized.c if c.name not in ("size", "before")))
+        .where(sized.c.before < max_bytes)
+        .order_by(sized.c.index)
+    ).all()
+    return [
+        ItemResult(index or 0, session_id, run_id, status, result, error, cost)
+        for index, session_id, run_id, status, result, error, cost in rows
+    ]
 
 
 def close(db: DbSession, batch_id: uuid.UUID) -> tuple[Batch | None, bool]:
