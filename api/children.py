@@ -22,10 +22,11 @@ from api.schemas import (
     fanout_json,
     run_json,
 )
-from api.sessions import Reply
+from api.sessions import Reply, check_session_rate_of, pending_cap_error
 from api.validation import parse_body
 from orchestrator.db.models import Session
 from orchestrator.domain import tree
+from orchestrator.domain.admission import PendingCapReached
 from orchestrator.domain.children import ChildSessions, NewFanout, TreeLimits
 from orchestrator.domain.isolation import SessionIsolation
 from orchestrator.domain.sessions import NewSession, SessionService
@@ -55,19 +56,23 @@ def spawn_child(who: Principal, session_id: uuid.UUID) -> Reply:
     body = parse_body(CreateChild)
     check_prompt_size(body.prompt)
     services = get_services()
+    check_session_rate_of(services, who.owner, 1)
     uow = request_unit()
     db = uow.db
     sessions = scoped(db, who)
-    child, run, created = _children(sessions, services).spawn(
-        session_id,
-        body.prompt,
-        NewSession(
-            model=body.model,
-            options=_child_options(body, services, sessions, session_id),
-            metadata=body.metadata,
-            idempotency_key=body.idempotency_key,
-        ),
-    )
+    try:
+        child, run, created = _children(sessions, services).spawn(
+            session_id,
+            body.prompt,
+            NewSession(
+                model=body.model,
+                options=_child_options(body, services, sessions, session_id),
+                metadata=body.metadata,
+                idempotency_key=body.idempotency_key,
+            ),
+        )
+    except PendingCapReached as exc:
+        raise pending_cap_error(exc, "prompt") from None
     (described,) = describe_sessions(db, sessions, [child])
     commit_and_queue_run(uow, services, sessions, run if created else None)
     return {"session": described, "run": run_json(run)}, 201 if created else 200
@@ -112,19 +117,23 @@ def fanout(who: Principal, session_id: uuid.UUID) -> Reply:
         check_prompt_size(prompt, f"prompts.{index}")
     check_prompt_size(body.then, "then")
     services = get_services()
+    check_session_rate_of(services, who.owner, len(body.prompts))
     uow = request_unit()
     db = uow.db
     sessions = scoped(db, who)
     options = _child_options(body, services, sessions, session_id)
-    started = _children(sessions, services).fanout(
-        session_id,
-        NewFanout(
-            prompts=body.prompts,
-            then=body.then,
-            child=NewSession(model=body.model, options=options, metadata=body.metadata),
-            idempotency_key=body.idempotency_key,
-        ),
-    )
+    try:
+        started = _children(sessions, services).fanout(
+            session_id,
+            NewFanout(
+                prompts=body.prompts,
+                then=body.then,
+                child=NewSession(model=body.model, options=options, metadata=body.metadata),
+                idempotency_key=body.idempotency_key,
+            ),
+        )
+    except PendingCapReached as exc:
+        raise pending_cap_error(exc, "prompts") from None
     children = describe_sessions(db, sessions, started.children)
     runs = started.runs if started.created else []
     fanout_id = started.fanout.id

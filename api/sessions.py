@@ -16,6 +16,7 @@ from api.describe import describe_sessions, scoped
 from api.dispatch import commit_and_announce, commit_and_queue_run
 from api.errors import InvalidInput, TooManyRequests
 from api.extensions import Services, get_services, request_unit
+from api.rate_limits import check_session_rate
 from api.schemas import (
     CreateRun,
     CreateSession,
@@ -28,7 +29,7 @@ from api.schemas import (
 )
 from api.validation import parse_body
 from orchestrator.db.models import Run, RunStatus
-from orchestrator.domain.admission import pending_interactive
+from orchestrator.domain.admission import PendingCapReached, reserve_pending
 from orchestrator.domain.cancellation import signal_cancel
 from orchestrator.domain.sessions import NewSession, SessionService
 from orchestrator.streams.events import WireEvent
@@ -46,18 +47,33 @@ Reply = tuple[dict[str, Any], int]
 RETRY_AFTER_SECONDS = 30
 
 
-def check_pending_limit(db: DbSession, services: Services, owner: str) -> None:
-    """Raises 429 when the owner already has CCQ_MAX_PENDING_RUNS_PER_OWNER runs queued
-    or running outside batches (batches have their own concurrency)."""
-    limit = services.settings.max_pending_runs_per_owner
-    pending = pending_interactive(db, owner, up_to=limit)
-    if pending >= limit:
-        raise TooManyRequests(
-            f"{pending} or more runs of yours are queued or running (the limit is {limit}, "
-            "CCQ_MAX_PENDING_RUNS_PER_OWNER); retry when some have finished",
-            RETRY_AFTER_SECONDS,
-            [{"field": "prompt", "reason": "too many runs pending", "limit": limit}],
-        )
+def check_pending_limit(db: DbSession, services: Services, owner: str, wanted: int = 1) -> None:
+    """Raises 429 unless ``wanted`` more runs keep the owner within
+    CCQ_MAX_PENDING_RUNS_PER_OWNER runs queued or running outside batches (batches have
+    their own cap). Holds the owner's pending lock until the request commits, so
+    concurrent requests cannot overshoot."""
+    try:
+        reserve_pending(db, owner, wanted, services.settings.max_pending_runs_per_owner)
+    except PendingCapReached as exc:
+        raise pending_cap_error(exc, "prompt") from None
+
+
+def check_session_rate_of(services: Services, owner: str, wanted: int) -> None:
+    """Raises 429 when ``wanted`` more sessions pass the owner's
+    CCQ_SESSIONS_PER_MINUTE_PER_OWNER."""
+    settings = services.settings
+    check_session_rate(
+        services.redis, settings.instance, owner, wanted, settings.sessions_per_minute_per_owner
+    )
+
+
+def pending_cap_error(exc: PendingCapReached, field: str) -> TooManyRequests:
+    """The 429 for a pending cap: it clears as the owner's runs finish."""
+    return TooManyRequests(
+        str(exc),
+        RETRY_AFTER_SECONDS,
+        [{"field": field, "reason": "too many runs pending", "limit": exc.limit}],
+    )
 
 
 @bp.post("/sessions")
@@ -67,6 +83,7 @@ def create_session(owner: str) -> Reply:
     body = parse_body(CreateSession)
     check_prompt_size(body.prompt)
     services = get_services()
+    check_session_rate_of(services, owner, 1)
     uow = request_unit()
     sessions = SessionService(uow.db, owner)
     session, created = sessions.create(

@@ -59,3 +59,51 @@ def pending_interactive(db: DbSession, owner: str, up_to: int) -> int:
         .subquery()
     )
     return int(db.scalar(select(func.count()).select_from(pending)) or 0)
+
+
+class PendingCapReached(Exception):
+    """Queuing ``wanted`` more runs would put the owner past a pending cap (a 429: it
+    clears as runs finish)."""
+
+    def __init__(self, pending: int, wanted: int, limit: int, setting: str) -> None:
+        super().__init__(
+            f"{pending} runs of yours are queued or running and {wanted} more would pass "
+            f"the limit of {limit} ({setting}); retry when some have finished"
+        )
+        self.pending, self.wanted, self.limit, self.setting = pending, wanted, limit, setting
+
+
+def reserve_pending(db: DbSession, owner: str, wanted: int, limit: int) -> None:
+    """Raises PendingCapReached unless ``wanted`` more interactive runs (roots, runs,
+    children, fan-outs) fit under the owner's ``limit``.
+
+    Takes the owner's pending lock until the caller's transaction ends: the caller
+    inserts its runs under it, so two requests of one owner cannot both see room for
+    the last slot. (A key of its own: claims, under the owner's admission lock, never
+    add pending runs, and need not wait for a request to commit.)
+    """
+    lock_key(db, "pending", owner)
+    pending = pending_interactive(db, owner, up_to=limit)
+    if pending + wanted > limit:
+        raise PendingCapReached(pending, wanted, limit, "CCQ_MAX_PENDING_RUNS_PER_OWNER")
+
+
+def reserve_batch_items(db: DbSession, owner: str, wanted: int, limit: int) -> None:
+    """Raises PendingCapReached unless a batch of ``wanted`` items fits under the owner's
+    cap on unfinished batch items (all batches together); under the owner's batch lock,
+    held until the caller's transaction ends, like :func:`reserve_pending`."""
+    lock_key(db, "pending-batch-items", owner)
+    unfinished = (
+        select(Run.id)
+        .join(Session, Session.id == Run.session_id)
+        .where(
+            Run.owner == owner,
+            Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+            Session.batch_id.is_not(None),
+        )
+        .limit(limit)
+        .subquery()
+    )
+    pending = int(db.scalar(select(func.count()).select_from(unfinished)) or 0)
+    if pending + wanted > limit:
+        raise PendingCapReached(pending, wanted, limit, "CCQ_MAX_PENDING_BATCH_ITEMS_PER_OWNER")

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from orchestrator.db.engine import ROW_LOCK, lock_key
 from orchestrator.db.models import Fanout, FanoutStatus, Run, Session, SessionStatus
+from orchestrator.domain.admission import reserve_pending
 from orchestrator.domain.sessions import NewSession, SessionService
 from orchestrator.errors import ConflictError, LimitExceeded, NotFoundError
 from orchestrator.settings import Settings
@@ -35,10 +36,18 @@ class TreeLimits:
     max_depth: int
     max_children: int
     max_tree_sessions: int
+    # The owner's cap on runs queued or running outside batches (a 429, not structural):
+    # children and fan-outs count toward it like roots do. None: not checked.
+    max_pending_runs: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TreeLimits:
-        return cls(settings.max_depth, settings.max_children, settings.max_tree_sessions)
+        return cls(
+            settings.max_depth,
+            settings.max_children,
+            settings.max_tree_sessions,
+            settings.max_pending_runs_per_owner,
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class ChildSessions:
         Raises:
             NotFoundError: the parent is not visible to the caller.
             LimitExceeded: depth, children or tree size would pass its limit.
+            PendingCapReached: the owner's pending runs would pass their cap.
             ConflictError: the parent has failed, or the key belongs to another session.
         """
         if spec.idempotency_key is not None:
@@ -94,10 +104,17 @@ class ChildSessions:
                     select(Run).where(Run.session_id == existing.id).order_by(Run.seq).limit(1)
                 ).one()
                 return existing, first, False
+        self._reserve_pending(1)
         parent = self._reserve(parent_id, 1)
         child = self._new_child(parent, spec)
         run, _ = self.sessions.queue_run(child.id, prompt)
         return child, run, True
+
+    def _reserve_pending(self, wanted: int) -> None:
+        """Raises PendingCapReached unless ``wanted`` more runs fit in the owner's pending
+        cap; the owner's pending lock is held until the caller commits."""
+        if self.limits.max_pending_runs is not None:
+            reserve_pending(self.db, self.sessions.owner, wanted, self.limits.max_pending_runs)
 
     def _by_key(self, parent_id: uuid.UUID, key: str) -> Session | None:
         existing = self.db.scalars(
@@ -126,6 +143,7 @@ class ChildSessions:
                 self.sessions.get(parent_id)  # the caller must still see the parent
                 children, runs = self.members(earlier.id)
                 return StartedFanout(earlier, children, runs, created=False)
+        self._reserve_pending(len(spec.prompts))
         parent = self._reserve(parent_id, len(spec.prompts))
         fanout = Fanout(
             id=uuid.uuid4(),
