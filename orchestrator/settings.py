@@ -27,6 +27,9 @@ ENV_PREFIX = "CCQ_"
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
+MIN_JWT_SECRET_BYTES = 32
+
+
 class ConfigError(Exception):
     """A ``CCQ_*`` variable is missing or malformed; the message names it."""
 
@@ -74,6 +77,10 @@ class Settings(BaseSettings):
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_audience: str = "ccq"
     jwt_issuer: str = "ccq"
+    # Clock skew forgiven on iat/nbf/exp: a token minted on a slightly fast clock still works.
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # The longest lifetime a token ccq mints may have (`ccq token --ttl`): a leaked one ends.
+    max_token_lifetime: int = Field(default=30 * 86400, ge=60)
 
     # --- processes ----------------------------------------------------------------------
     # One address, or several separated by commas (e.g. loopback and the Docker bridge's
@@ -140,6 +147,11 @@ class Settings(BaseSettings):
     tail_ping_interval: PositiveSeconds = 20.0
     # A live tail this far behind the newest event is told so and disconnected.
     tail_max_lag: PositiveSeconds = 120.0
+    # Client frames on a tail are read and discarded; one longer than this closes it 1009.
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=125)
+    # Open tails and concurrent `?wait` requests per owner, across API processes (429).
+    max_tails_per_owner: int = Field(default=50, ge=1)
+    max_waits_per_owner: int = Field(default=20, ge=1)
 
     # --- children and fan-out ----------------------------------------------------------
     # A root session has depth 0; a child deeper than this is refused.
@@ -152,6 +164,16 @@ class Settings(BaseSettings):
     max_runs_per_owner: int = Field(default=8, ge=1, le=10_000)
     # Queued or running runs one owner may have outside batches; past it, 429.
     max_pending_runs_per_owner: int = Field(default=200, ge=1, le=1_000_000)
+    # Unfinished (queued or running) batch items of one owner, all batches together; a
+    # batch that would pass it is refused with 429. Batch items do not count toward the
+    # cap above: batches are for large numbers and have windows of their own.
+    max_pending_batch_items_per_owner: int = Field(default=50_000, ge=1, le=10_000_000)
+    # Batch items of one owner released to the workers at once, across all the owner's
+    # batches (each batch's own max_concurrency still applies within it).
+    batch_window_per_owner: int = Field(default=8, ge=1, le=10_000)
+    # Sessions one owner may create per minute (roots, children, fan-out children; not
+    # batch items), counted in Redis across API processes; past it, 429 with Retry-After.
+    sessions_per_minute_per_owner: int = Field(default=120, ge=1, le=1_000_000)
 
     # --- request bodies and the API's database pool (413s name these) ---------------------
     # Any request body but a batch's; larger ones are refused before they are read.
@@ -258,6 +280,14 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `VAR=` (as compose writes `${VAR:-}`) means "not set", not an empty credential.
         return None if value == "" else value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # HS256 with a short secret can be brute-forced offline from any one token.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes long for HS256")
+        return value
 
     @field_validator("egress_allow", "egress_ports", "outbound_ports", mode="before")
     @classmethod
