@@ -28,11 +28,12 @@ from api.schemas import (
     decode_cursor,
     encode_cursor,
 )
-from api.sessions import Reply
+from api.sessions import Reply, pending_cap_error
 from api.validation import check_storable, unstorable_fields
 from orchestrator.db.models import Batch
 from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain import batches
+from orchestrator.domain.admission import PendingCapReached
 from orchestrator.domain.batch_flow import BatchFlow
 from orchestrator.domain.batches import (
     BatchItem,
@@ -64,7 +65,11 @@ def create_batch(owner: str) -> Reply:
     spec = _batch_from_request()
     services = get_services()
     uow = request_unit()
-    batch, created = BatchService(uow.db, owner).create(spec)
+    limit = services.settings.max_pending_batch_items_per_owner
+    try:
+        batch, created = BatchService(uow.db, owner, limit).create(spec)
+    except PendingCapReached as exc:
+        raise pending_cap_error(exc, "items") from None
     uow.commit()
     if created:
         _start(services, uow, batch)
@@ -165,6 +170,7 @@ def _flow(services: Services) -> BatchFlow:
         services.redis,
         max_runs_per_owner=services.settings.max_runs_per_owner,
         ttl=int(services.settings.event_stream_ttl),
+        window_per_owner=services.settings.batch_window_per_owner,
     )
 
 

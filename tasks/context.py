@@ -54,6 +54,7 @@ def worker_context() -> WorkerContext:
         host.redis,
         max_runs_per_owner=settings.max_runs_per_owner,
         ttl=int(settings.event_stream_ttl),
+        window_per_owner=settings.batch_window_per_owner,
     )
     listeners = run_listeners(host.redis, settings, batches, enqueue)
     lost_runs = LostRuns(host.redis, host.runtime, listeners)

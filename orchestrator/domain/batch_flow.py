@@ -33,21 +33,38 @@ class BatchSender(Protocol):
 
 class BatchFlow:
     def __init__(
-        self, sender: BatchSender, redis_client: redis.Redis, *, max_runs_per_owner: int, ttl: int
+        self,
+        sender: BatchSender,
+        redis_client: redis.Redis,
+        *,
+        max_runs_per_owner: int,
+        ttl: int,
+        window_per_owner: int | None = None,
     ) -> None:
         self.sender = sender
         self.redis = redis_client
         self.max_runs_per_owner = max_runs_per_owner
+        # CCQ_BATCH_WINDOW_PER_OWNER; without it, the owner's concurrency.
+        self.window_per_owner = window_per_owner or max_runs_per_owner
         self.ttl = ttl
 
     def release(self, uow: UnitOfWork, batch_id: uuid.UUID) -> int:
-        """Release the batch's next items while its window has room, and send them; how
-        many. Sent before the caller commits the release: if sending fails, nothing is
+        """Release the next items of the batch's owner (this batch's or their other
+        batches') while the owner's window has room, and send them; how many."""
+        owner = batches.owner_of(uow.db, batch_id)
+        return 0 if owner is None else sum(map(len, self._release(uow, owner).values()))
+
+    def release_owner(self, uow: UnitOfWork, owner: str) -> int:
+        """Release the owner's next batch items while their window has room; how many."""
+        return sum(map(len, self._release(uow, owner).values()))
+
+    def _release(self, uow: UnitOfWork, owner: str) -> dict[uuid.UUID, list[uuid.UUID]]:
+        """Sent before the caller commits the release: if sending fails, nothing is
         marked released and a later call releases them again (a run delivered twice
         still runs once)."""
-        run_ids = batches.release(uow.db, batch_id, self.max_runs_per_owner)
-        self.sender.batch_items(run_ids)
-        return len(run_ids)
+        released = batches.release(uow.db, owner, self.max_runs_per_owner, self.window_per_owner)
+        self.sender.batch_items([run_id for ids in released.values() for run_id in ids])
+        return released
 
     def release_again(self, uow: UnitOfWork) -> int:
         """Re-send items released long ago and still queued (their task may be lost)."""
@@ -56,14 +73,16 @@ class BatchFlow:
         return len(run_ids)
 
     def item_ended(self, uow: UnitOfWork, run_id: uuid.UUID) -> None:
-        """After an item's run ended: release the batch's next items, or close the batch
-        when none is left (a no-op for a run outside batches). Commits."""
+        """After an item's run ended: release the owner's next items (the freed slot may
+        go to another of their batches), and close the item's batch when it released
+        nothing of its own (a no-op for a run outside batches). Commits."""
         batch_id = batches.batch_of(uow.db, run_id)
         if batch_id is None:
             return
-        released = self.release(uow, batch_id)
+        owner = batches.owner_of(uow.db, batch_id)
+        released = self._release(uow, owner) if owner is not None else {}
         uow.commit()
-        if not released:
+        if not released.get(batch_id):
             self.close(uow, batch_id)
 
     def close(self, uow: UnitOfWork, batch_id: uuid.UUID) -> str | None:

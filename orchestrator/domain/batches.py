@@ -6,7 +6,8 @@ nothing. The batch's state is derived from its runs' rows, so counts never drift
 
 Items are released to Celery a window at a time (:func:`release`): at most the batch's
 concurrency (``max_concurrency``, at most ``CCQ_MAX_RUNS_PER_OWNER``) are with Celery at
-once, the rest wait in PostgreSQL. Each item that ends releases the next, and the last
+once, and at most ``CCQ_BATCH_WINDOW_PER_OWNER`` of one owner's batches together; the
+rest wait in PostgreSQL. Each item that ends releases the next, and the last
 one closes the batch. Had every item been queued at once, those over the cap would come
 back every few seconds to look for a slot: 10,000 tasks cycling through the workers.
 """
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.db.engine import ROW_LOCK, lock_key
 from orchestrator.db.models import Batch, BatchStatus, Run, RunStatus, Session, SessionStatus
+from orchestrator.domain.admission import reserve_batch_items
 from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.notify.urls import redact_url
 
@@ -85,12 +87,19 @@ class ItemResult:
 class BatchService:
     """The owner's batches."""
 
-    def __init__(self, db: DbSession, owner: str) -> None:
+    def __init__(self, db: DbSession, owner: str, max_pending_items: int | None = None) -> None:
         self.db = db
         self.owner = owner
+        # CCQ_MAX_PENDING_BATCH_ITEMS_PER_OWNER, checked by create (None: not checked).
+        self.max_pending_items = max_pending_items
 
     def create(self, spec: NewBatch) -> tuple[Batch, bool]:
-        """The batch, and whether it was created now (not found by its idempotency key)."""
+        """The batch, and whether it was created now (not found by its idempotency key).
+
+        Raises:
+            PendingCapReached: its items would put the owner's unfinished batch items
+                past ``max_pending_items``.
+        """
         if spec.idempotency_key is not None:
             lock_key(self.db, "batch-key", self.owner, spec.idempotency_key)
             existing = self.db.scalars(
@@ -100,6 +109,8 @@ class BatchService:
             ).one_or_none()
             if existing is not None:
                 return existing, False
+        if self.max_pending_items is not None:
+            reserve_batch_items(self.db, self.owner, len(spec.items), self.max_pending_items)
         now = datetime.now(UTC)
         batch = Batch(
             id=uuid.uuid4(),
@@ -210,45 +221,112 @@ def window(batch: Batch, max_runs_per_owner: int) -> int:
     return min(batch.max_concurrency or max_runs_per_owner, max_runs_per_owner)
 
 
-def release(db: DbSession, batch_id: uuid.UUID, max_runs_per_owner: int) -> list[uuid.UUID]:
-    """Mark the batch's next items released while its window has room; their run IDs in
-    item order, for the caller to queue.
+def owner_of(db: DbSession, batch_id: uuid.UUID) -> str | None:
+    return db.scalar(select(Batch.owner).where(Batch.id == batch_id))
 
-    Under the batch's row lock, so items ending at the same moment never release more
-    than the window. The caller queues the tasks before it commits: if it fails before
-    the commit, the items are released again later, and a second delivery of a run never
-    runs it twice.
+
+def release(
+    db: DbSession, owner: str, max_runs_per_owner: int, owner_window: int
+) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """Mark the owner's next batch items released while the owner's window has room;
+    their run IDs by batch, in item order, for the caller to queue.
+
+    At most ``owner_window`` (CCQ_BATCH_WINDOW_PER_OWNER) items of one owner are released
+    and unfinished at once across all their batches, and at most :func:`window` of one
+    batch. The room is shared round robin: each free slot goes to the batch with the
+    fewest items in flight, the oldest batch first among equals, so a small batch
+    submitted behind a large one starts at once instead of waiting for it to drain.
+
+    Under the owner's batch-window lock, so items ending at the same moment never
+    release more than the window. The caller queues the tasks before it commits: if it
+    fails before the commit, the items are released again later, and a second delivery
+    of a run never runs it twice.
     """
-    batch = db.get(Batch, batch_id, with_for_update=ROW_LOCK)
-    if batch is None or batch.status != BatchStatus.RUNNING or batch.finished_at is not None:
-        return []
-    items = select(Run.id).join(Session, Session.id == Run.session_id)
-    in_flight = db.scalar(
-        select(func.count()).select_from(
-            items.where(
-                Session.batch_id == batch.id,
-                Run.dispatched_at.is_not(None),
-                Run.status.in_(_UNFINISHED),
-            ).subquery()
-        )
-    )
-    room = window(batch, max_runs_per_owner) - (in_flight or 0)
-    if room <= 0:
-        return []
-    run_ids = list(
+    lock_key(db, "batch-window", owner)
+    running_batches = list(
         db.scalars(
-            items.where(
-                Session.batch_id == batch.id,
-                Run.status == RunStatus.QUEUED,
-                Run.dispatched_at.is_(None),
+            select(Batch)
+            .where(
+                Batch.owner == owner,
+                Batch.status == BatchStatus.RUNNING,
+                Batch.finished_at.is_(None),
             )
-            .order_by(Session.batch_index)
-            .limit(room)
+            .order_by(Batch.created_at, Batch.id)
+            .with_for_update(**ROW_LOCK)
         ).all()
     )
+    if not running_batches:
+        return {}
+    items = select(Run.id).join(Session, Session.id == Run.session_id)
+    # Per batch: items released and unfinished, and when it last had one released.
+    in_flight: dict[uuid.UUID, int] = {}
+    last_turn: dict[uuid.UUID, datetime] = {}
+    for batch_id, flying, last in db.execute(
+        select(
+            Session.batch_id,
+            func.count().filter(Run.status.in_(_UNFINISHED)),
+            func.max(Run.dispatched_at),
+        )
+        .join(Run, Run.session_id == Session.id)
+        .where(
+            Run.owner == owner,
+            Session.batch_id.in_([b.id for b in running_batches]),
+            Run.dispatched_at.is_not(None),
+        )
+        .group_by(Session.batch_id)
+    ).all():
+        if batch_id is not None and last is not None:  # (both are, by the query)
+            in_flight[batch_id], last_turn[batch_id] = flying, last
+    room = owner_window - sum(in_flight.values())
+    if room <= 0:
+        return {}
+    # Each batch's next items, at most as many as it could take now.
+    waiting: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for batch in running_batches:
+        own_room = min(room, window(batch, max_runs_per_owner) - in_flight.get(batch.id, 0))
+        if own_room <= 0:
+            continue
+        waiting[batch.id] = list(
+            db.scalars(
+                items.where(
+                    Session.batch_id == batch.id,
+                    Run.status == RunStatus.QUEUED,
+                    Run.dispatched_at.is_(None),
+                )
+                .order_by(Session.batch_index)
+                .limit(own_room)
+            ).all()
+        )
+    released: dict[uuid.UUID, list[uuid.UUID]] = {}
+    age = {b.id: age for age, b in enumerate(running_batches)}
+    never = datetime.min.replace(tzinfo=UTC)
+    while room > 0:
+        candidates = [b for b in age if waiting.get(b)]
+        if not candidates:
+            break
+        # Fewest in flight; then the batch whose last turn is longest ago; then the oldest.
+        chosen = min(
+            candidates, key=lambda b: (in_flight.get(b, 0), last_turn.get(b, never), age[b])
+        )
+        last_turn[chosen] = datetime.max.replace(tzinfo=UTC)  # its turn now
+        released.setdefault(chosen, []).append(waiting[chosen].pop(0))
+        in_flight[chosen] = in_flight.get(chosen, 0) + 1
+        room -= 1
+    run_ids = [run_id for ids in released.values() for run_id in ids]
     if run_ids:
         db.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=datetime.now(UTC)))
-    return run_ids
+    return released
+
+
+def owners_running(db: DbSession) -> list[str]:
+    """Owners with a batch still running (the sweeper releases what they have room for)."""
+    return list(
+        db.scalars(
+            select(Batch.owner)
+            .where(Batch.status == BatchStatus.RUNNING, Batch.finished_at.is_(None))
+            .distinct()
+        ).all()
+    )
 
 
 def release_again(db: DbSession, older_than: timedelta) -> list[uuid.UUID]:
@@ -270,15 +348,6 @@ def release_again(db: DbSession, older_than: timedelta) -> list[uuid.UUID]:
     if run_ids:
         db.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=datetime.now(UTC)))
     return run_ids
-
-
-def running(db: DbSession) -> list[uuid.UUID]:
-    """Every batch still running (the sweeper releases what they have room for)."""
-    return list(
-        db.scalars(
-            select(Batch.id).where(Batch.status == BatchStatus.RUNNING, Batch.finished_at.is_(None))
-        ).all()
-    )
 
 
 def batch_of(db: DbSession, run_id: uuid.UUID) -> uuid.UUID | None:

@@ -41,8 +41,8 @@ class Sweeper:
         purged = purge_expired(uow.db)
         uow.commit()
         released = 0
-        for batch_id in batches.running(uow.db):
-            released += self.batch_flow.release(uow, batch_id)
+        for owner in batches.owners_running(uow.db):
+            released += self.batch_flow.release_owner(uow, owner)
             uow.commit()
         released += self.batch_flow.release_again(uow)
         uow.commit()
