@@ -27,8 +27,10 @@ from sqlalchemy.orm import sessionmaker
 from api.app import create_app
 from api.extensions import EXTENSION_KEY, Services
 from orchestrator.db.engine import session_scope
-from orchestrator.db.models import Run, RunStatus, Session
+from orchestrator.db.models import Batch, Run, RunStatus, Session
+from orchestrator.db.unit_of_work import UnitOfWork
 from orchestrator.domain import batches
+from orchestrator.domain.batch_flow import BatchFlow
 from orchestrator.domain.batches import BatchItem, BatchService, NewBatch
 from orchestrator.settings import Settings
 from tests.api_helpers import auth
@@ -329,3 +331,34 @@ def test_a_batchs_own_concurrency_still_applies_within_the_owners_window(
     with session_scope(db_factory) as db:
         released = batches.release(db, owner, max_runs_per_owner=8, owner_window=4)
     assert {b: len(r) for b, r in released.items()} == {batch.id: 1}
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_an_ended_item_frees_its_slot_for_another_batch_and_closes_its_own(
+    db_factory: sessionmaker[DbSession], services: Services, owner: str
+) -> None:
+    created = []
+    for name in ("first", "second"):
+        with session_scope(db_factory) as db:
+            batch, _ = BatchService(db, owner).create(NewBatch(items=[BatchItem(prompt=name)]))
+            created.append(batch.id)
+    sender = RecordingEnqueue()
+    flow = BatchFlow(sender, services.redis, max_runs_per_owner=8, ttl=60, window_per_owner=1)
+    with UnitOfWork(db_factory) as uow:
+        assert flow.release_owner(uow, owner) == 1
+        uow.commit()
+    with session_scope(db_factory) as db:
+        (first_run,) = db.scalars(
+            select(Run).where(Run.owner == owner, Run.dispatched_at.is_not(None))
+        ).all()
+        first_run.status = RunStatus.SUCCEEDED
+        first_run.finished_at = datetime.now(UTC)
+        first_run_id = first_run.id
+
+    with UnitOfWork(db_factory) as uow:
+        flow.item_ended(uow, first_run_id)
+
+    with db_factory() as db:
+        assert _in_flight(db, owner) == {created[1]: 1}  # the slot went to the other batch
+        assert db.get(Batch, created[0]).finished_at is not None  # type: ignore[union-attr]
+    assert [args for name, args in sender.sent if name == "batch_items"][-1] != ([],)
