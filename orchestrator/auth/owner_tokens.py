@@ -25,6 +25,9 @@ class AuthError(Exception):
 @dataclass(frozen=True)
 class Principal:
     owner: str
+    # When the token stops being accepted (its exp plus the leeway), as a Unix time:
+    # an open tail is closed then.
+    valid_until: float
 
 
 def _verification_key(settings: Settings) -> str:
@@ -50,10 +53,13 @@ def verify_token(settings: Settings, token: str) -> Principal:
             algorithms=[settings.jwt_algorithm],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway_seconds,
             options={"require": list(REQUIRED_CLAIMS)},
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise AuthError("token is not valid yet (iat or nbf in the future)") from None
     except jwt.InvalidAudienceError:
         raise AuthError("token has the wrong audience") from None
     except jwt.InvalidIssuerError:
@@ -65,15 +71,24 @@ def verify_token(settings: Settings, token: str) -> Principal:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_LENGTH:
         raise AuthError("token subject must be a non-empty string of at most 200 characters")
-    return Principal(owner=subject)
+    return Principal(owner=subject, valid_until=claims["exp"] + settings.jwt_leeway_seconds)
 
 
 def mint_token(settings: Settings, subject: str, ttl_seconds: int = 24 * 3600) -> str:
-    """Sign an HS256 token the running stack accepts (development and tests)."""
+    """Sign an HS256 token the running stack accepts (development and tests).
+
+    Raises:
+        AuthError: no secret, a bad subject, or ``ttl_seconds`` past CCQ_MAX_TOKEN_LIFETIME.
+    """
     if settings.jwt_secret is None:
         raise AuthError("CCQ_JWT_SECRET is not set; `make up` generates one in .ccq/ccq.env")
     if not subject or len(subject) > MAX_SUBJECT_LENGTH:
         raise AuthError("subject must be a non-empty string of at most 200 characters")
+    if not 0 < ttl_seconds <= settings.max_token_lifetime:
+        raise AuthError(
+            f"a token's lifetime must be 1 to {settings.max_token_lifetime} s "
+            "(CCQ_MAX_TOKEN_LIFETIME)"
+        )
     now = int(time.time())
     claims = {
         "sub": subject,

@@ -6,7 +6,7 @@ import jwt
 import pytest
 
 from orchestrator.auth.owner_tokens import AuthError, mint_token, verify_token
-from orchestrator.settings import Settings, load_settings
+from orchestrator.settings import ConfigError, Settings, load_settings
 
 SECRET = "unit-test-secret-" + "y" * 32
 
@@ -32,7 +32,7 @@ def _claims(**overrides: object) -> dict[str, object]:
     }
     claims.update(overrides)
     if claims["exp"] is EXPIRED:
-        claims["exp"] = now - 10
+        claims["exp"] = now - 120  # past the default 30 s leeway
     return {k: v for k, v in claims.items() if v is not None}
 
 
@@ -95,3 +95,36 @@ def test_public_key_algorithms_verify_with_the_public_key_only(algorithm: str) -
     # An HS256 token signed with the public key text must not pass (algorithm confusion).
     with pytest.raises(AuthError):
         verify_token(settings, jwt.encode(_claims(), SECRET, algorithm="HS256"))
+
+
+def test_clock_skew_within_the_leeway_is_forgiven(hs256: Settings) -> None:
+    now = int(time.time())
+    for claims in (_claims(iat=now + 1), _claims(nbf=now + 20), _claims(exp=now - 20)):
+        token = jwt.encode(claims, SECRET, algorithm="HS256")
+        assert verify_token(hs256, token).owner == "alice"
+
+
+def test_clock_skew_past_the_leeway_is_refused(hs256: Settings) -> None:
+    token = jwt.encode(_claims(iat=int(time.time()) + 120), SECRET, algorithm="HS256")
+    with pytest.raises(AuthError, match="not valid yet"):
+        verify_token(hs256, token)
+
+
+def test_a_token_is_valid_until_its_exp_plus_the_leeway() -> None:
+    settings = load_settings(env_file=None, jwt_secret=SECRET, jwt_leeway_seconds=7)
+    claims = _claims()
+    principal = verify_token(settings, jwt.encode(claims, SECRET, algorithm="HS256"))
+    assert principal.valid_until == claims["exp"] + 7  # type: ignore[operator]
+
+
+def test_minting_past_the_maximum_lifetime_is_refused() -> None:
+    settings = load_settings(env_file=None, jwt_secret=SECRET, max_token_lifetime=3600)
+    assert verify_token(settings, mint_token(settings, "alice", 3600)).owner == "alice"
+    with pytest.raises(AuthError, match="CCQ_MAX_TOKEN_LIFETIME"):
+        mint_token(settings, "alice", 3601)
+
+
+def test_a_short_hs256_secret_is_refused_when_settings_load() -> None:
+    with pytest.raises(ConfigError, match=r"CCQ_JWT_SECRET: .*at least 32 bytes"):
+        load_settings(env_file=None, jwt_secret="x" * 31)
+    assert load_settings(env_file=None, jwt_secret="x" * 32).jwt_secret is not None
