@@ -8,6 +8,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 import redis
@@ -117,16 +118,17 @@ def test_every_send_during_a_redis_outage_is_queue_unavailable(
     which the API would answer with a 500; and sending works again once Redis is back."""
     enqueuer.fanout([uuid.uuid4()], uuid.uuid4())  # the result consumer is now listening
     private_redis.stop()
+    sends: list[Callable[[], None]] = [
+        *_plain_sends(enqueuer),
+        lambda: enqueuer.fanout([uuid.uuid4()], uuid.uuid4()),
+    ]
     for _ in range(2):
-        for send in [
-            *_plain_sends(enqueuer),
-            lambda: enqueuer.fanout([uuid.uuid4()], uuid.uuid4()),
-        ]:
+        for send in sends:
             with pytest.raises(QueueUnavailable):
                 send()
     private_redis.start()
-    for send in _plain_sends(enqueuer):
-        wait_for(lambda s=send: _sent(s), timeout=30, what="sending once Redis is back")
+    for send in sends:
+        wait_for(partial(_sent, send), timeout=30, what="sending once Redis is back")
     enqueuer.fanout([uuid.uuid4()], uuid.uuid4())
 
 
