@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 from flask import Blueprint, request
 from sqlalchemy.orm import Session as DbSession
 
+from api import owner_slots
 from api.auth import Principal, require_owner, require_principal
 from api.describe import describe_sessions, scoped
 from api.dispatch import commit_and_announce, commit_and_queue_run
@@ -123,16 +125,20 @@ def queue_run(who: Principal, session_id: uuid.UUID) -> Reply:
     check_prompt_size(body.prompt)
     wait = _wait_seconds()
     services = get_services()
-    uow = request_unit()
-    check_pending_limit(uow.db, services, who.owner)
-    sessions = scoped(uow.db, who)
-    run, created = sessions.queue_run(session_id, body.prompt, idempotency_key=body.idempotency_key)
-    commit_and_queue_run(uow, services, sessions, run if created else None)
-    if wait is not None:
-        run = _wait_until_final(who, run, wait)
-        if RunStatus(run.status).is_final:
-            return {"run": run_json(run)}, 200
-    return {"run": run_json(run)}, 202
+    # Taken before the run is queued: a 429 for the wait must not leave a run behind.
+    with _wait_slot(services, who) if wait is not None else contextlib.nullcontext() as slot:
+        uow = request_unit()
+        check_pending_limit(uow.db, services, who.owner)
+        sessions = scoped(uow.db, who)
+        run, created = sessions.queue_run(
+            session_id, body.prompt, idempotency_key=body.idempotency_key
+        )
+        commit_and_queue_run(uow, services, sessions, run if created else None)
+        if wait is not None and slot is not None:
+            run = _wait_until_final(who, run, wait, slot)
+            if RunStatus(run.status).is_final:
+                return {"run": run_json(run)}, 200
+        return {"run": run_json(run)}, 202
 
 
 @bp.get("/runs/<uuid:run_id>")
@@ -213,8 +219,17 @@ def _wait_seconds() -> float | None:
     return seconds
 
 
-def _wait_until_final(who: Principal, run: Run, seconds: float) -> Run:
-    """Poll the run's row until it finishes or ``seconds`` pass (the caller asked to wait).
+def _wait_slot(
+    services: Services, who: Principal
+) -> contextlib.AbstractContextManager[owner_slots.Slot]:
+    """One of the owner's CCQ_MAX_WAITS_PER_OWNER concurrent waits, else a 429."""
+    cap = services.settings.max_waits_per_owner
+    return owner_slots.holding(services.redis, "waits", who.owner, cap, "CCQ_MAX_WAITS_PER_OWNER")
+
+
+def _wait_until_final(who: Principal, run: Run, seconds: float, slot: owner_slots.Slot) -> Run:
+    """Poll the run's row until it finishes or ``seconds`` pass (the caller asked to wait),
+    keeping the owner's wait ``slot`` held meanwhile.
 
     Each look is a transaction of its own, ended before the pause: a waiting request
     holds no connection while it sleeps.
@@ -226,6 +241,7 @@ def _wait_until_final(who: Principal, run: Run, seconds: float) -> Run:
         if RunStatus(current.status).is_final:
             return current
         uow.rollback()  # ends the look (and expires what it read) before the pause
+        slot.refresh()
         time.sleep(WAIT_POLL_SECONDS)
     return run
 
