@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -30,6 +30,10 @@ class Principal:
     owner: str
     # A session token's session: the caller sees only it and its descendants.
     scope: uuid.UUID | None = None
+    # An owner JWT's exp plus the leeway (Unix time): a tail open past it is closed 4401.
+    valid_until: float | None = None
+    # The session token itself, so a tail can see it revoked (its run ended) and close.
+    session_token: str | None = field(default=None, repr=False)
 
 
 def _bearer_token(allow_query_token: bool) -> str:
@@ -57,9 +61,10 @@ def current_principal(*, allow_query_token: bool = False) -> Principal:
         uow.rollback()  # a read: a long WebSocket tail must not hold its transaction
         if scope is None:
             raise Unauthorized("session token is unknown, expired or revoked (its run ended)")
-        return Principal(owner=scope.owner, scope=scope.session_id)
+        return Principal(owner=scope.owner, scope=scope.session_id, session_token=token)
     try:
-        return Principal(owner=verify_token(services.settings, token).owner)
+        verified = verify_token(services.settings, token)
+        return Principal(owner=verified.owner, valid_until=verified.valid_until)
     except AuthError as exc:
         raise Unauthorized(str(exc)) from None
 

@@ -28,6 +28,7 @@ from api.websocket import (
     send_json,
     serving,
     sock,
+    still_admitted,
 )
 from orchestrator.domain.batches import BatchService
 from orchestrator.streams.batch_events import BatchFeed
@@ -61,6 +62,7 @@ def batch_stream(ws: Any, batch_id: uuid.UUID) -> None:
         for events in feed:
             if not ws.connected:
                 return
+            still_admitted(services)
             for event in events:
                 send(ws, event.to_json(), settings.tail_send_timeout)
                 if event.is_final:

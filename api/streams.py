@@ -12,9 +12,12 @@ the other tails never wait for it:
 
 The first message is ``{"tail": {"session_id", "run_id", "after"}}``: the stream is live
 from ``after`` on. Every other message is an event. Close codes carry the reason as text:
-1000 a run stream's run finished, 4400 invalid input (the field named), 4401 bad token,
+1000 a run stream's run finished, 1009 a client message over CCQ_WS_MAX_MESSAGE_BYTES,
+4400 invalid input (the field named), 4401 bad token, or the token expired (exp plus
+CCQ_JWT_LEEWAY_SECONDS) or the session token was revoked while the stream was open,
 4404 unknown or another owner's ID, 4408 too far behind, 4410 session deleted, 4503 Redis
-or PostgreSQL unavailable (retry with ``after``).
+or PostgreSQL unavailable (retry with ``after``). Before the upgrade: 429 with Retry-After
+when the owner already has CCQ_MAX_TAILS_PER_OWNER streams open (see ``api.websocket``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from api.websocket import (
     send,
     serving,
     sock,
+    still_admitted,
 )
 from orchestrator.db.models import Run, RunStatus
 from orchestrator.domain.sessions import SessionService
@@ -136,6 +140,7 @@ def _pump(ws: Any, services: Services, tail: EventTail, scope: Scope) -> None:
     for batch in tail:
         if not ws.connected:
             return
+        still_admitted(services)
         for event in batch:
             send(ws, event.json, settings.tail_send_timeout)
             _end_if_final(scope, event)
