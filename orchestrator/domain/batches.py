@@ -7,9 +7,10 @@ nothing. The batch's state is derived from its runs' rows, so counts never drift
 Items are released to Celery a window at a time (:func:`release`): at most the batch's
 concurrency (``max_concurrency``, at most ``CCQ_MAX_RUNS_PER_OWNER``) are with Celery at
 once, and at most ``CCQ_BATCH_WINDOW_PER_OWNER`` of one owner's batches together; the
-rest wait in PostgreSQL. Each item that ends releases the next, and the last
-one closes the batch. Had every item been queued at once, those over the cap would come
-back every few seconds to look for a slot: 10,000 tasks cycling through the workers.
+rest wait in PostgreSQL. Each item that ends frees a slot for one of the owner's
+batches, and the last one closes its batch. Had every item been queued at once, those
+over the cap would come back every few seconds to look for a slot: 10,000 tasks cycling
+through the workers.
 """
 
 from __future__ import annotations
@@ -234,8 +235,9 @@ def release(
     At most ``owner_window`` (CCQ_BATCH_WINDOW_PER_OWNER) items of one owner are released
     and unfinished at once across all their batches, and at most :func:`window` of one
     batch. The room is shared round robin: each free slot goes to the batch with the
-    fewest items in flight, the oldest batch first among equals, so a small batch
-    submitted behind a large one starts at once instead of waiting for it to drain.
+    fewest items in flight, among equals the one whose last turn is longest ago (never
+    first), then the oldest; so a small batch submitted behind a large one starts at once
+    instead of waiting for it to drain.
 
     Under the owner's batch-window lock, so items ending at the same moment never
     release more than the window. The caller queues the tasks before it commits: if it
