@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from orchestrator.db.engine import lock_key
 from orchestrator.db.models import Batch, Run, RunStatus, Session
+from orchestrator.errors import LimitExceeded
 
 
 class NoSlot(Exception):
@@ -82,6 +83,7 @@ def reserve_pending(db: DbSession, owner: str, wanted: int, limit: int) -> None:
     the last slot. (A key of its own: claims, under the owner's admission lock, never
     add pending runs, and need not wait for a request to commit.)
     """
+    _fits_at_all(wanted, limit, "prompts", "CCQ_MAX_PENDING_RUNS_PER_OWNER")
     lock_key(db, "pending", owner)
     pending = pending_interactive(db, owner, up_to=limit)
     if pending + wanted > limit:
@@ -92,6 +94,7 @@ def reserve_batch_items(db: DbSession, owner: str, wanted: int, limit: int) -> N
     """Raises PendingCapReached unless a batch of ``wanted`` items fits under the owner's
     cap on unfinished batch items (all batches together); under the owner's batch lock,
     held until the caller's transaction ends, like :func:`reserve_pending`."""
+    _fits_at_all(wanted, limit, "items", "CCQ_MAX_PENDING_BATCH_ITEMS_PER_OWNER")
     lock_key(db, "pending-batch-items", owner)
     unfinished = (
         select(Run.id)
@@ -107,3 +110,14 @@ def reserve_batch_items(db: DbSession, owner: str, wanted: int, limit: int) -> N
     pending = int(db.scalar(select(func.count()).select_from(unfinished)) or 0)
     if pending + wanted > limit:
         raise PendingCapReached(pending, wanted, limit, "CCQ_MAX_PENDING_BATCH_ITEMS_PER_OWNER")
+
+
+def _fits_at_all(wanted: int, limit: int, field: str, setting: str) -> None:
+    """A request larger than the cap itself would never fit: LimitExceeded (409), not a
+    429 that retrying cannot clear."""
+    if wanted > limit:
+        reason = f"{wanted} runs at once can never fit"
+        raise LimitExceeded(
+            f"{field}: {reason} (the limit is {limit}, {setting})",
+            [{"field": field, "reason": reason, "limit": limit}],
+        )

@@ -166,6 +166,24 @@ def test_twenty_roots_fanning_out_sixteen_at_once_stop_at_the_pending_cap(
 
 
 @pytest.mark.usefixtures("cleanup")
+def test_a_fan_out_larger_than_the_cap_itself_is_a_409(
+    settings: Settings, db_factory: sessionmaker[DbSession], owner: str
+) -> None:
+    app = _app(settings, max_pending_runs_per_owner=3, max_children=32, max_tree_sessions=40)
+    try:
+        client, headers = app.test_client(), auth(settings, owner)
+        root = _root(client, headers)
+        response = client.post(
+            f"/api/v1/sessions/{root}/fanout", json={"prompts": ["a"] * 4}, headers=headers
+        )
+    finally:
+        app.extensions[EXTENSION_KEY].close()
+    assert response.status_code == 409, response.json
+    assert "CCQ_MAX_PENDING_RUNS_PER_OWNER" in _message(response)
+    assert _pending(db_factory, owner) == 0
+
+
+@pytest.mark.usefixtures("cleanup")
 def test_concurrent_children_never_overshoot_the_pending_cap(
     settings: Settings, db_factory: sessionmaker[DbSession], owner: str
 ) -> None:
