@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> tuple[list[Comparison], dict[str, list[str]
         progress(
             "starting an isolated stack (database, Redis db 14, model server, gateway, api, worker)"
         )
-        with running_stack() as stack:
+        # One owner opens up to 500 tails here: past the default CCQ_MAX_TAILS_PER_OWNER.
+        with running_stack(overrides={"max_tails_per_owner": max(args.tails)}) as stack:
             progress(f"stack up: instance {stack.settings.instance}, logs in {LOG_DIR}")
             if "warm" in args.only:
                 from bench.turns import warm_turn

@@ -90,6 +90,8 @@ TEST_TREE_LIMITS = {
     "CCQ_MAX_TREE_SESSIONS": "8",
     # The suite creates many sessions with one owner; the limit's own tests lower it.
     "CCQ_SESSIONS_PER_MINUTE_PER_OWNER": "1000000",
+    # Likewise tails (a hundred of one owner at once); the caps' own tests lower them.
+    "CCQ_MAX_TAILS_PER_OWNER": "1000",
 }
 
 
