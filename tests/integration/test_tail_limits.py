@@ -181,10 +181,14 @@ def test_waits_past_the_owners_cap_are_refused_429_and_queue_nothing(
     for waiter in waiters:
         waiter.start()
     try:
+        # Slots are taken before the runs are queued: wait for both.
         wait_for(
-            lambda: redis_client.zcard(f"ccq:slots:waits:{owner}") == 2,
+            lambda: (
+                redis_client.zcard(f"ccq:slots:waits:{owner}") == 2
+                and _runs(api, session_id, token) == 2
+            ),
             timeout=15,
-            what="two waits held",
+            what="two waits held, their runs queued",
         )
         runs_before = _runs(api, session_id, token)
         refused = requests.post(url, json=body, headers=headers, timeout=30)
