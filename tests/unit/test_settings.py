@@ -64,11 +64,12 @@ def test_the_env_file_is_read_under_the_real_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     env_file = tmp_path / "ccq.env"
-    env_file.write_text("CCQ_JWT_SECRET=from-file\nCCQ_API_PORT=9000\n")
+    secret = "from-file-" + "f" * 32
+    env_file.write_text(f"CCQ_JWT_SECRET={secret}\nCCQ_API_PORT=9000\n")
     monkeypatch.setenv("CCQ_API_PORT", "9001")
     settings = load_settings(env_file=env_file)
     assert settings.jwt_secret is not None
-    assert settings.jwt_secret.get_secret_value() == "from-file"
+    assert settings.jwt_secret.get_secret_value() == secret
     assert settings.api_port == 9001
 
 
