@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import batch_stream, batches, children, health, sessions, streams
+from api import batch_stream, batches, children, health, openapi, sessions, streams
 from api.errors import register_error_handlers
 from api.extensions import EXTENSION_KEY, Services, close_request_unit
 from api.validation import check_query_string
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.before_request(check_query_string)  # no query parameter PostgreSQL cannot store
     app.teardown_appcontext(close_request_unit)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(sessions.bp)
     app.register_blueprint(children.bp)
     app.register_blueprint(batches.bp)

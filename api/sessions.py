@@ -201,7 +201,6 @@ def _history_page(read: Callable[[str | None, int], list[WireEvent]]) -> Reply:
     }, 200
 
 
-MAX_WAIT_SECONDS = 300.0
 WAIT_POLL_SECONDS = 0.25
 
 
@@ -213,8 +212,9 @@ def _wait_seconds() -> float | None:
         seconds = float(text)
     except ValueError:
         seconds = -1
-    if not 0 <= seconds <= MAX_WAIT_SECONDS:
-        reason = f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+    longest = get_services().settings.max_wait_seconds
+    if not 0 <= seconds <= longest:  # NaN too
+        reason = f"must be a number of seconds from 0 to {longest:g} (CCQ_MAX_WAIT_SECONDS)"
         raise InvalidInput(f"wait: {reason}", [{"field": "wait", "reason": reason}])
     return seconds
 

@@ -24,7 +24,7 @@ JsonObject = dict[str, Any]
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
-# The API waits at most this long on `?wait=` (api.sessions.MAX_WAIT_SECONDS).
+# The API waits at most this long on `?wait=` (CCQ_MAX_WAIT_SECONDS, 300 s by default).
 MAX_WAIT_SECONDS = 300.0
 # A 10,000-item batch is checked, inserted and queued before the API answers.
 BATCH_UPLOAD_READ_TIMEOUT = 300.0

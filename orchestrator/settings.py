@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     # Open tails and concurrent `?wait` requests per owner, across API processes (429).
     max_tails_per_owner: int = Field(default=50, ge=1)
     max_waits_per_owner: int = Field(default=20, ge=1)
+    # The longest `?wait=` a prompt may ask for (a request held that long).
+    max_wait_seconds: float = Field(default=300.0, ge=0, le=3600)
 
     # --- children and fan-out ----------------------------------------------------------
     # A root session has depth 0; a child deeper than this is refused.
