@@ -117,7 +117,14 @@ class Enqueuer:
             for r in run_ids
         ]
         callback = self.celery.signature(names.RESUME_PARENT, args=[str(fanout_id)], immutable=True)
-        chord(header, app=self.celery)(callback)
+        joined = chord(header, app=self.celery)(callback)
+        # Celery's group handle subscribes to each member's result channel, for a result
+        # nobody here waits for (and that members no longer store): stop listening now.
+        # (The consumer, not the backend's remove_pending_result: another handle of the
+        # same member, made when it was sent, would keep that subscription alive.)
+        consumer = self.celery.backend.result_consumer
+        for member in joined.parent.results if joined.parent is not None else ():
+            consumer.cancel_for(member.id)
 
     @_sends
     def close_batch(self, batch_id: uuid.UUID) -> None:
