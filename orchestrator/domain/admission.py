@@ -48,13 +48,19 @@ def admit(db: DbSession, session: Session, max_runs_per_owner: int) -> None:
 def pending_interactive(db: DbSession, owner: str, up_to: int) -> int:
     """The owner's queued or running runs outside batches, counted up to ``up_to`` (the
     hard limit's check needs no more, and stays cheap however many are pending)."""
+    return _count_pending(db, owner, up_to, in_batches=False)
+
+
+def _count_pending(db: DbSession, owner: str, up_to: int, *, in_batches: bool) -> int:
+    """The owner's queued or running runs, of batches or not, counted up to ``up_to``."""
+    of_batches = Session.batch_id.is_not(None) if in_batches else Session.batch_id.is_(None)
     pending = (
         select(Run.id)
         .join(Session, Session.id == Run.session_id)
         .where(
             Run.owner == owner,
             Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
-            Session.batch_id.is_(None),
+            of_batches,
         )
         .limit(up_to)
         .subquery()
@@ -96,18 +102,7 @@ def reserve_batch_items(db: DbSession, owner: str, wanted: int, limit: int) -> N
     held until the caller's transaction ends, like :func:`reserve_pending`."""
     _fits_at_all(wanted, limit, "items", "CCQ_MAX_PENDING_BATCH_ITEMS_PER_OWNER")
     lock_key(db, "pending-batch-items", owner)
-    unfinished = (
-        select(Run.id)
-        .join(Session, Session.id == Run.session_id)
-        .where(
-            Run.owner == owner,
-            Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
-            Session.batch_id.is_not(None),
-        )
-        .limit(limit)
-        .subquery()
-    )
-    pending = int(db.scalar(select(func.count()).select_from(unfinished)) or 0)
+    pending = _count_pending(db, owner, limit, in_batches=True)
     if pending + wanted > limit:
         raise PendingCapReached(pending, wanted, limit, "CCQ_MAX_PENDING_BATCH_ITEMS_PER_OWNER")
 
