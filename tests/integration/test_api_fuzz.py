@@ -104,8 +104,9 @@ def _fuzz(api: ApiProcess, token: str, report: Path) -> dict[str, object]:
         "--no-color",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "PYTHONPATH": str(REPO)}
+    # Run beside the report: schemathesis keeps a cache of what it found in its directory.
     done = subprocess.run(
-        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False
+        argv, cwd=report.parent, env=env, capture_output=True, text=True, timeout=900, check=False
     )
     return {"code": done.returncode, "output": done.stdout[-20000:] + done.stderr[-5000:]}
 
