@@ -232,18 +232,19 @@ def _wait_until_final(who: Principal, run: Run, seconds: float, slot: owner_slot
     keeping the owner's wait ``slot`` held meanwhile.
 
     Each look is a transaction of its own, ended before the pause: a waiting request
-    holds no connection while it sleeps.
+    holds no connection while it sleeps. The answer is always a fresh read, never an
+    object the last rollback expired: if the session is deleted meanwhile, that read is
+    a 404, where reloading the expired run would be a 500.
     """
     uow = request_unit()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        current = scoped(uow.db, who).get_run(run.id)
-        if RunStatus(current.status).is_final:
+    run_id, deadline = run.id, time.monotonic() + seconds
+    while True:
+        current = scoped(uow.db, who).get_run(run_id)
+        if RunStatus(current.status).is_final or time.monotonic() >= deadline:
             return current
         uow.rollback()  # ends the look (and expires what it read) before the pause
         slot.refresh()
         time.sleep(WAIT_POLL_SECONDS)
-    return run
 
 
 @bp.get("/sessions")
