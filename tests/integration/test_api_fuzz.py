@@ -79,6 +79,8 @@ def fuzz_api(
 def _fuzz(api: ApiProcess, token: str, report: Path) -> dict[str, object]:
     argv = [
         str(Path(sys.executable).with_name("st")),
+        "--config-file",
+        str(REPO / "tests" / "fuzz_schemathesis.toml"),
         "run",
         f"http://127.0.0.1:{api.port}/api/v1/openapi.json",
         "--checks",
@@ -104,7 +106,7 @@ def _fuzz(api: ApiProcess, token: str, report: Path) -> dict[str, object]:
         "--no-color",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "PYTHONPATH": str(REPO)}
-    # Run beside the report: schemathesis keeps a cache of what it found in its directory.
+    # Run beside the report, so nothing it might write lands in the checkout.
     done = subprocess.run(
         argv, cwd=report.parent, env=env, capture_output=True, text=True, timeout=900, check=False
     )
