@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.extensions import EXTENSION_KEY
 from orchestrator.settings import Settings
-from tests.api_helpers import auth, get_json, post_json, wait_run
+from tests.api_helpers import auth, create_session, get_json, post_json, wait_run
 from tests.processes import WorkerProcess
 from tests.waiting import free_port, wait_for
 
@@ -112,14 +112,28 @@ def test_without_redis_a_prompt_answers_503_and_its_run_is_failed_not_left_queue
     app_without_redis: Flask, client: FlaskClient, settings: Settings
 ) -> None:
     headers = auth(settings)
+    session_id = create_session(client, headers)["session"]["id"]
+    response = app_without_redis.test_client().post(
+        f"/api/v1/sessions/{session_id}/runs", json={"prompt": "never queued"}, headers=headers
+    )
+    assert response.status_code == 503, response.json
+    assert response.json["error"]["code"] == "dependency_unavailable"  # type: ignore[index]
+
+    # Seen through a healthy API: the run exists and says why it never ran.
+    last_run = get_json(client, f"/api/v1/sessions/{session_id}", headers)["session"]["last_run"]
+    assert last_run["status"] == "failed"
+    assert "redis" in last_run["error"]
+
+
+def test_without_redis_no_session_is_created(
+    app_without_redis: Flask, client: FlaskClient, settings: Settings
+) -> None:
+    """The owner's session rate is counted in Redis: without it nothing is created (503),
+    rather than sessions made past a limit nobody could check."""
+    headers = auth(settings, owner="redisless-owner")
     response = app_without_redis.test_client().post(
         "/api/v1/sessions", json={"prompt": "never queued"}, headers=headers
     )
     assert response.status_code == 503, response.json
     assert response.json["error"]["code"] == "dependency_unavailable"  # type: ignore[index]
-
-    # Seen through a healthy API: the session exists, its run says why it never ran.
-    sessions = get_json(client, "/api/v1/sessions?limit=1", headers)["sessions"]
-    last_run = sessions[0]["last_run"]
-    assert last_run["status"] == "failed"
-    assert "redis" in last_run["error"]
+    assert get_json(client, "/api/v1/sessions", headers)["sessions"] == []
