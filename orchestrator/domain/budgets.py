@@ -187,15 +187,18 @@ class Budgets:
         call.upstream_status = upstream_status
         call.finished_at = datetime.now(UTC)
         cost = charge.cost_usd
-        db.execute(
-            update(Run)
-            .where(Run.id == call.run_id)
-            .values(metered_cost_usd=Run.metered_cost_usd + cost)
-        )
+        # Sessions before the run: the order the worker locks them in when it records a
+        # run (its session, then the run). The other order deadlocked with a recording
+        # run whose last call was being charged.
         db.execute(
             update(Session)
             .where(Session.id.in_(call.lineage))
             .values(tree_spent_usd=Session.tree_spent_usd + cost)
+        )
+        db.execute(
+            update(Run)
+            .where(Run.id == call.run_id)
+            .values(metered_cost_usd=Run.metered_cost_usd + cost)
         )
         day = call.finished_at.date()
         db.execute(
