@@ -11,6 +11,8 @@ from orchestrator.outbound import OutboundPolicy, OutboundRefused, Unresolved, p
 WEB = OutboundPolicy(ports=frozenset({80, 443}))
 DEV = OutboundPolicy(ports=frozenset({80, 443}), allow_private=True)
 
+# Inputs to the judgement only: pin() of a literal address resolves nothing and nothing
+# here connects; no traffic leaves this machine.
 PUBLIC = ["93.184.215.14", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
 PRIVATE = [
     "127.0.0.1",
